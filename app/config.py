@@ -1,0 +1,171 @@
+"""Server settings, read from the environment (and ``python -m app`` flags) and validated once.
+
+Vertex sets the ``AIP_*`` variables; the ``SERVE_*`` ones are this project's. A bad value raises
+:class:`SettingsError` naming every problem, and ``python -m app`` exits with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEMO_WEIGHTS = Path(__file__).parent / "demo" / "weights"
+DEMO_MODELS = (
+    ("shapes-detect", str(DEMO_WEIGHTS / "shapes-detect.pt")),
+    ("shapes-segment", str(DEMO_WEIGHTS / "shapes-segment.pt")),
+)
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+WEIGHT_SUFFIXES = (".pt", ".yaml", ".yml")
+MB = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """One or more settings are invalid; the message lists them all."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to serve: its public name and where its weights come from."""
+
+    name: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server is configured with. Build it with :meth:`from_env`."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    health_route: str = "/health"
+    storage_uri: str | None = None
+    deployed_model_id: str = "local"
+    endpoint_id: str | None = None
+    models: tuple[ModelSpec, ...] = field(default_factory=tuple)
+    default_model: str | None = None
+    max_body_bytes: int = 10 * MB
+    max_pixels: int = 25_000_000
+    max_images: int = 16
+    workers: int = 1
+    torch_threads: int = 0  # 0: every core
+    device: str = "auto"
+    log_level: str = "info"
+    metrics: bool = False
+    cache_dir: Path = Path("/tmp/vertex-yolo/models")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate settings; raise :class:`SettingsError` listing every bad value."""
+        env = os.environ if env is None else env
+        errors: list[str] = []
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value.strip() if value is not None and value.strip() else None
+
+        def integer(name: str, default: int, low: int, high: int) -> int:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                errors.append(f"{name}={raw!r} is not an integer")
+                return default
+            if not low <= value <= high:
+                errors.append(f"{name}={value} is out of range [{low}, {high}]")
+            return value
+
+        def boolean(name: str, default: bool) -> bool:
+            raw = get(name)
+            if raw is None:
+                return default
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            errors.append(f"{name}={raw!r} is not a boolean (true/false)")
+            return default
+
+        health = get("AIP_HEALTH_ROUTE") or "/health"
+        if not re.fullmatch(r"/[A-Za-z0-9._~/-]*", health) or health == "/":
+            errors.append(f"AIP_HEALTH_ROUTE={health!r} must be a path such as /health")
+
+        storage = get("AIP_STORAGE_URI")
+        if storage and not storage.startswith("gs://") and not Path(storage).is_dir():
+            errors.append(f"AIP_STORAGE_URI={storage!r} is neither a gs:// URI nor a directory")
+
+        models = _parse_models(get("SERVE_MODELS"), storage, errors)
+        default = get("SERVE_DEFAULT_MODEL")
+        names = [m.name for m in models]
+        if default and models and default not in names:
+            errors.append(f"SERVE_DEFAULT_MODEL={default!r} is not one of {names}")
+
+        device = get("SERVE_DEVICE") or "auto"
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?|\d+", device):
+            errors.append(f"SERVE_DEVICE={device!r} must be auto, cpu, mps, cuda or cuda:N")
+
+        log_level = (get("SERVE_LOG_LEVEL") or "info").lower()
+        if log_level not in ("critical", "error", "warning", "info", "debug"):
+            errors.append(f"SERVE_LOG_LEVEL={log_level!r} must be one of debug/info/warning/error")
+
+        settings = cls(
+            host=get("SERVE_HOST") or "0.0.0.0",
+            port=integer("AIP_HTTP_PORT", 8080, 1, 65535),
+            health_route=health,
+            storage_uri=storage,
+            deployed_model_id=get("AIP_DEPLOYED_MODEL_ID") or "local",
+            endpoint_id=get("AIP_ENDPOINT_ID"),
+            models=models,
+            default_model=default or (names[0] if names else None),
+            max_body_bytes=integer("SERVE_MAX_BODY_BYTES", 10 * MB, 1024, 1024 * MB),
+            max_pixels=integer("SERVE_MAX_PIXELS", 25_000_000, 1024, 500_000_000),
+            max_images=integer("SERVE_MAX_IMAGES", 16, 1, 256),
+            workers=integer("SERVE_WORKERS", 1, 1, 64),
+            torch_threads=integer("SERVE_TORCH_THREADS", 0, 0, 256),
+            device=device,
+            log_level=log_level,
+            metrics=boolean("SERVE_METRICS", False),
+            cache_dir=Path(get("SERVE_CACHE_DIR") or "/tmp/vertex-yolo/models"),
+        )
+        if errors:
+            raise SettingsError("invalid configuration:\n  - " + "\n  - ".join(errors))
+        return settings
+
+
+def _parse_models(raw: str | None, storage: str | None, errors: list[str]) -> tuple[ModelSpec, ...]:
+    """``SERVE_MODELS="name=source,name2=source2"``; unset: the storage URI's weights or the demo.
+
+    With ``AIP_STORAGE_URI`` set and no ``SERVE_MODELS``, the registry lists the weights found
+    there when it loads (an empty tuple here means exactly that).
+    """
+    if raw is None:
+        if storage:
+            return ()
+        missing = [s for _, s in DEMO_MODELS if not Path(s).is_file()]
+        if missing:
+            errors.append(f"the bundled demo weights are missing: {missing} (set SERVE_MODELS)")
+        return tuple(ModelSpec(n, s) for n, s in DEMO_MODELS)
+    specs: list[ModelSpec] = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, sep, source = item.partition("=")
+        name, source = name.strip(), source.strip()
+        if not sep or not source:
+            errors.append(f"SERVE_MODELS entry {item!r} must look like name=source")
+            continue
+        if not MODEL_NAME.fullmatch(name):
+            errors.append(f"SERVE_MODELS name {name!r} must match {MODEL_NAME.pattern}")
+        if any(spec.name == name for spec in specs):
+            errors.append(f"SERVE_MODELS names {name!r} twice")
+        if not source.endswith(WEIGHT_SUFFIXES):
+            errors.append(f"SERVE_MODELS source {source!r} must end with one of {WEIGHT_SUFFIXES}")
+        is_path = "/" in source and not source.startswith("gs://")
+        if is_path and not Path(source).is_file():
+            errors.append(f"SERVE_MODELS source {source!r} is not a file")
+        specs.append(ModelSpec(name, source))
+    if not specs:
+        errors.append("SERVE_MODELS names no model")
+    return tuple(specs)

@@ -1,0 +1,158 @@
+"""Seeded synthetic scenes of coloured circles, squares and triangles on noisy backgrounds.
+
+The same drawing code makes the training set (``app.demo.train``), the fresh images the tests
+send to the server, and the test videos, so ground truth is always exact.
+
+Example:
+    >>> rng = np.random.default_rng(123)
+    >>> image, shapes = draw_scene(rng, 160, 160)
+    >>> [s.name for s in shapes]  # doctest: +SKIP
+    ['triangle', 'circle']
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle")
+CIRCLE_POINTS = 36
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One drawn shape: its class and outline in pixel coordinates."""
+
+    class_id: int
+    polygon: np.ndarray  # (N, 2) float32, x then y
+
+    @property
+    def name(self) -> str:
+        return CLASS_NAMES[self.class_id]
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        """Tight box x1, y1, x2, y2 around the outline."""
+        x1, y1 = self.polygon.min(axis=0)
+        x2, y2 = self.polygon.max(axis=0)
+        return float(x1), float(y1), float(x2), float(y2)
+
+    def mask(self, height: int, width: int) -> np.ndarray:
+        """Filled outline as a (height, width) uint8 mask of 0/1."""
+        out = np.zeros((height, width), np.uint8)
+        cv2.fillPoly(out, [np.round(self.polygon).astype(np.int32)], 1)
+        return out
+
+
+def make_shape(class_id: int, cx: float, cy: float, size: float, angle: float = 0.0) -> Shape:
+    """A shape of class ``class_id`` centred at (cx, cy); ``size`` is its width before rotation."""
+    if class_id == 0:
+        t = np.linspace(0, 2 * math.pi, CIRCLE_POINTS, endpoint=False)
+        pts = np.stack([np.cos(t), np.sin(t)], axis=1) * (size / 2)
+    elif class_id == 1:
+        pts = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64) * (size / 2)
+    elif class_id == 2:
+        t = np.array([-90, 30, 150]) * math.pi / 180  # equilateral, apex up
+        pts = np.stack([np.cos(t), np.sin(t)], axis=1) * (size / math.sqrt(3))
+    else:
+        raise ValueError(f"class_id must be 0..{len(CLASS_NAMES) - 1}, got {class_id}")
+    c, s = math.cos(angle), math.sin(angle)
+    rot = np.array([[c, -s], [s, c]])
+    return Shape(class_id, (pts @ rot.T + [cx, cy]).astype(np.float32))
+
+
+def noisy_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """An RGB uint8 background: a random colour, a soft gradient and Gaussian noise."""
+    base = rng.integers(30, 226, size=3).astype(np.float32)
+    gy = np.linspace(-1, 1, height, dtype=np.float32)[:, None, None]
+    gx = np.linspace(-1, 1, width, dtype=np.float32)[None, :, None]
+    grad = gx * rng.uniform(-25, 25, 3) + gy * rng.uniform(-25, 25, 3)
+    noise = rng.normal(0, rng.uniform(6, 18), size=(height, width, 3))
+    return np.clip(base + grad + noise, 0, 255).astype(np.uint8)
+
+
+def shape_colour(rng: np.random.Generator, background: np.ndarray) -> tuple[int, int, int]:
+    """A saturated colour far enough from the background's mean to be visible."""
+    mean = background.reshape(-1, 3).mean(axis=0)
+    for _ in range(100):
+        hsv = np.array([[[rng.integers(0, 180), rng.integers(150, 256), rng.integers(120, 256)]]])
+        rgb = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)[0, 0].astype(int)
+        if np.abs(rgb - mean).sum() > 150:
+            return int(rgb[0]), int(rgb[1]), int(rgb[2])
+    return (255, 255, 255) if mean.sum() < 384 else (0, 0, 0)
+
+
+def draw_shape(image: np.ndarray, shape: Shape, colour: tuple[int, int, int]) -> None:
+    """Fill ``shape`` into ``image`` in place (anti-aliased edges)."""
+    pts = np.round(shape.polygon * 16).astype(np.int32)  # 4 fractional bits
+    cv2.fillPoly(image, [pts], colour, lineType=cv2.LINE_AA, shift=4)
+
+
+def _overlaps(box: tuple[float, ...], others: list[Shape], margin: float) -> bool:
+    x1, y1, x2, y2 = box
+    for o in others:
+        a1, b1, a2, b2 = o.box
+        if x1 < a2 + margin and a1 < x2 + margin and y1 < b2 + margin and b1 < y2 + margin:
+            return True
+    return False
+
+
+def draw_scene(
+    rng: np.random.Generator, width: int = 160, height: int = 160, max_shapes: int = 3
+) -> tuple[np.ndarray, list[Shape]]:
+    """An RGB image with 1..max_shapes non-overlapping shapes, and the shapes themselves."""
+    image = noisy_background(rng, height, width)
+    short = min(width, height)
+    shapes: list[Shape] = []
+    for _ in range(int(rng.integers(1, max_shapes + 1))):
+        for _attempt in range(50):
+            size = rng.uniform(0.14, 0.32) * short
+            shape = make_shape(
+                int(rng.integers(0, len(CLASS_NAMES))),
+                rng.uniform(size * 0.75, width - size * 0.75),
+                rng.uniform(size * 0.75, height - size * 0.75),
+                size,
+                rng.uniform(0, math.pi / 2),
+            )
+            x1, y1, x2, y2 = shape.box
+            inside = x1 >= 1 and y1 >= 1 and x2 <= width - 2 and y2 <= height - 2
+            if inside and not _overlaps(shape.box, shapes, margin=0.04 * short):
+                draw_shape(image, shape, shape_colour(rng, image))
+                shapes.append(shape)
+                break
+    return image, shapes
+
+
+def yolo_label(shapes: list[Shape], width: int, height: int) -> str:
+    """YOLO segmentation label lines (class, then the normalised polygon)."""
+    lines = []
+    for s in shapes:
+        xy = (s.polygon / [width, height]).clip(0, 1).reshape(-1)
+        lines.append(" ".join([str(s.class_id), *(f"{v:.6f}" for v in xy)]))
+    return "\n".join(lines) + "\n"
+
+
+def write_dataset(root: Path, n_train: int, n_val: int, seed: int, size: int = 160) -> Path:
+    """Write a YOLO data set (images, polygon labels, data.yaml) under ``root``; return the yaml.
+
+    Polygon labels serve both tasks: Ultralytics derives detection boxes from them.
+    """
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", n_train), ("val", n_val)):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            image, shapes = draw_scene(rng, size, size)
+            stem = f"{split}_{i:05d}"
+            cv2.imwrite(str(root / "images" / split / f"{stem}.png"), image[:, :, ::-1])
+            (root / "labels" / split / f"{stem}.txt").write_text(yolo_label(shapes, size, size))
+    names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASS_NAMES))
+    data = root / "data.yaml"
+    data.write_text(
+        f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n"
+    )
+    return data

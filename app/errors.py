@@ -1,0 +1,148 @@
+"""Domain errors and their one mapping to RFC 9457 problem+json.
+
+Exception tree (status, ``code``)::
+
+    ServingError                      500 internal
+    ├── BadRequest                    400 bad-request
+    │   ├── InvalidImage              400 invalid-image
+    │   ├── InvalidParameter          400 invalid-parameter
+    │   └── WrongTask                 400 wrong-task
+    ├── UnknownModel                  404 unknown-model
+    ├── PayloadTooLarge               413 payload-too-large
+    ├── UnsupportedMediaType          415 unsupported-media-type
+    └── NotReady                      503 not-ready
+
+Litestar's own HTTP exceptions (unknown route, wrong method, body over the limit) get the same
+treatment; anything else is logged with its traceback and answered with a bare 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+
+from client.schema import PROBLEM_TYPE_PREFIX, Problem
+
+log = logging.getLogger("app.errors")
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class ServingError(Exception):
+    status = 500
+    code = "internal"
+    title = "Internal Server Error"
+
+    def __init__(
+        self, detail: str, *, field: str | None = None, allowed: list[str] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+        self.allowed = allowed
+
+
+class BadRequest(ServingError):
+    status, code, title = 400, "bad-request", "Bad request"
+
+
+class InvalidImage(BadRequest):
+    code, title = "invalid-image", "Invalid image"
+
+
+class InvalidParameter(BadRequest):
+    code, title = "invalid-parameter", "Invalid parameter"
+
+
+class WrongTask(BadRequest):
+    code, title = "wrong-task", "Wrong model task"
+
+
+class UnknownModel(ServingError):
+    status, code, title = 404, "unknown-model", "Unknown model"
+
+
+class PayloadTooLarge(ServingError):
+    status, code, title = 413, "payload-too-large", "Payload too large"
+
+
+class UnsupportedMediaType(ServingError):
+    status, code, title = 415, "unsupported-media-type", "Unsupported media type"
+
+
+class NotReady(ServingError):
+    status, code, title = 503, "not-ready", "Not ready"
+
+
+_HTTP_CODES = {
+    400: ("bad-request", "Bad request"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    413: ("payload-too-large", "Payload too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+}
+
+
+def problem(request: Request | None, exc: ServingError) -> Problem:
+    """The problem document for a domain error."""
+    return Problem(
+        type=PROBLEM_TYPE_PREFIX + exc.code,
+        title=exc.title,
+        status=exc.status,
+        detail=exc.detail,
+        code=exc.code,
+        instance=request.url.path if request is not None else None,
+        request_id=request_id_of(request) if request is not None else None,
+        field=exc.field,
+        allowed=exc.allowed,
+    )
+
+
+def problem_response(exc: ServingError, request: Request | None = None) -> Response[Problem]:
+    headers = {"Retry-After": "5"} if exc.status == 503 else None
+    return Response(
+        problem(request, exc), status_code=exc.status, media_type=PROBLEM_JSON, headers=headers
+    )
+
+
+def _from_http_exception(request: Request, exc: HTTPException) -> ServingError:
+    status = exc.status_code
+    code, title = _HTTP_CODES.get(status, ("http-error", exc.detail or "HTTP error"))
+    if isinstance(exc, RequestEntityTooLarge):
+        limit = request.route_handler.resolve_request_max_body_size()
+        detail = f"The request body is larger than the server's limit of {limit} bytes."
+    elif status == 404:
+        detail = f"No route {request.method} {request.url.path}. See GET /models for models."
+    elif status == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}."
+    elif isinstance(exc, ValidationException):
+        detail = exc.detail or "The request could not be parsed."
+    else:
+        detail = exc.detail or title
+    err = ServingError(detail)
+    err.status, err.code, err.title = status, code, title
+    return err
+
+
+def handle_exception(request: Request, exc: Exception) -> Response[Any]:
+    """The app's single exception handler."""
+    if isinstance(exc, ServingError):
+        if exc.status == 500:
+            log.error("request %s failed: %s", request_id_of(request), exc.detail)
+        return problem_response(exc, request)
+    if isinstance(exc, HTTPException) and exc.status_code < 500:
+        return problem_response(_from_http_exception(request, exc), request)
+    log.exception("unhandled error in request %s", request_id_of(request), exc_info=exc)
+    return problem_response(
+        ServingError("The server failed to handle this request; see its logs."), request
+    )
+
+
+def request_id_of(request: Request) -> str | None:
+    from app.middleware import request_id
+
+    return request_id(request.scope)

@@ -1,0 +1,207 @@
+"""Reading requests into images and parameters, with every limit checked before any work.
+
+Three request shapes reach the inference routes:
+
+* a raw body with an image content type (or ``application/octet-stream``), parameters in the
+  query string;
+* ``multipart/form-data`` with one or more image files, parameters as form fields;
+* JSON in the Vertex shape ``{"instances": [{"image": "<base64>"}], "parameters": {...}}``.
+
+Query-string parameters apply to all three; body parameters win over them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import sys
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import numpy as np
+from litestar import Request
+from litestar.datastructures import UploadFile
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from app.errors import (
+    BadRequest,
+    InvalidImage,
+    InvalidParameter,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from client.schema import B64, Parameters, decode_predict_request
+
+IMAGE_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp"}
+RAW_IMAGE_TYPES = frozenset(
+    {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/x-ms-bmp"}
+)
+OCTET_STREAM = "application/octet-stream"
+LIST_PARAMETERS = frozenset({"classes"})
+ALLOWED_VALUES = {"format": "jpeg, png", "rle": "true, false"}
+JSON_SHAPE = '{"instances": [{"image": "<base64>"}], "parameters": {...}}'
+
+
+def _unpatched_pil_open():
+    """Pillow's own ``Image.open``.
+
+    Importing Ultralytics replaces ``PIL.Image.open`` with a wrapper that, on an unidentified
+    file, tries to pip-install a HEIF plugin. Request bytes must never trigger that.
+    """
+    fn = Image.open
+    module = sys.modules.get(getattr(fn, "__module__", "") or "")
+    if module is not None and module.__name__.startswith("ultralytics"):
+        return module._image_open
+    return fn
+
+
+_pil_open = _unpatched_pil_open()
+
+
+@dataclass
+class Inputs:
+    """What a request carried: encoded images (in order) and raw parameter values."""
+
+    blobs: list[bytes]
+    params: dict[str, Any]
+
+
+@dataclass
+class DecodedImage:
+    """A decoded image as Ultralytics wants it: BGR, HxWx3 uint8."""
+
+    bgr: np.ndarray
+    width: int
+    height: int
+
+
+def _collect(items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """Multi-valued query/form items to a dict; ``classes`` may repeat or be comma-separated."""
+    params: dict[str, Any] = {}
+    for key, value in items:
+        if key in LIST_PARAMETERS:
+            parts = [p.strip() for p in str(value).split(",") if p.strip()]
+            params.setdefault(key, []).extend(parts)
+        else:
+            params[key] = value
+    return params
+
+
+def _b64(value: str | B64, index: int) -> bytes:
+    text = value.b64 if isinstance(value, B64) else value
+    if text.startswith("data:") and "," in text:  # tolerate data URLs
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidImage(f"instances[{index}].image is not valid base64: {exc}") from None
+
+
+async def read_inputs(request: Request, max_images: int) -> Inputs:
+    """Split a request into encoded images and parameters (no decoding yet)."""
+    media_type = request.content_type[0].lower()
+    params = _collect(request.query_params.multi_items())
+    blobs: list[bytes] = []
+    if media_type == "application/json":
+        try:
+            body = decode_predict_request(await request.body())
+        except msgspec.ValidationError as exc:
+            raise BadRequest(f"JSON body does not match {JSON_SHAPE}: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        if len(body.instances) > max_images:
+            raise PayloadTooLarge(
+                f"{len(body.instances)} images in one request; at most {max_images}"
+            )
+        blobs = [_b64(inst.image, i) for i, inst in enumerate(body.instances)]
+        for key, value in (body.parameters or {}).items():
+            params[key] = value
+    elif media_type == "multipart/form-data":
+        form = await request.form()
+        fields: list[tuple[str, Any]] = []
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if len(blobs) >= max_images:
+                    raise PayloadTooLarge(f"more than {max_images} images in one request")
+                blobs.append(await value.read())
+            else:
+                fields.append((key, value))
+        for key in {k for k, _ in fields}:
+            params.pop(key, None)  # form fields win over the query string
+        params.update(_collect(fields))
+    elif media_type in RAW_IMAGE_TYPES or media_type == OCTET_STREAM:
+        blobs = [await request.body()]
+    else:
+        raise UnsupportedMediaType(
+            f"Content-Type {media_type or '(none)'!r} is not accepted: send an image "
+            f"({', '.join(sorted(RAW_IMAGE_TYPES))}, {OCTET_STREAM}), multipart/form-data "
+            "or application/json",
+            allowed=sorted(
+                RAW_IMAGE_TYPES | {OCTET_STREAM, "multipart/form-data", "application/json"}
+            ),
+        )
+    if not blobs or not any(blobs):
+        raise InvalidImage("the request holds no image")
+    return Inputs(blobs, params)
+
+
+def parse_parameters(raw: dict[str, Any], aliases: dict[str, str] | None = None) -> Parameters:
+    """Validate parameters; a bad one is a 400 that names the field and its allowed range."""
+    if aliases:
+        raw = {aliases.get(k, k): v for k, v in raw.items()}
+    try:
+        return msgspec.convert(raw, Parameters, strict=False)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        field = (
+            message.rsplit("`$.", 1)[1].split("`")[0].split("[")[0] if "`$." in message else None
+        )
+        if field in ALLOWED_VALUES:
+            message += f"; allowed: {ALLOWED_VALUES[field]}"
+        if "unknown field" in message:
+            field = message.split("`")[1]
+            message += f"; known parameters: {', '.join(Parameters.__struct_fields__)}"
+        raise InvalidParameter(f"invalid parameter: {message}", field=field) from None
+
+
+def decode_images(blobs: list[bytes], max_pixels: int) -> list[DecodedImage]:
+    """Decode every image, after checking every header against the limits first."""
+    opened: list[Image.Image] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit rules
+        for i, blob in enumerate(blobs):
+            label = f"image {i}" if len(blobs) > 1 else "the image"
+            try:
+                image = _pil_open(io.BytesIO(blob))
+            except Image.DecompressionBombError as exc:
+                raise PayloadTooLarge(f"{label} has too many pixels: {exc}") from None
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+                raise InvalidImage(
+                    f"{label} is not a decodable image (JPEG, PNG, WebP or BMP expected)"
+                ) from None
+            if image.format not in IMAGE_FORMATS:
+                raise UnsupportedMediaType(
+                    f"{label} is {image.format}; supported formats: {', '.join(IMAGE_FORMATS)}",
+                    allowed=list(IMAGE_FORMATS.values()),
+                )
+            w, h = image.size
+            if w * h > max_pixels:
+                raise PayloadTooLarge(
+                    f"{label} is {w}x{h} = {w * h} pixels; the limit is {max_pixels} pixels"
+                )
+            opened.append(image)
+        decoded = []
+        for i, image in enumerate(opened):
+            try:
+                image.load()
+                rgb = ImageOps.exif_transpose(image).convert("RGB")
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+                label = f"image {i}" if len(opened) > 1 else "the image"
+                raise InvalidImage(f"{label} is corrupt or truncated: {exc}") from None
+            bgr = np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
+            decoded.append(DecodedImage(bgr, rgb.width, rgb.height))
+    return decoded

@@ -1,0 +1,81 @@
+"""The one request pipeline every inference route shares: read → decode → infer → encode.
+
+Routes differ only in the task they need and in how they encode the results.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio
+from litestar import Request
+
+from app.config import Settings
+from app.inference import predict
+from app.media import DecodedImage, decode_images, parse_parameters, read_inputs
+from app.metrics import IMAGES, INFERENCE_SECONDS
+from app.registry import LoadedModel, Registry
+from client.schema import Parameters
+
+T = TypeVar("T")
+
+
+@dataclass
+class Inferred:
+    """A request after inference: the model used, its parameters, images and raw results."""
+
+    model: LoadedModel
+    params: Parameters
+    images: list[DecodedImage]
+    results: list[Any]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def headers(self, settings: Settings) -> dict[str, str]:
+        """Headers every inference response carries (the request id is added for all)."""
+        timing = ", ".join(f"{k};dur={v:.1f}" for k, v in self.timings_ms.items())
+        return {
+            "X-Deployed-Model-Id": settings.deployed_model_id,
+            "X-Model-Name": self.model.name,
+            "X-Model-Version": self.model.version,
+            "Server-Timing": timing,
+        }
+
+    async def encode(self, fn: Callable[[], T]) -> T:
+        """Run an encoder in a worker thread and record its time."""
+        started = time.perf_counter()
+        out = await anyio.to_thread.run_sync(fn)
+        self.timings_ms["encode"] = (time.perf_counter() - started) * 1000
+        return out
+
+
+async def infer(
+    request: Request,
+    registry: Registry,
+    settings: Settings,
+    *,
+    route: str,
+    task: str | None = None,
+    aliases: dict[str, str] | None = None,
+) -> Inferred:
+    """Read, validate and decode the request, then run one batched predict."""
+    started = time.perf_counter()
+    inputs = await read_inputs(request, settings.max_images)
+    params = parse_parameters(inputs.params, aliases)
+    model = registry.get(params.model, task=task, route=route)
+    class_ids = model.class_ids(params.classes)
+    images = await anyio.to_thread.run_sync(decode_images, inputs.blobs, settings.max_pixels)
+    decoded = time.perf_counter()
+
+    def run(yolo: Any) -> list[Any]:
+        return predict(yolo, images, params, class_ids, model.imgsz, model.device)
+
+    assert registry.limiter is not None
+    results = await model.run(run, registry.limiter)
+    done = time.perf_counter()
+    INFERENCE_SECONDS.labels(model.name, route).observe(done - decoded)
+    IMAGES.labels(model.name, route).inc(len(images))
+    timings = {"decode": (decoded - started) * 1000, "inference": (done - decoded) * 1000}
+    return Inferred(model, params, images, results, timings)

@@ -1,0 +1,164 @@
+"""``/detect``, ``/segment``, ``/annotate`` and ``/predict``: one pipeline, four encoders."""
+
+from __future__ import annotations
+
+from litestar import Controller, Request, Response, post
+from litestar.openapi.spec import Example
+
+from app.config import Settings
+from app.errors import BadRequest
+from app.inference import b64, encode_image, image_result, render
+from app.pipeline import infer
+from app.registry import Registry
+from client.schema import (
+    AnnotatedImage,
+    AnnotateResponse,
+    GuideDetection,
+    GuidePrediction,
+    InferenceResponse,
+    PredictResponse,
+)
+
+INPUTS = (
+    "Send the image as the raw body (image/jpeg, image/png, image/webp, image/bmp or "
+    "application/octet-stream) with parameters in the query string; or multipart/form-data "
+    "with one or more image files and parameters as form fields; or JSON "
+    '`{"instances": [{"image": "<base64>"}], "parameters": {...}}`. Parameters: model, conf, '
+    "iou, max_det, classes (names or ids), imgsz."
+)
+IMAGE_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
+
+
+class InferenceController(Controller):
+    """Image inference routes. Every response carries the model and deployed-model headers."""
+
+    @post("/detect", status_code=200, summary="Detect objects", description=INPUTS)
+    async def detect(
+        self, request: Request, registry: Registry, settings: Settings
+    ) -> Response[InferenceResponse]:
+        inferred = await infer(request, registry, settings, route="/detect")
+        body = await inferred.encode(
+            lambda: InferenceResponse(
+                model=inferred.model.name,
+                version=inferred.model.version,
+                deployed_model_id=settings.deployed_model_id,
+                task=inferred.model.task,
+                results=[image_result(r) for r in inferred.results],
+            )
+        )
+        return Response(body, headers=inferred.headers(settings))
+
+    @post(
+        "/segment",
+        status_code=200,
+        summary="Segment instances",
+        description=INPUTS + " Add rle=true for COCO RLE masks. Needs a segmentation model.",
+    )
+    async def segment(
+        self, request: Request, registry: Registry, settings: Settings
+    ) -> Response[InferenceResponse]:
+        inferred = await infer(request, registry, settings, route="/segment", task="segment")
+        rle = inferred.params.rle
+        body = await inferred.encode(
+            lambda: InferenceResponse(
+                model=inferred.model.name,
+                version=inferred.model.version,
+                deployed_model_id=settings.deployed_model_id,
+                task=inferred.model.task,
+                results=[image_result(r, with_masks=True, rle=rle) for r in inferred.results],
+            )
+        )
+        return Response(body, headers=inferred.headers(settings))
+
+    @post(
+        "/annotate",
+        status_code=200,
+        summary="Draw detections on the image",
+        description=INPUTS
+        + " Answers the drawn image (JPEG by default; PNG by Accept: image/png or format=png) "
+        "with its detection count in X-Detection-Count, or, with Accept: application/json, "
+        "the detections and the image in base64.",
+        response_description="The annotated image",
+    )
+    async def annotate(self, request: Request, registry: Registry, settings: Settings) -> Response:
+        accept = request.accept.best_match(
+            ["image/jpeg", "image/png", "application/json"], default="image/jpeg"
+        )
+        inferred = await infer(request, registry, settings, route="/annotate")
+        fmt = inferred.params.format or ("png" if accept == "image/png" else "jpeg")
+        if accept == "application/json":
+
+            def encode_json() -> AnnotateResponse:
+                results = []
+                for r in inferred.results:
+                    drawn = encode_image(render(r), fmt)
+                    res = image_result(r, with_masks=inferred.model.task == "segment")
+                    results.append(
+                        AnnotatedImage(
+                            width=res.width,
+                            height=res.height,
+                            detections=res.detections,
+                            media_type=IMAGE_TYPES[fmt],
+                            image=b64(drawn),
+                        )
+                    )
+                return AnnotateResponse(
+                    model=inferred.model.name,
+                    version=inferred.model.version,
+                    deployed_model_id=settings.deployed_model_id,
+                    results=results,
+                )
+
+            body = await inferred.encode(encode_json)
+            return Response(body, headers=inferred.headers(settings))
+        if len(inferred.results) != 1:
+            raise BadRequest(
+                f"/annotate answers one image but the request has {len(inferred.results)}; "
+                "send one image, or ask for Accept: application/json to get all of them"
+            )
+        result = inferred.results[0]
+        data = await inferred.encode(lambda: encode_image(render(result), fmt))
+        headers = inferred.headers(settings)
+        headers["X-Detection-Count"] = str(len(result.boxes) if result.boxes is not None else 0)
+        return Response(data, media_type=IMAGE_TYPES[fmt], headers=headers)
+
+    @post(
+        "/predict",
+        status_code=200,
+        summary="Vertex-style predict (the Ultralytics Vertex AI guide's request and response)",
+        description='`{"instances": [{"image": "<base64>"}], "parameters": {"confidence": 0.5}}`'
+        ' → `{"predictions": [{"detections": [...], "detection_count": N}], ...}`. '
+        "Also accepts every input form of /detect.",
+        request_body_examples=[
+            Example(value={"instances": [{"image": "<base64>"}], "parameters": {"confidence": 0.5}})
+        ],
+    )
+    async def predict(
+        self, request: Request, registry: Registry, settings: Settings
+    ) -> Response[PredictResponse]:
+        inferred = await infer(
+            request, registry, settings, route="/predict", aliases={"confidence": "conf"}
+        )
+
+        def encode() -> PredictResponse:
+            predictions = []
+            for r in inferred.results:
+                dets = [
+                    GuideDetection(
+                        class_id=d.class_id,
+                        class_name=d.class_name,
+                        confidence=d.confidence,
+                        bbox=[d.box.x1, d.box.y1, d.box.x2, d.box.y2],
+                    )
+                    for d in image_result(r).detections
+                ]
+                predictions.append(GuidePrediction(detections=dets, detection_count=len(dets)))
+            return PredictResponse(
+                predictions=predictions,
+                deployed_model_id=settings.deployed_model_id,
+                model=inferred.model.name,
+                model_version_id=inferred.model.version,
+            )
+
+        body = await inferred.encode(encode)
+        return Response(body, headers=inferred.headers(settings))

@@ -1,0 +1,214 @@
+"""The wire contract between the server (``app/``), the client and the emulator.
+
+Every request, response and event body is one of these msgspec Structs. The server imports
+this module; nothing here imports torch or the server. Codecs are built once, below.
+
+Coordinates are pixels of the original image (after EXIF orientation), ``x`` to the right and
+``y`` down; boxes are ``x1, y1, x2, y2``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+Task = Literal["detect", "segment", "classify", "pose", "obb"]
+
+
+class Box(Struct, frozen=True, kw_only=True):
+    """An axis-aligned box in pixels of the original image."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+
+class Rle(Struct, frozen=True, kw_only=True):
+    """COCO run-length encoding of a binary mask (column-major, compressed counts)."""
+
+    size: list[int]  # [height, width]
+    counts: str
+
+
+class Mask(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """An instance mask: outer polygons as [[x, y], ...] in pixels, and COCO RLE on request."""
+
+    polygons: list[list[list[float]]]
+    rle: Rle | None = None
+
+
+class Detection(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One detected object."""
+
+    class_id: int
+    class_name: str
+    confidence: float
+    box: Box
+    track_id: int | None = None
+    mask: Mask | None = None
+
+
+class ImageResult(Struct, frozen=True, kw_only=True):
+    """The detections for one input image, with that image's size."""
+
+    width: int
+    height: int
+    detections: list[Detection]
+
+
+class InferenceResponse(Struct, frozen=True, kw_only=True):
+    """Answer of ``/detect`` and ``/segment``: one result per input image, in order."""
+
+    model: str
+    version: str
+    deployed_model_id: str
+    task: str
+    results: list[ImageResult]
+
+
+class AnnotatedImage(Struct, frozen=True, kw_only=True):
+    """One annotated image (base64) with the detections drawn on it."""
+
+    width: int
+    height: int
+    detections: list[Detection]
+    media_type: str
+    image: str
+
+
+class AnnotateResponse(Struct, frozen=True, kw_only=True):
+    """Answer of ``/annotate`` when the client asks for ``application/json``."""
+
+    model: str
+    version: str
+    deployed_model_id: str
+    results: list[AnnotatedImage]
+
+
+class ModelInfo(Struct, frozen=True, kw_only=True):
+    """What the server knows about one loaded model."""
+
+    name: str
+    task: str
+    classes: dict[int, str]
+    imgsz: int
+    source: str
+    version: str
+    sha256: str
+    device: str
+    ready: bool
+    default: bool
+
+
+class ModelList(Struct, frozen=True, kw_only=True):
+    models: list[ModelInfo]
+    default_model: str | None
+
+
+class Health(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """``GET /health``: ``ok`` (200) once every model is warm, else ``loading``/``failed`` (503)."""
+
+    status: Literal["ok", "loading", "failed"]
+    deployed_model_id: str
+    models: dict[str, bool]
+    detail: str | None = None
+
+
+class Problem(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """RFC 9457 problem details, the body of every error response (application/problem+json).
+
+    ``type`` is ``urn:vertex-yolo:problem:<code>``; the client maps ``code`` to an exception.
+    """
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    instance: str | None = None
+    request_id: str | None = None
+    field: str | None = None
+    allowed: list[str] | None = None
+
+
+PROBLEM_TYPE_PREFIX = "urn:vertex-yolo:problem:"
+
+# --- requests -------------------------------------------------------------------------------
+
+Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
+
+
+class Parameters(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Inference parameters, from the query string, form fields or a JSON ``parameters`` object.
+
+    ``classes`` filters by class names or ids. ``imgsz`` overrides the model's input size.
+    ``rle`` adds COCO RLE to ``/segment`` masks. ``format`` picks ``/annotate``'s image format.
+    """
+
+    model: str | None = None
+    conf: Probability = 0.25
+    iou: Probability = 0.7
+    max_det: Annotated[int, Meta(ge=1, le=1000)] = 300
+    classes: list[int | str] | None = None
+    imgsz: Annotated[int, Meta(ge=32, le=4096)] | None = None
+    rle: bool = False
+    format: Literal["jpeg", "png"] | None = None
+
+
+class B64(Struct, frozen=True):
+    """Vertex's convention for binary values in JSON: ``{"b64": "..."}``."""
+
+    b64: str
+
+
+class Instance(Struct, frozen=True, forbid_unknown_fields=True):
+    """One image of a JSON request: ``{"image": "<base64>"}`` or ``{"image": {"b64": ...}}``."""
+
+    image: str | B64
+
+
+class PredictRequest(Struct, frozen=True, forbid_unknown_fields=True):
+    """The Vertex-style JSON body: ``{"instances": [...], "parameters": {...}}``."""
+
+    instances: list[Instance]
+    parameters: dict[str, Any] | None = None
+
+
+# --- /predict (the Ultralytics Vertex guide's shape) ------------------------------------------
+
+
+class GuideDetection(Struct, frozen=True, kw_only=True):
+    class_id: int
+    class_name: str
+    confidence: float
+    bbox: list[float]  # [x1, y1, x2, y2] in pixels
+
+
+class GuidePrediction(Struct, frozen=True, kw_only=True):
+    detections: list[GuideDetection]
+    detection_count: int
+
+
+class PredictResponse(Struct, frozen=True, kw_only=True, rename="camel"):
+    """``{"predictions": [...], "deployedModelId": ..., "model": ..., "modelVersionId": ...}``."""
+
+    predictions: list[GuidePrediction]
+    deployed_model_id: str
+    model: str
+    model_version_id: str
+
+
+# --- codecs, built once ---------------------------------------------------------------------
+
+json_encoder = msgspec.json.Encoder()
+decode_predict_request = msgspec.json.Decoder(PredictRequest).decode
+decode_problem = msgspec.json.Decoder(Problem).decode
+decode_inference = msgspec.json.Decoder(InferenceResponse).decode
+decode_annotate = msgspec.json.Decoder(AnnotateResponse).decode
+decode_models = msgspec.json.Decoder(ModelList).decode
+decode_model_info = msgspec.json.Decoder(ModelInfo).decode
+decode_health = msgspec.json.Decoder(Health).decode
+decode_predict_response = msgspec.json.Decoder(PredictResponse).decode

@@ -1,0 +1,80 @@
+"""Test helpers: fresh shape scenes (a seed never used in training) and geometry."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from app.demo.shapes import Shape, draw_scene
+
+FRESH_SEED = 20_261_122  # training used seed 0
+
+
+def scenes(n: int, seed: int = FRESH_SEED, sizes=((160, 160), (240, 200), (320, 320))):
+    """``n`` (rgb image, shapes) pairs of varying size."""
+    rng = np.random.default_rng(seed)
+    return [draw_scene(rng, *sizes[i % len(sizes)]) for i in range(n)]
+
+
+def encode(rgb: np.ndarray, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def decode(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def box_iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def det_box(d: dict) -> tuple[float, float, float, float]:
+    b = d["box"]
+    return b["x1"], b["y1"], b["x2"], b["y2"]
+
+
+def match(shape: Shape, detections: list[dict]) -> tuple[dict | None, float]:
+    """The same-class detection with the best box IoU for ``shape``."""
+    best, best_iou = None, 0.0
+    for d in detections:
+        if d["class_name"] == shape.name:
+            iou = box_iou(shape.box, det_box(d))
+            if iou > best_iou:
+                best, best_iou = d, iou
+    return best, best_iou
+
+
+def hit_rate(truth: list[list[Shape]], results: list[dict]) -> float:
+    """Share of drawn shapes found with the right class and box IoU >= 0.5."""
+    hits = total = 0
+    for shapes, result in zip(truth, results, strict=True):
+        for s in shapes:
+            total += 1
+            hits += match(s, result["detections"])[1] >= 0.5
+    return hits / total
+
+
+def polygons_mask(polygons: list[list[list[float]]], height: int, width: int) -> np.ndarray:
+    out = np.zeros((height, width), np.uint8)
+    pts = [np.round(np.array(p) * 16).astype(np.int32) for p in polygons]
+    cv2.fillPoly(out, pts, 1, shift=4)
+    return out
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0

@@ -1,0 +1,110 @@
+"""The project's own entry points: the Dockerfile's command, the README's commands, the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from conftest import ROOT, start_server
+
+README = (ROOT / "README.md").read_text()
+
+
+def readme_commands() -> list[str]:
+    """The two set-up commands: the first two shell code blocks of the README."""
+    blocks = re.findall(r"```(?:sh|bash|shell)\n(.*?)\n```", README, re.S)
+    return [b.strip() for b in blocks[:2]]
+
+
+def test_ci_runs_the_readme_test_command():
+    _, test_command = readme_commands()
+    assert "pytest" in test_command
+    ci = (ROOT / ".ci/run").read_text().splitlines()
+    assert test_command in ci
+
+
+def test_readme_first_command_installs_and_runs_the_demo():
+    install_and_run, _ = readme_commands()
+    assert install_and_run.startswith("python3 -m venv .venv && .venv/bin/pip install")
+    assert install_and_run.endswith(".venv/bin/python -m app.demo")
+
+
+def test_demo_job_prints_real_detections(tmp_path):
+    env = {**os.environ, "YOLO_CONFIG_DIR": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.demo"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "POST /detect -> 200" in proc.stdout
+    body = json.loads(proc.stdout[proc.stdout.index("\n{") :])
+    drawn = re.findall(r"^  (\w+) +box=", proc.stdout.split("found by")[0], re.M)
+    found = [d["class_name"] for d in body["results"][0]["detections"]]
+    assert drawn and sorted(drawn) == sorted(found)
+
+
+def dockerfile_command() -> tuple[list[str], dict[str, str]]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))
+    env: dict[str, str] = {}
+    for line in re.findall(r"^ENV (.*)$", text, re.M):
+        for item in shlex.split(line):
+            key, _, value = item.partition("=")
+            env[key] = value
+    return cmd, env
+
+
+def test_dockerfile_command_serves(tmp_path):
+    """Runs the Dockerfile's exact CMD (with its ENV) here, where `python` is this venv's."""
+    cmd, env = dockerfile_command()
+    assert cmd == ["python", "-m", "app"]
+    venv_bin = str(Path(sys.executable).parent)
+    srv = start_server(
+        tmp_path, env | {"PATH": venv_bin + os.pathsep + os.environ["PATH"]}, cmd=cmd
+    )
+    try:
+        srv.wait_healthy()
+        r = httpx.get(srv.url + "/models")
+        assert {m["name"] for m in r.json()["models"]} == {"shapes-detect", "shapes-segment"}
+    finally:
+        srv.stop()
+
+
+def test_dockerfile_copies_what_the_package_needs():
+    text = (ROOT / "Dockerfile").read_text()
+    for path in ("pyproject.toml", "README.md", "LICENSE", "client", "app"):
+        assert re.search(rf"^COPY .*\b{re.escape(path)}\b", text, re.M), path
+    assert '".[server]"' in text
+
+
+def test_demo_model_training_script_runs_at_toy_size(tmp_path):
+    """The training script still works end to end (1 epoch, 16 images); the committed weights are untouched."""
+    committed = {p: p.stat().st_mtime for p in (ROOT / "app/demo/weights").glob("*.pt")}
+    env = {**os.environ, "YOLO_CONFIG_DIR": str(tmp_path / "cfg")}
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.demo.train", "--out", str(out), "--train-images", "16",
+         "--val-images", "8", "--detect-epochs", "1", "--segment-epochs", "1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "val box mAP50" in card and "val mask mAP50" in card and "--detect-epochs 1" in card
+    from ultralytics import YOLO
+
+    for name, task in (("shapes-detect", "detect"), ("shapes-segment", "segment")):
+        model = YOLO(str(out / f"{name}.pt"))
+        assert model.task == task and model.names == {0: "circle", 1: "square", 2: "triangle"}
+    assert {p: p.stat().st_mtime for p in (ROOT / "app/demo/weights").glob("*.pt")} == committed
+    assert not (tmp_path / "runs").exists()
