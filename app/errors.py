@@ -25,6 +25,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 
+from app.middleware import request_id
 from client.schema import PROBLEM_TYPE_PREFIX, Problem
 
 log = logging.getLogger("app.errors")
@@ -78,6 +79,14 @@ class NotReady(ServingError):
     status, code, title = 503, "not-ready", "Not ready"
 
 
+class HttpProblem(ServingError):
+    """A framework-level HTTP error (unknown route, wrong method, body too large)."""
+
+    def __init__(self, status: int, code: str, title: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.title = status, code, title
+
+
 _HTTP_CODES = {
     400: ("bad-request", "Bad request"),
     404: ("not-found", "Not found"),
@@ -116,16 +125,15 @@ def _from_http_exception(request: Request, exc: HTTPException) -> ServingError:
         limit = request.route_handler.resolve_request_max_body_size()
         detail = f"The request body is larger than the server's limit of {limit} bytes."
     elif status == 404:
-        detail = f"No route {request.method} {request.url.path}. See GET /models for models."
+        routes = ", ".join(sorted({r.path for r in request.app.routes}))
+        detail = f"No route {request.method} {request.url.path}; the routes are {routes}."
     elif status == 405:
         detail = f"{request.method} is not allowed on {request.url.path}."
     elif isinstance(exc, ValidationException):
         detail = exc.detail or "The request could not be parsed."
     else:
         detail = exc.detail or title
-    err = ServingError(detail)
-    err.status, err.code, err.title = status, code, title
-    return err
+    return HttpProblem(status, code, title, detail)
 
 
 def handle_exception(request: Request, exc: Exception) -> Response[Any]:
@@ -142,7 +150,5 @@ def handle_exception(request: Request, exc: Exception) -> Response[Any]:
     )
 
 
-def request_id_of(request: Request) -> str | None:
-    from app.middleware import request_id
-
+def request_id_of(request: Request) -> str:
     return request_id(request.scope)

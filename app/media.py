@@ -153,6 +153,8 @@ def parse_parameters(raw: dict[str, Any], aliases: dict[str, str] | None = None)
     """Validate parameters; a bad one is a 400 that names the field and its allowed range."""
     if aliases:
         raw = {aliases.get(k, k): v for k, v in raw.items()}
+    if isinstance(raw.get("classes"), str | int):  # JSON may give "circle,square" or 2
+        raw = {**raw, "classes": [c.strip() for c in str(raw["classes"]).split(",") if c.strip()]}
     try:
         return msgspec.convert(raw, Parameters, strict=False)
     except msgspec.ValidationError as exc:

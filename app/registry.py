@@ -22,6 +22,7 @@ import numpy as np
 
 from app.config import ModelSpec, Settings
 from app.errors import InvalidParameter, NotReady, UnknownModel, WrongTask
+from app.offline import disable_sync
 from client.schema import ModelInfo, ModelList
 
 log = logging.getLogger("app.registry")
@@ -217,6 +218,7 @@ class Registry:
         if not specs and settings.storage_uri:
             specs = discover_storage_models(settings.storage_uri)
         device = resolve_device(settings.device)
+        disable_sync()
         loaded = [self._load_one(spec, device) for spec in specs]
         if settings.torch_threads:
             import torch
@@ -249,8 +251,8 @@ class Registry:
         )  # fmt: skip
         return model
 
-    def get(self, name: str | None, task: str | None = None, route: str = "") -> LoadedModel:
-        """The model to use: by name, else the default (for ``task``, the first of that task)."""
+    def ensure_ready(self) -> None:
+        """Raise :class:`NotReady` (503) unless every model is loaded and warm."""
         if not self.ready:
             detail = (
                 f"model loading failed: {self.error}"
@@ -258,6 +260,10 @@ class Registry:
                 else "models are still loading; retry shortly (GET /health says when ready)"
             )
             raise NotReady(detail)
+
+    def get(self, name: str | None, task: str | None = None, route: str = "") -> LoadedModel:
+        """The model to use: by name, else the default (for ``task``, the first of that task)."""
+        self.ensure_ready()
         if name is None:
             default = self.models.get(self.default_name or "")
             if task is None or (default and default.task == task):

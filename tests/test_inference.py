@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 import pytest
+from PIL import Image
 from pycocotools import mask as coco_mask
 
 from helpers import (
@@ -221,3 +223,26 @@ def test_openapi_documents_routes(client):
     spec = client.get("/openapi/openapi.json").json()
     for path in ("/detect", "/segment", "/annotate", "/predict", "/models", "/health"):
         assert path in spec["paths"]
+
+
+def test_exif_orientation_is_applied(client):
+    """A phone photo stored sideways with EXIF orientation 6 is handled as displayed."""
+    rgb, shapes = SCENES[0]
+    stored = Image.fromarray(rgb).transpose(Image.Transpose.ROTATE_90)  # as the sensor wrote it
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    buf = io.BytesIO()
+    stored.save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+    r = client.post("/detect", content=buf.getvalue(), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200
+    result = r.json()["results"][0]
+    assert (result["width"], result["height"]) == (rgb.shape[1], rgb.shape[0])
+    assert hit_rate([shapes], [result]) == 1.0
+
+
+def test_classes_as_json_string(client):
+    rgb, _ = SCENES[0]
+    body = {"instances": [{"image": b64(encode(rgb))}], "parameters": {"classes": "circle, square"}}
+    r = client.post("/detect", json=body)
+    assert r.status_code == 200, r.text
+    assert {d["class_name"] for d in r.json()["results"][0]["detections"]} <= {"circle", "square"}

@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         buf = io.BytesIO()
         Image.fromarray(rgb).save(buf, format="PNG")
         r = httpx.post(
-            url + "/detect", content=buf.getvalue(), headers={"Content-Type": "image/png"}, timeout=60
+            url + "/detect",
+            content=buf.getvalue(),
+            headers={"Content-Type": "image/png"},
+            timeout=60,
         )
         print(f"POST /detect -> {r.status_code}  Server-Timing: {r.headers.get('server-timing')}")
         r.raise_for_status()

@@ -13,6 +13,7 @@ class ModelsController(Controller):
 
     @get(summary="List the served models", sync_to_thread=False)
     def list_models(self, registry: Registry) -> ModelList:
+        registry.ensure_ready()
         return registry.describe()
 
     @get("/{name:str}", summary="Describe one model", sync_to_thread=False)
