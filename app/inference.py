@@ -66,7 +66,7 @@ def detections(result: Any, with_masks: bool = False, rle: bool = False) -> list
     boxes = result.boxes
     if boxes is None or len(boxes) == 0:
         return []
-    xyxy = boxes.xyxy.cpu().numpy().round(1).tolist()
+    xyxy = boxes.xyxy.cpu().numpy().astype(np.float64).round(1).tolist()
     conf = boxes.conf.cpu().numpy().tolist()
     cls = boxes.cls.cpu().numpy().astype(int).tolist()
     ids = boxes.id.cpu().numpy().astype(int).tolist() if boxes.is_track else [None] * len(cls)

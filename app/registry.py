@@ -201,7 +201,7 @@ class Registry:
         """Load and warm every model; on failure record the error and re-raise."""
         self.limiter = anyio.CapacityLimiter(self.settings.workers)
         try:
-            loaded = await anyio.to_thread.run_sync(self._load_all)
+            loaded = await anyio.to_thread.run_sync(self._load_all, abandon_on_cancel=True)
         except Exception as exc:
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
             raise

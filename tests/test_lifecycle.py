@@ -163,14 +163,7 @@ def test_storage_uri_directory_and_custom_health_route(tmp_path):
         },
     )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(srv.url + "/ping", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        srv.wait_healthy(path="/ping")
         models = httpx.get(srv.url + "/models").json()
         assert [m["name"] for m in models["models"]] == ["shapes"]
         assert models["models"][0]["source"] == "shapes.pt"

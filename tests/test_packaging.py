@@ -108,3 +108,26 @@ def test_demo_model_training_script_runs_at_toy_size(tmp_path):
         assert model.task == task and model.names == {0: "circle", 1: "square", 2: "triangle"}
     assert {p: p.stat().st_mtime for p in (ROOT / "app/demo/weights").glob("*.pt")} == committed
     assert not (tmp_path / "runs").exists()
+
+
+def test_wheel_ships_the_demo_weights(tmp_path):
+    """The Dockerfile installs a built wheel (not this checkout): the weights must be inside."""
+    import zipfile
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+         "-q", "-w", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = tmp_path.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for needed in (
+        "app/demo/weights/shapes-detect.pt",
+        "app/demo/weights/shapes-segment.pt",
+        "app/demo/weights/MODEL_CARD.md",
+        "client/schema.py",
+        "app/routes/inference.py",
+    ):
+        assert needed in names
+    assert not any(n.startswith("tests/") for n in names)

@@ -8,7 +8,7 @@ from litestar.openapi.spec import Example
 from app.config import Settings
 from app.errors import BadRequest
 from app.inference import b64, encode_image, image_result, render
-from app.pipeline import infer
+from app.pipeline import Inferred, infer
 from app.registry import Registry
 from client.schema import (
     AnnotatedImage,
@@ -29,6 +29,23 @@ INPUTS = (
 IMAGE_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
 
 
+async def _results(
+    inferred: Inferred, settings: Settings, with_masks: bool
+) -> Response[InferenceResponse]:
+    """The JSON answer of /detect and /segment."""
+    rle = inferred.params.rle
+    body = await inferred.encode(
+        lambda: InferenceResponse(
+            model=inferred.model.name,
+            version=inferred.model.version,
+            deployed_model_id=settings.deployed_model_id,
+            task=inferred.model.task,
+            results=[image_result(r, with_masks, rle) for r in inferred.results],
+        )
+    )
+    return Response(body, headers=inferred.headers(settings))
+
+
 class InferenceController(Controller):
     """Image inference routes. Every response carries the model and deployed-model headers."""
 
@@ -37,16 +54,7 @@ class InferenceController(Controller):
         self, request: Request, registry: Registry, settings: Settings
     ) -> Response[InferenceResponse]:
         inferred = await infer(request, registry, settings, route="/detect")
-        body = await inferred.encode(
-            lambda: InferenceResponse(
-                model=inferred.model.name,
-                version=inferred.model.version,
-                deployed_model_id=settings.deployed_model_id,
-                task=inferred.model.task,
-                results=[image_result(r) for r in inferred.results],
-            )
-        )
-        return Response(body, headers=inferred.headers(settings))
+        return await _results(inferred, settings, with_masks=False)
 
     @post(
         "/segment",
@@ -58,17 +66,7 @@ class InferenceController(Controller):
         self, request: Request, registry: Registry, settings: Settings
     ) -> Response[InferenceResponse]:
         inferred = await infer(request, registry, settings, route="/segment", task="segment")
-        rle = inferred.params.rle
-        body = await inferred.encode(
-            lambda: InferenceResponse(
-                model=inferred.model.name,
-                version=inferred.model.version,
-                deployed_model_id=settings.deployed_model_id,
-                task=inferred.model.task,
-                results=[image_result(r, with_masks=True, rle=rle) for r in inferred.results],
-            )
-        )
-        return Response(body, headers=inferred.headers(settings))
+        return await _results(inferred, settings, with_masks=True)
 
     @post(
         "/annotate",
