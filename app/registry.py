@@ -84,8 +84,8 @@ def resolve_source(
     """Where to load ``source`` from, and the file whose sha256 is the model's version.
 
     A gs:// URI or a file under AIP_STORAGE_URI is copied locally; an existing path is used as
-    is; anything else is handed to Ultralytics (``yolo11n.pt`` is downloaded when online,
-    ``yolo11n.yaml`` builds a randomly initialised model).
+    is; anything else is handed to Ultralytics (``yolo11n.pt`` is downloaded into the cache
+    when online, ``yolo11n.yaml`` builds a randomly initialised model).
     """
     if source.startswith("gs://"):
         path = _download_gs(source, cache_dir)
@@ -99,6 +99,11 @@ def resolve_source(
         candidate = Path(storage_uri) / source
         if candidate.is_file():
             return str(candidate), candidate
+    if source.endswith(".pt") and "/" not in source:
+        # Ultralytics downloads a bare name into the working directory, which a container's
+        # unprivileged user may not be able to write; download it into the cache instead.
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        return str(cache_dir / source), None
     return source, None
 
 
