@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -246,3 +247,21 @@ def test_classes_as_json_string(client):
     r = client.post("/detect", json=body)
     assert r.status_code == 200, r.text
     assert {d["class_name"] for d in r.json()["results"][0]["detections"]} <= {"circle", "square"}
+
+
+def test_concurrent_requests_get_their_own_results(client):
+    """Requests racing for the model pool each get the answer for their own images."""
+    batch = SCENES[:12]
+
+    def one(item):
+        rgb, _ = item
+        r = client.post("/detect", content=encode(rgb), headers={"Content-Type": "image/png"})
+        assert r.status_code == 200, r.text
+        return r.json()["results"][0]
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(one, batch))
+    assert [(r["width"], r["height"]) for r in results] == [
+        (rgb.shape[1], rgb.shape[0]) for rgb, _ in batch
+    ]
+    assert hit_rate([s for _, s in batch], results) >= 0.9
