@@ -25,6 +25,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 
+from app.metrics import ERRORS
 from app.middleware import request_id
 from client.schema import PROBLEM_TYPE_PREFIX, Problem
 
@@ -112,6 +113,7 @@ def problem(request: Request | None, exc: ServingError) -> Problem:
 
 
 def problem_response(exc: ServingError, request: Request | None = None) -> Response[Problem]:
+    ERRORS.labels(exc.code).inc()
     headers = {"Retry-After": "5"} if exc.status == 503 else None
     return Response(
         problem(request, exc), status_code=exc.status, media_type=PROBLEM_JSON, headers=headers

@@ -14,8 +14,9 @@ import anyio
 from litestar import Request
 
 from app.config import Settings
+from app.errors import BadRequest
 from app.inference import predict
-from app.media import DecodedImage, decode_images, parse_parameters, read_inputs
+from app.media import decode_images, parse_parameters, read_inputs
 from app.metrics import IMAGES, INFERENCE_SECONDS
 from app.registry import LoadedModel, Registry
 from client.schema import Parameters
@@ -25,11 +26,10 @@ T = TypeVar("T")
 
 @dataclass
 class Inferred:
-    """A request after inference: the model used, its parameters, images and raw results."""
+    """A request after inference: the model used, its parameters and the raw results."""
 
     model: LoadedModel
     params: Parameters
-    images: list[DecodedImage]
     results: list[Any]
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -59,10 +59,18 @@ async def infer(
     route: str,
     task: str | None = None,
     aliases: dict[str, str] | None = None,
+    one_image: str | None = None,
 ) -> Inferred:
-    """Read, validate and decode the request, then run one batched predict."""
+    """Read, validate and decode the request, then run one batched predict.
+
+    ``one_image``: the route answers a single image; this is the 400's hint when there are more.
+    """
     started = time.perf_counter()
     inputs = await read_inputs(request, settings.max_images)
+    if one_image and len(inputs.blobs) > 1:
+        raise BadRequest(
+            f"{route} answers one image but the request has {len(inputs.blobs)}; {one_image}"
+        )
     params = parse_parameters(inputs.params, aliases)
     model = registry.get(params.model, task=task, route=route)
     class_ids = model.class_ids(params.classes)
@@ -78,4 +86,4 @@ async def infer(
     INFERENCE_SECONDS.labels(model.name, route).observe(done - decoded)
     IMAGES.labels(model.name, route).inc(len(images))
     timings = {"decode": (decoded - started) * 1000, "inference": (done - decoded) * 1000}
-    return Inferred(model, params, images, results, timings)
+    return Inferred(model, params, results, timings)

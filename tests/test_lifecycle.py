@@ -176,5 +176,8 @@ def test_storage_uri_directory_and_custom_health_route(tmp_path):
         assert r.headers["x-deployed-model-id"] == "123456"
         metrics = httpx.get(srv.url + "/metrics").text
         assert 'yolo_images_total{model="shapes",route="/detect"} 1.0' in metrics
+        httpx.get(srv.url + "/models/nope")
+        metrics = httpx.get(srv.url + "/metrics").text
+        assert 'yolo_errors_total{code="unknown-model"} 1.0' in metrics
     finally:
         srv.stop()

@@ -6,7 +6,6 @@ from litestar import Controller, Request, Response, post
 from litestar.openapi.spec import Example
 
 from app.config import Settings
-from app.errors import BadRequest
 from app.inference import b64, encode_image, image_result, render
 from app.pipeline import Inferred, infer
 from app.registry import Registry
@@ -82,7 +81,15 @@ class InferenceController(Controller):
         accept = request.accept.best_match(
             ["image/jpeg", "image/png", "application/json"], default="image/jpeg"
         )
-        inferred = await infer(request, registry, settings, route="/annotate")
+        inferred = await infer(
+            request,
+            registry,
+            settings,
+            route="/annotate",
+            one_image=None
+            if accept == "application/json"
+            else "send one image, or ask for Accept: application/json to get all of them",
+        )
         fmt = inferred.params.format or ("png" if accept == "image/png" else "jpeg")
         if accept == "application/json":
 
@@ -109,12 +116,7 @@ class InferenceController(Controller):
 
             body = await inferred.encode(encode_json)
             return Response(body, headers=inferred.headers(settings))
-        if len(inferred.results) != 1:
-            raise BadRequest(
-                f"/annotate answers one image but the request has {len(inferred.results)}; "
-                "send one image, or ask for Accept: application/json to get all of them"
-            )
-        result = inferred.results[0]
+        (result,) = inferred.results
         data = await inferred.encode(lambda: encode_image(render(result), fmt))
         headers = inferred.headers(settings)
         headers["X-Detection-Count"] = str(len(result.boxes) if result.boxes is not None else 0)
