@@ -179,7 +179,6 @@ class LoadedModel:
             version=self.version,
             sha256=self.sha256,
             device=self.device,
-            ready=True,
             default=default,
         )
 

@@ -99,7 +99,6 @@ class ModelInfo(Struct, frozen=True, kw_only=True):
     version: str
     sha256: str
     device: str
-    ready: bool
     default: bool
 
 

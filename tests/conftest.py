@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -15,7 +16,7 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BUS_JPG = Path(__import__("ultralytics").__file__).parent / "assets" / "bus.jpg"
+BUS_JPG = Path(importlib.util.find_spec("ultralytics").origin).parent / "assets" / "bus.jpg"
 
 
 def free_port() -> int:

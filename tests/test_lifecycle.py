@@ -52,8 +52,8 @@ def test_health_goes_from_503_to_200(random_server):
     statuses = [h for h, _ in random_server.seen]
     assert statuses[0] == 503 and statuses[-1] == 200, statuses
     assert statuses == sorted(statuses, reverse=True), "never back to 503 once healthy"
-    loading = httpx.get(random_server.url + "/health").json()
-    assert loading == {"status": "ok", "deployed_model_id": "local", "models": {"random": True}}
+    healthy = httpx.get(random_server.url + "/health").json()
+    assert healthy == {"status": "ok", "deployed_model_id": "local", "models": {"random": True}}
 
 
 def test_requests_while_loading_get_503_problem(random_server):
