@@ -16,7 +16,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from app.config import Settings
 from app.errors import handle_exception
 from app.metrics import metrics_handler
-from app.middleware import add_request_id
+from app.middleware import identify
 from app.offline import configure_ultralytics
 from app.registry import Registry
 from app.routes.health import health_handler
@@ -67,7 +67,7 @@ def create_app(
         lifespan=[load_models],
         state=State({"registry": registry, "settings": settings}),
         exception_handlers={Exception: handle_exception},
-        before_send=[add_request_id],
+        before_send=[identify(settings.deployed_model_id)],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="vertex-yolo",

@@ -1,14 +1,16 @@
-"""Per-request context: the request id, echoed or generated, on every response."""
+"""Headers on every response: the request id (echoed or generated) and the deployed model id."""
 
 from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar.datastructures import MutableScopeHeaders
 
 REQUEST_ID_HEADER = "X-Request-Id"
+DEPLOYED_MODEL_HEADER = "X-Deployed-Model-Id"
 _VALID_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
 
@@ -28,7 +30,16 @@ def request_id(scope: Any) -> str:
     return rid
 
 
-async def add_request_id(message: Any, scope: Any) -> None:
-    """A Litestar ``before_send`` hook: runs for every response, unknown routes included."""
-    if message["type"] == "http.response.start" and scope.get("type") == "http":
-        MutableScopeHeaders.from_message(message)[REQUEST_ID_HEADER] = request_id(scope)
+def identify(deployed_model_id: str) -> Callable[[Any, Any], Awaitable[None]]:
+    """A Litestar ``before_send`` hook: runs for every response, unknown routes and errors included.
+
+    Vertex does not say which deployed model answered an ``/invoke`` call, so the server does.
+    """
+
+    async def before_send(message: Any, scope: Any) -> None:
+        if message["type"] == "http.response.start" and scope.get("type") == "http":
+            headers = MutableScopeHeaders.from_message(message)
+            headers[REQUEST_ID_HEADER] = request_id(scope)
+            headers[DEPLOYED_MODEL_HEADER] = deployed_model_id
+
+    return before_send

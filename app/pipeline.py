@@ -33,11 +33,10 @@ class Inferred:
     results: list[Any]
     timings_ms: dict[str, float] = field(default_factory=dict)
 
-    def headers(self, settings: Settings) -> dict[str, str]:
-        """Headers every inference response carries (the request id is added for all)."""
+    def headers(self) -> dict[str, str]:
+        """Headers every inference response carries (request and deployed model ids: all)."""
         timing = ", ".join(f"{k};dur={v:.1f}" for k, v in self.timings_ms.items())
         return {
-            "X-Deployed-Model-Id": settings.deployed_model_id,
             "X-Model-Name": self.model.name,
             "X-Model-Version": self.model.version,
             "Server-Timing": timing,

@@ -302,4 +302,5 @@ class Registry:
         return ModelList(
             models=[m.info(m.name == self.default_name) for m in self.models.values()],
             default_model=self.default_name,
+            deployed_model_id=self.settings.deployed_model_id,
         )

@@ -105,6 +105,7 @@ class ModelInfo(Struct, frozen=True, kw_only=True):
 class ModelList(Struct, frozen=True, kw_only=True):
     models: list[ModelInfo]
     default_model: str | None
+    deployed_model_id: str
 
 
 class Health(Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -140,13 +141,7 @@ PROBLEM_TYPE_PREFIX = "urn:vertex-yolo:problem:"
 Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
 
 
-class Parameters(Struct, kw_only=True, forbid_unknown_fields=True):
-    """Inference parameters, from the query string, form fields or a JSON ``parameters`` object.
-
-    ``classes`` filters by class names or ids. ``imgsz`` overrides the model's input size.
-    ``rle`` adds COCO RLE to ``/segment`` masks. ``format`` picks ``/annotate``'s image format.
-    """
-
+class _Common(Struct, kw_only=True, forbid_unknown_fields=True):
     model: str | None = None
     conf: Probability = 0.25
     iou: Probability = 0.7
@@ -154,7 +149,31 @@ class Parameters(Struct, kw_only=True, forbid_unknown_fields=True):
     classes: list[int | str] | None = None
     imgsz: Annotated[int, Meta(ge=32, le=4096)] | None = None
     rle: bool = False
+
+
+class Parameters(_Common, kw_only=True, forbid_unknown_fields=True):
+    """Inference parameters, from the query string, form fields or a JSON ``parameters`` object.
+
+    ``classes`` filters by class names or ids. ``imgsz`` overrides the model's input size.
+    ``rle`` adds COCO RLE to ``/segment`` masks. ``format`` picks ``/annotate``'s image format.
+    """
+
     format: Literal["jpeg", "png"] | None = None
+
+
+Tracker = Literal["none", "bytetrack", "botsort"]
+
+
+class StreamParameters(_Common, kw_only=True, forbid_unknown_fields=True):
+    """``/stream`` parameters: those of ``/detect`` plus tracking and frame selection.
+
+    ``track`` keeps object ids across frames (state lives for one request). ``vid_stride``
+    runs every n-th frame. ``max_frames`` stops after that many processed frames.
+    """
+
+    track: Tracker = "none"
+    vid_stride: Annotated[int, Meta(ge=1, le=1000)] = 1
+    max_frames: Annotated[int, Meta(ge=1)] | None = None
 
 
 class B64(Struct, frozen=True):
@@ -174,6 +193,59 @@ class PredictRequest(Struct, frozen=True, forbid_unknown_fields=True):
 
     instances: list[Instance]
     parameters: dict[str, Any] | None = None
+
+
+class FramesRequest(Struct, frozen=True, forbid_unknown_fields=True):
+    """``/stream``'s JSON body: ``{"frames": ["<base64>", ...], "parameters": {...}}``."""
+
+    frames: list[str | B64]
+    parameters: dict[str, Any] | None = None
+
+
+# --- /stream events (Server-Sent Events; the SSE event name says which Struct the data is) ----
+
+
+class StreamStart(Struct, frozen=True, kw_only=True):
+    """``event: start``: sent once, before any frame."""
+
+    model: str
+    version: str
+    deployed_model_id: str
+    task: str
+    source: Literal["video", "frames"]
+    fps: float | None  # the source's frame rate (None for a run of frames)
+    frames: int | None  # frames that will be processed, when known (after vid_stride/max_frames)
+    width: int
+    height: int
+    track: Tracker
+
+
+class StreamFrame(Struct, frozen=True, kw_only=True):
+    """``event: frame`` (SSE id = ``index``): one processed frame's detections."""
+
+    index: int  # position of the frame in the source (0-based, counts skipped frames)
+    timestamp_ms: float | None  # position in the video; None for a run of frames
+    inference_ms: float
+    detections: list[Detection]
+
+
+class StreamEnd(Struct, frozen=True, kw_only=True):
+    """``event: end``: the last event of a stream that completed."""
+
+    frames: int  # frames processed
+    elapsed_ms: float
+    fps: float  # frames processed per second of wall time
+    class_counts: dict[str, int]  # detections per class name over all frames
+    tracks: int  # distinct track ids (0 without tracking)
+
+
+# ``event: error`` carries a :class:`Problem` and ends the stream.
+STREAM_EVENTS: dict[str, type] = {
+    "start": StreamStart,
+    "frame": StreamFrame,
+    "end": StreamEnd,
+    "error": Problem,
+}
 
 
 # --- /predict (the Ultralytics Vertex guide's shape) ------------------------------------------
@@ -211,3 +283,5 @@ decode_models = msgspec.json.Decoder(ModelList).decode
 decode_model_info = msgspec.json.Decoder(ModelInfo).decode
 decode_health = msgspec.json.Decoder(Health).decode
 decode_predict_response = msgspec.json.Decoder(PredictResponse).decode
+decode_frames_request = msgspec.json.Decoder(FramesRequest).decode
+STREAM_DECODERS = {name: msgspec.json.Decoder(kind).decode for name, kind in STREAM_EVENTS.items()}

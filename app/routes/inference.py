@@ -42,7 +42,7 @@ async def _results(
             results=[image_result(r, with_masks, rle) for r in inferred.results],
         )
     )
-    return Response(body, headers=inferred.headers(settings))
+    return Response(body, headers=inferred.headers())
 
 
 class InferenceController(Controller):
@@ -115,10 +115,10 @@ class InferenceController(Controller):
                 )
 
             body = await inferred.encode(encode_json)
-            return Response(body, headers=inferred.headers(settings))
+            return Response(body, headers=inferred.headers())
         (result,) = inferred.results
         data = await inferred.encode(lambda: encode_image(render(result), fmt))
-        headers = inferred.headers(settings)
+        headers = inferred.headers()
         headers["X-Detection-Count"] = str(len(result.boxes) if result.boxes is not None else 0)
         return Response(data, media_type=IMAGE_TYPES[fmt], headers=headers)
 
@@ -161,4 +161,4 @@ class InferenceController(Controller):
             )
 
         body = await inferred.encode(encode)
-        return Response(body, headers=inferred.headers(settings))
+        return Response(body, headers=inferred.headers())

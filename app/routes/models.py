@@ -1,8 +1,8 @@
-"""``GET /models`` and ``GET /models/{name}``."""
+"""``/models`` and ``/models/{name}``: GET, and POST too, because ``Endpoint.invoke`` only POSTs."""
 
 from __future__ import annotations
 
-from litestar import Controller, get
+from litestar import Controller, HttpMethod, route
 
 from app.registry import Registry
 from client.schema import ModelInfo, ModelList
@@ -11,12 +11,23 @@ from client.schema import ModelInfo, ModelList
 class ModelsController(Controller):
     path = "/models"
 
-    @get(summary="List the served models", sync_to_thread=False)
+    @route(
+        http_method=[HttpMethod.GET, HttpMethod.POST],
+        status_code=200,
+        summary="List the served models",
+        sync_to_thread=False,
+    )
     def list_models(self, registry: Registry) -> ModelList:
         registry.ensure_ready()
         return registry.describe()
 
-    @get("/{name:str}", summary="Describe one model", sync_to_thread=False)
+    @route(
+        "/{name:str}",
+        http_method=[HttpMethod.GET, HttpMethod.POST],
+        status_code=200,
+        summary="Describe one model",
+        sync_to_thread=False,
+    )
     def get_model(self, registry: Registry, name: str) -> ModelInfo:
         model = registry.get(name)
         return model.info(model.name == registry.default_name)
