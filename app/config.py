@@ -55,6 +55,13 @@ class Settings:
     log_level: str = "info"
     metrics: bool = False
     cache_dir: Path = Path("/tmp/vertex-yolo/models")
+    tmp_dir: Path | None = None  # None: the system's temp dir
+    stream_max_frames: int = 10_000
+    stream_max_seconds: float = 600.0
+    stream_max_pixels: int = 3840 * 2160
+    stream_ping_seconds: float = 15.0
+    stream_send_timeout: float = 30.0
+    stream_queue: int = 4
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -77,6 +84,19 @@ class Settings:
                 return default
             if not low <= value <= high:
                 errors.append(f"{name}={value} is out of range [{low}, {high}]")
+            return value
+
+        def number(name: str, default: float, low: float, high: float) -> float:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                errors.append(f"{name}={raw!r} is not a number")
+                return default
+            if not low <= value <= high:
+                errors.append(f"{name}={value:g} is out of range [{low:g}, {high:g}]")
             return value
 
         def boolean(name: str, default: bool) -> bool:
@@ -112,6 +132,10 @@ class Settings:
         if log_level not in ("critical", "error", "warning", "info", "debug"):
             errors.append(f"SERVE_LOG_LEVEL={log_level!r} must be one of debug/info/warning/error")
 
+        tmp_dir = get("SERVE_TMP_DIR")
+        if tmp_dir and not Path(tmp_dir).is_dir():
+            errors.append(f"SERVE_TMP_DIR={tmp_dir!r} is not a directory")
+
         settings = cls(
             host=get("SERVE_HOST") or "0.0.0.0",
             port=integer("AIP_HTTP_PORT", 8080, 1, 65535),
@@ -130,6 +154,13 @@ class Settings:
             log_level=log_level,
             metrics=boolean("SERVE_METRICS", False),
             cache_dir=Path(get("SERVE_CACHE_DIR") or "/tmp/vertex-yolo/models"),
+            tmp_dir=Path(tmp_dir) if tmp_dir else None,
+            stream_max_frames=integer("SERVE_STREAM_MAX_FRAMES", 10_000, 1, 10_000_000),
+            stream_max_seconds=number("SERVE_STREAM_MAX_SECONDS", 600.0, 0.1, 86_400.0),
+            stream_max_pixels=integer("SERVE_STREAM_MAX_PIXELS", 3840 * 2160, 1024, 100_000_000),
+            stream_ping_seconds=number("SERVE_STREAM_PING_SECONDS", 15.0, 0.1, 3600.0),
+            stream_send_timeout=number("SERVE_STREAM_SEND_TIMEOUT", 30.0, 0.1, 3600.0),
+            stream_queue=integer("SERVE_STREAM_QUEUE", 4, 1, 1024),
         )
         if errors:
             raise SettingsError("invalid configuration:\n  - " + "\n  - ".join(errors))

@@ -5,6 +5,7 @@ Exception tree (status, ``code``)::
     ServingError                      500 internal
     ├── BadRequest                    400 bad-request
     │   ├── InvalidImage              400 invalid-image
+    │   ├── InvalidVideo              400 invalid-video
     │   ├── InvalidParameter          400 invalid-parameter
     │   └── WrongTask                 400 wrong-task
     ├── UnknownModel                  404 unknown-model
@@ -54,6 +55,10 @@ class BadRequest(ServingError):
 
 class InvalidImage(BadRequest):
     code, title = "invalid-image", "Invalid image"
+
+
+class InvalidVideo(BadRequest):
+    code, title = "invalid-video", "Invalid video"
 
 
 class InvalidParameter(BadRequest):

@@ -12,20 +12,19 @@ import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from app.media import DecodedImage
-from client.schema import Box, Detection, ImageResult, Mask, Parameters, Rle
+from client.schema import Box, CommonParameters, Detection, ImageResult, Mask, Rle
 
 MIN_CONTOUR_POINTS = 3
 JPEG_QUALITY = 90
 
 
 def predict(
-    yolo: Any, images: list[DecodedImage], params: Parameters, class_ids: list[int] | None,
+    yolo: Any, images: list[np.ndarray], params: CommonParameters, class_ids: list[int] | None,
     imgsz: int, device: str,
 ) -> list[Any]:  # fmt: skip
-    """One batched ``predict`` over all images; returns Ultralytics ``Results`` in order."""
+    """One batched ``predict`` over BGR images; returns Ultralytics ``Results`` in order."""
     return yolo.predict(
-        [im.bgr for im in images],
+        images,
         conf=params.conf,
         iou=params.iou,
         max_det=params.max_det,

@@ -22,6 +22,7 @@ from app.registry import Registry
 from app.routes.health import health_handler
 from app.routes.inference import InferenceController
 from app.routes.models import ModelsController
+from app.routes.stream import stream_handler
 
 log = logging.getLogger("app")
 VERSION = "0.1.0"
@@ -55,7 +56,12 @@ def create_app(
         finally:
             task.cancel()
 
-    handlers = [InferenceController, ModelsController, health_handler(settings.health_route)]
+    handlers = [
+        InferenceController,
+        stream_handler,
+        ModelsController,
+        health_handler(settings.health_route),
+    ]
     if settings.metrics:
         handlers.append(metrics_handler)
     return Litestar(

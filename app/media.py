@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import sys
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import numpy as np
@@ -36,6 +37,8 @@ from app.errors import (
 )
 from client.schema import B64, Parameters, decode_predict_request
 
+P = TypeVar("P", bound=msgspec.Struct)
+
 IMAGE_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp"}
 RAW_IMAGE_TYPES = frozenset(
     {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/x-ms-bmp"}
@@ -43,6 +46,7 @@ RAW_IMAGE_TYPES = frozenset(
 OCTET_STREAM = "application/octet-stream"
 LIST_PARAMETERS = frozenset({"classes"})
 ALLOWED_VALUES = {"format": "jpeg, png", "rle": "true, false"}
+ORIENTATION_TAG = 0x0112
 JSON_SHAPE = '{"instances": [{"image": "<base64>"}], "parameters": {...}}'
 
 
@@ -79,7 +83,7 @@ class DecodedImage:
     height: int
 
 
-def _collect(items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+def collect_params(items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
     """Multi-valued query/form items to a dict; ``classes`` may repeat or be comma-separated."""
     params: dict[str, Any] = {}
     for key, value in items:
@@ -91,20 +95,21 @@ def _collect(items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
     return params
 
 
-def _b64(value: str | B64, index: int) -> bytes:
+def b64decode(value: str | B64, where: str) -> bytes:
+    """Base64 (or a data URL, or Vertex's ``{"b64": ...}``) to bytes; ``where`` names it in errors."""
     text = value.b64 if isinstance(value, B64) else value
     if text.startswith("data:") and "," in text:  # tolerate data URLs
         text = text.split(",", 1)[1]
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise InvalidImage(f"instances[{index}].image is not valid base64: {exc}") from None
+        raise InvalidImage(f"{where} is not valid base64: {exc}") from None
 
 
 async def read_inputs(request: Request, max_images: int) -> Inputs:
     """Split a request into encoded images and parameters (no decoding yet)."""
     media_type = request.content_type[0].lower()
-    params = _collect(request.query_params.multi_items())
+    params = collect_params(request.query_params.multi_items())
     blobs: list[bytes] = []
     if media_type == "application/json":
         try:
@@ -117,7 +122,9 @@ async def read_inputs(request: Request, max_images: int) -> Inputs:
             raise PayloadTooLarge(
                 f"{len(body.instances)} images in one request; at most {max_images}"
             )
-        blobs = [_b64(inst.image, i) for i, inst in enumerate(body.instances)]
+        blobs = [
+            b64decode(inst.image, f"instances[{i}].image") for i, inst in enumerate(body.instances)
+        ]
         for key, value in (body.parameters or {}).items():
             params[key] = value
     elif media_type == "multipart/form-data":
@@ -132,7 +139,7 @@ async def read_inputs(request: Request, max_images: int) -> Inputs:
                 fields.append((key, value))
         for key in {k for k, _ in fields}:
             params.pop(key, None)  # form fields win over the query string
-        params.update(_collect(fields))
+        params.update(collect_params(fields))
     elif media_type in RAW_IMAGE_TYPES or media_type == OCTET_STREAM:
         blobs = [await request.body()]
     else:
@@ -149,14 +156,16 @@ async def read_inputs(request: Request, max_images: int) -> Inputs:
     return Inputs(blobs, params)
 
 
-def parse_parameters(raw: dict[str, Any], aliases: dict[str, str] | None = None) -> Parameters:
+def parse_parameters(
+    raw: dict[str, Any], aliases: dict[str, str] | None = None, kind: type[P] = Parameters
+) -> P:
     """Validate parameters; a bad one is a 400 that names the field and its allowed range."""
     if aliases:
         raw = {aliases.get(k, k): v for k, v in raw.items()}
     if isinstance(raw.get("classes"), str | int):  # JSON may give "circle,square" or 2
         raw = {**raw, "classes": [c.strip() for c in str(raw["classes"]).split(",") if c.strip()]}
     try:
-        return msgspec.convert(raw, Parameters, strict=False)
+        return msgspec.convert(raw, kind, strict=False)
     except msgspec.ValidationError as exc:
         message = str(exc)
         field = (
@@ -166,44 +175,69 @@ def parse_parameters(raw: dict[str, Any], aliases: dict[str, str] | None = None)
             message += f"; allowed: {ALLOWED_VALUES[field]}"
         if "unknown field" in message:
             field = message.split("`")[1]
-            message += f"; known parameters: {', '.join(Parameters.__struct_fields__)}"
+            message += f"; known parameters: {', '.join(kind.__struct_fields__)}"
         raise InvalidParameter(f"invalid parameter: {message}", field=field) from None
+
+
+def open_image(blob: bytes, label: str, max_pixels: int) -> Image.Image:
+    """Open an image's header (no pixel decoding yet) and check its format and pixel count."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit rules
+        try:
+            image = _pil_open(io.BytesIO(blob))
+        except Image.DecompressionBombError as exc:
+            raise PayloadTooLarge(f"{label} has too many pixels: {exc}") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            raise InvalidImage(
+                f"{label} is not a decodable image (JPEG, PNG, WebP or BMP expected)"
+            ) from None
+    if image.format not in IMAGE_FORMATS:
+        raise UnsupportedMediaType(
+            f"{label} is {image.format}; supported formats: {', '.join(IMAGE_FORMATS)}",
+            allowed=list(IMAGE_FORMATS.values()),
+        )
+    w, h = image.size
+    if w * h > max_pixels:
+        raise PayloadTooLarge(
+            f"{label} is {w}x{h} = {w * h} pixels; the limit is {max_pixels} pixels"
+        )
+    return image
+
+
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    """Width and height after the EXIF orientation is applied, without decoding."""
+    w, h = image.size
+    raw = image.info.get("exif")  # read with the header; ``getexif()`` may decode PNG pixels
+    orientation = None
+    if raw:
+        exif = Image.Exif()
+        with contextlib.suppress(Exception):  # a broken EXIF block orients nothing
+            exif.load(raw)
+            orientation = exif.get(ORIENTATION_TAG)
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def to_bgr(image: Image.Image, label: str) -> DecodedImage:
+    """Decode an opened image, apply its EXIF orientation, and convert it to BGR."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image.load()
+            rgb = ImageOps.exif_transpose(image).convert("RGB")
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise InvalidImage(f"{label} is corrupt or truncated: {exc}") from None
+    bgr = np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
+    return DecodedImage(bgr, rgb.width, rgb.height)
+
+
+def image_label(index: int, count: int, noun: str = "image") -> str:
+    return f"{noun} {index}" if count > 1 else f"the {noun}"
 
 
 def decode_images(blobs: list[bytes], max_pixels: int) -> list[DecodedImage]:
     """Decode every image, after checking every header against the limits first."""
-    opened: list[Image.Image] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit rules
-        for i, blob in enumerate(blobs):
-            label = f"image {i}" if len(blobs) > 1 else "the image"
-            try:
-                image = _pil_open(io.BytesIO(blob))
-            except Image.DecompressionBombError as exc:
-                raise PayloadTooLarge(f"{label} has too many pixels: {exc}") from None
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-                raise InvalidImage(
-                    f"{label} is not a decodable image (JPEG, PNG, WebP or BMP expected)"
-                ) from None
-            if image.format not in IMAGE_FORMATS:
-                raise UnsupportedMediaType(
-                    f"{label} is {image.format}; supported formats: {', '.join(IMAGE_FORMATS)}",
-                    allowed=list(IMAGE_FORMATS.values()),
-                )
-            w, h = image.size
-            if w * h > max_pixels:
-                raise PayloadTooLarge(
-                    f"{label} is {w}x{h} = {w * h} pixels; the limit is {max_pixels} pixels"
-                )
-            opened.append(image)
-        decoded = []
-        for i, image in enumerate(opened):
-            try:
-                image.load()
-                rgb = ImageOps.exif_transpose(image).convert("RGB")
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-                label = f"image {i}" if len(opened) > 1 else "the image"
-                raise InvalidImage(f"{label} is corrupt or truncated: {exc}") from None
-            bgr = np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
-            decoded.append(DecodedImage(bgr, rgb.width, rgb.height))
-    return decoded
+    labels = [image_label(i, len(blobs)) for i in range(len(blobs))]
+    opened = [
+        open_image(blob, label, max_pixels) for blob, label in zip(blobs, labels, strict=True)
+    ]
+    return [to_bgr(image, label) for image, label in zip(opened, labels, strict=True)]

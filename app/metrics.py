@@ -6,12 +6,14 @@ Off by default: everything the container serves is public through ``/invoke/*``.
 from __future__ import annotations
 
 from litestar import Response, get
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 INFERENCE_SECONDS = Histogram(
     "yolo_inference_seconds", "Model time per request (one batched predict)", ["model", "route"]
 )
 IMAGES = Counter("yolo_images_total", "Images run through a model", ["model", "route"])
+STREAM_FRAMES = Counter("yolo_stream_frames_total", "Frames run by /stream", ["model"])
+STREAMS_ACTIVE = Gauge("yolo_streams_active", "Open /stream responses", ["model"])
 ERRORS = Counter("yolo_errors_total", "Error responses by problem code", ["code"])
 
 

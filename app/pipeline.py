@@ -77,7 +77,9 @@ async def infer(
     decoded = time.perf_counter()
 
     def run(yolo: Any) -> list[Any]:
-        return predict(yolo, images, params, class_ids, model.imgsz, model.device)
+        return predict(
+            yolo, [im.bgr for im in images], params, class_ids, model.imgsz, model.device
+        )
 
     assert registry.limiter is not None
     results = await model.run(run, registry.limiter)

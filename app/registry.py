@@ -139,13 +139,23 @@ class LoadedModel:
             self._pool.put_nowait(instance)
 
     async def run(self, fn: Callable[[Any], T], limiter: anyio.CapacityLimiter) -> T:
-        """Run ``fn(yolo_instance)`` in a worker thread, one caller per instance at a time."""
+        """Run ``fn(yolo_instance)`` in a worker thread, one caller per instance at a time.
+
+        A thread cannot be interrupted, and asyncio's cancellation of the caller (a client gone
+        from a stream) does not wait for it: the call runs in its own task, shielded, which puts
+        the instance back only when the thread is done with it.
+        """
         assert self._pool is not None, "model pool not started"
-        instance = await self._pool.get()
-        try:
-            return await anyio.to_thread.run_sync(fn, instance, limiter=limiter)
-        finally:
-            self._pool.put_nowait(instance)
+        pool = self._pool
+        instance = await pool.get()
+
+        async def call() -> T:
+            try:
+                return await anyio.to_thread.run_sync(fn, instance, limiter=limiter)
+            finally:
+                pool.put_nowait(instance)
+
+        return await asyncio.shield(asyncio.ensure_future(call()))
 
     def class_ids(self, classes: list[int | str] | None) -> list[int] | None:
         """Class names or ids to ids; an unknown one is a 400 listing the model's classes."""

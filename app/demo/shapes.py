@@ -156,3 +156,41 @@ def write_dataset(root: Path, n_train: int, n_val: int, seed: int, size: int = 1
         f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n"
     )
     return data
+
+
+def moving_shape_frames(
+    n: int, width: int = 160, height: int = 120, class_id: int = 1, seed: int = 7
+) -> tuple[list[np.ndarray], list[tuple[float, float]]]:
+    """``n`` RGB frames of one shape crossing a fixed background left to right, and its centres.
+
+    The shape moves at constant speed along a straight line, so a tracker should keep one id and
+    box centres should follow the returned centres.
+    """
+    rng = np.random.default_rng(seed)
+    background = noisy_background(rng, height, width)
+    colour = shape_colour(rng, background)
+    size = min(width, height) * 0.35
+    x0, x1 = size * 0.75, width - size * 0.75
+    cy = height / 2
+    frames, centres = [], []
+    for i in range(n):
+        cx = x0 + (x1 - x0) * i / max(n - 1, 1)
+        frame = background.copy()
+        draw_shape(frame, make_shape(class_id, cx, cy, size), colour)
+        frames.append(frame)
+        centres.append((cx, cy))
+    return frames, centres
+
+
+def write_video(path: str | Path, frames: list[np.ndarray], fps: float = 10.0) -> None:
+    """Write RGB frames as a video OpenCV reads back (codec by suffix: .mp4 mp4v, .avi MJPG)."""
+    fourcc = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "XVID", ".webm": "VP80"}[Path(path).suffix]
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write {path} with {fourcc}")
+    try:
+        for frame in frames:
+            writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
+    finally:
+        writer.release()

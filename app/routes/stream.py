@@ -1,0 +1,78 @@
+"""``POST /stream``: per-frame results of a video (or a run of frames) as Server-Sent Events.
+
+Why sse-starlette's ``EventSourceResponse`` and not Litestar's own ``ServerSentEvent``
+(checked with Litestar 2.25): Litestar's has no keep-alive ping (proxies and load balancers drop a
+silent connection while a slow model works), no send timeout (a client that stops reading would
+hold the stream and its model slot forever), and separates events with CRLF only, which the
+Vertex SDK's line iterator can split into a spurious blank line (see the project notes). The
+response is an ASGI app, which Litestar serves as it is.
+"""
+
+from __future__ import annotations
+
+import anyio
+from litestar import Request, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.types import ASGIApp
+from sse_starlette import EventSourceResponse
+
+from app.config import Settings
+from app.media import parse_parameters
+from app.middleware import request_id
+from app.registry import Registry
+from app.stream import SSE_SEPARATOR, StreamSession
+from app.video import VIDEO_TYPES, open_source, read_stream_inputs
+from client.schema import Problem, StreamEnd, StreamFrame, StreamParameters, StreamStart
+
+DESCRIPTION = f"""Runs a video, or a run of image frames, through a model and answers
+`text/event-stream`: one `start` event (model, version, deployed model id, source fps, frame count
+when known, width, height), one `frame` event per processed frame as soon as it is computed (SSE
+`id` = frame index; timestamp in ms, inference ms, detections with `track_id` when tracking and
+masks for a segmentation model), then `end` (frames, elapsed ms, fps, per-class counts, distinct
+tracks) or `error` (problem details) and the stream closes. A `: ping` comment keeps the
+connection alive. Events are separated by LF only; each `data:` is one line of JSON.
+
+Input: a video as the raw body ({", ".join(sorted(VIDEO_TYPES))}; the container is sniffed),
+multipart/form-data image frames in order, or JSON `{{"frames": ["<base64>", ...], "parameters":
+{{...}}}}`. Parameters (query string, form fields or JSON): model, conf, iou, max_det, classes,
+imgsz, rle, `track` (none, bytetrack, botsort; state lives for this request), `vid_stride`,
+`max_frames`. Everything is validated before the first event: an undecodable video, no frame or
+a video over the server's limits (frames, duration, resolution) is a 4xx problem+json answer."""
+
+
+@post(
+    "/stream",
+    status_code=200,
+    summary="Stream per-frame results of a video (Server-Sent Events)",
+    description=DESCRIPTION,
+    responses={
+        200: ResponseSpec(
+            data_container=StreamStart | StreamFrame | StreamEnd | Problem,  # type: ignore[arg-type]
+            media_type="text/event-stream",
+            generate_examples=False,
+            description="Events `start` (StreamStart), `frame` (StreamFrame), `end` "
+            "(StreamEnd), `error` (Problem); see client/schema.py",
+        )
+    },
+)
+async def stream_handler(request: Request, registry: Registry, settings: Settings) -> ASGIApp:
+    inputs = await read_stream_inputs(request, settings)
+    params = parse_parameters(inputs.params, kind=StreamParameters)
+    model = registry.get(params.model, route="/stream")
+    class_ids = model.class_ids(params.classes)
+    source = await anyio.to_thread.run_sync(open_source, inputs, params, settings)
+    try:
+        assert registry.limiter is not None
+        session = StreamSession(
+            model, source, params, class_ids, settings, registry.limiter, request_id(request.scope)
+        )
+    except BaseException:
+        source.close()
+        raise
+    return EventSourceResponse(
+        session.events(),
+        headers={"X-Model-Name": model.name, "X-Model-Version": model.version},
+        ping=settings.stream_ping_seconds,
+        sep=SSE_SEPARATOR,
+        send_timeout=settings.stream_send_timeout,
+    )

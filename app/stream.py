@@ -1,0 +1,196 @@
+"""One ``/stream`` request: frames → model (→ tracker) → Server-Sent Events.
+
+A producer task runs each frame through :meth:`LoadedModel.run` (a worker thread, one frame per
+call, so ``/detect`` requests and other streams interleave with it frame by frame) and puts the
+encoded event into a bounded queue; the SSE generator sends from that queue. A slow client
+therefore holds at most ``SERVE_STREAM_QUEUE`` encoded frames, a client that disconnects cancels
+the producer (the frame in flight finishes, no new one starts), and the source is closed in
+every case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from functools import partial
+from typing import Any
+
+import anyio
+from sse_starlette import ServerSentEvent
+
+from app.config import Settings
+from app.errors import ServingError, problem
+from app.inference import detections, predict
+from app.metrics import STREAM_FRAMES, STREAMS_ACTIVE
+from app.registry import LoadedModel
+from app.video import FrameSource
+from client.schema import (
+    StreamEnd,
+    StreamFrame,
+    StreamParameters,
+    StreamStart,
+    json_encoder,
+)
+
+log = logging.getLogger("app.stream")
+# LF only: the Vertex SDK's line iterator can split a CRLF across reads into a spurious blank line.
+SSE_SEPARATOR = "\n"
+
+
+def event(name: str, body: Any, event_id: str | None = None) -> ServerSentEvent:
+    """One SSE event whose ``data`` is a single line of JSON (msgspec never emits newlines)."""
+    data = json_encoder.encode(body).decode()
+    return ServerSentEvent(data, event=name, id=event_id, sep=SSE_SEPARATOR)
+
+
+def make_tracker(kind: str) -> Any:
+    """A fresh Ultralytics tracker, owned by one request.
+
+    ``model.track(persist=True)`` would keep tracker state on the shared predictor, mixing
+    concurrent streams; this is the per-request equivalent of Ultralytics' tracking callbacks.
+    """
+    from ultralytics.trackers.track import TRACKER_MAP
+    from ultralytics.utils import YAML, IterableSimpleNamespace
+    from ultralytics.utils.checks import check_yaml
+
+    cfg = IterableSimpleNamespace(**YAML.load(check_yaml(f"{kind}.yaml")))
+    return TRACKER_MAP[kind](args=cfg)  # track_buffer counts frames, as in Ultralytics
+
+
+def apply_tracker(tracker: Any, result: Any) -> Any:
+    """Update ``tracker`` with one frame's result; keep only tracked boxes, with their ids.
+
+    Unlike Ultralytics, which passes untracked boxes through when no track is confirmed, every
+    detection of a tracked stream carries a ``track_id``.
+    """
+    import torch
+
+    tracks = tracker.update(result.boxes.cpu().numpy(), result.orig_img)
+    if len(tracks) == 0:
+        return result[:0]
+    tracked = result[tracks[:, -1].astype(int)]
+    tracked.update(boxes=torch.as_tensor(tracks[:, :-1], device=result.boxes.data.device))
+    return tracked
+
+
+class StreamSession:
+    """The state of one stream: source, parameters, tracker and running totals."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        source: FrameSource,
+        params: StreamParameters,
+        class_ids: list[int] | None,
+        settings: Settings,
+        limiter: anyio.CapacityLimiter,
+        request_id: str,
+    ) -> None:
+        self.model, self.source, self.params = model, source, params
+        self.class_ids, self.settings, self.limiter = class_ids, settings, limiter
+        self.request_id = request_id
+        self.tracker = make_tracker(params.track) if params.track != "none" else None
+        self.with_masks = model.task == "segment"
+        self.processed = 0
+        self.class_counts: Counter[str] = Counter()
+        self.track_ids: set[int] = set()
+
+    def start_event(self) -> ServerSentEvent:
+        src = self.source
+        return event(
+            "start",
+            StreamStart(
+                model=self.model.name,
+                version=self.model.version,
+                deployed_model_id=self.settings.deployed_model_id,
+                task=self.model.task,
+                source=src.kind,
+                fps=src.fps,
+                frames=src.frames,
+                width=src.width,
+                height=src.height,
+                track=self.params.track,
+            ),
+        )
+
+    def infer(self, yolo: Any, item: tuple[int, float | None, Any]) -> ServerSentEvent:
+        """Infer, track and encode one frame (worker thread, holding a model instance)."""
+        index, timestamp, frame = item
+        started = time.perf_counter()
+        p = self.params
+        (result,) = predict(yolo, [frame], p, self.class_ids, self.model.imgsz, self.model.device)
+        if self.tracker is not None:
+            result = apply_tracker(self.tracker, result)
+        inference_ms = (time.perf_counter() - started) * 1000
+        found = detections(result, self.with_masks, p.rle)
+        for d in found:
+            self.class_counts[d.class_name] += 1
+            if d.track_id is not None:
+                self.track_ids.add(d.track_id)
+        self.processed += 1
+        body = StreamFrame(
+            index=index,
+            timestamp_ms=timestamp,
+            inference_ms=round(inference_ms, 2),
+            detections=found,
+        )
+        return event("frame", body, str(index))
+
+    async def _produce(self, queue: asyncio.Queue[ServerSentEvent]) -> None:
+        """Decode frame k+1 in its own thread while frame k is inferred, then queue its event."""
+        started = time.perf_counter()
+
+        def read_next() -> asyncio.Future[Any]:
+            return asyncio.ensure_future(anyio.to_thread.run_sync(self.source.read))
+
+        try:
+            pending = read_next()
+            while (item := await pending) is not None:
+                pending = read_next()
+                frame = await self.model.run(partial(self.infer, item=item), self.limiter)
+                STREAM_FRAMES.labels(self.model.name).inc()
+                await queue.put(frame)
+            elapsed = time.perf_counter() - started
+            end = StreamEnd(
+                frames=self.processed,
+                elapsed_ms=round(elapsed * 1000, 1),
+                fps=round(self.processed / elapsed, 2) if elapsed > 0 else 0.0,
+                class_counts=dict(self.class_counts),
+                tracks=len(self.track_ids),
+            )
+            await queue.put(event("end", end))
+        except ServingError as exc:
+            await queue.put(event("error", problem(None, exc)))
+        except Exception:
+            log.exception("stream %s failed after %d frames", self.request_id, self.processed)
+            failure = ServingError("the stream failed on the server; see its logs")
+            await queue.put(event("error", problem(None, failure)))
+
+    async def events(self) -> AsyncIterator[ServerSentEvent]:
+        """The SSE events: start, frames as they are computed, then end (or error).
+
+        On a client that goes away (or a send timeout) this generator is cancelled: the producer
+        is cancelled with it, so no new frame starts, and the source is closed (its lock waits
+        for a read in flight). No await happens in ``finally``: under a cancelled anyio scope it
+        would be cancelled again.
+        """
+        queue: asyncio.Queue[ServerSentEvent] = asyncio.Queue(self.settings.stream_queue)
+        producer = asyncio.create_task(self._produce(queue))
+        STREAMS_ACTIVE.labels(self.model.name).inc()
+        reason = "client went away"
+        try:
+            yield self.start_event()
+            while True:
+                item = await queue.get()
+                yield item
+                if item.event in ("end", "error"):
+                    reason = item.event
+                    break
+        finally:
+            producer.cancel()
+            self.source.close()
+            STREAMS_ACTIVE.labels(self.model.name).dec()
+            log.info("stream %s: %d frames, %s", self.request_id, self.processed, reason)

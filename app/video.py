@@ -1,0 +1,337 @@
+"""``/stream`` sources: a video file or a run of image frames, opened and checked before streaming.
+
+A request is refused (4xx) here, before any event is sent, when its video cannot be decoded, has
+no frame, or is over the limits (frames, duration, resolution). What passes is a
+:class:`FrameSource` that yields frames one at a time, so memory stays bounded by one frame.
+
+Videos are decoded by OpenCV's FFmpeg backend from a temporary file that is unlinked as soon as
+FFmpeg has opened it: whatever happens next, no file is left behind. FFmpeg may only read that
+file (``protocol_whitelist``) with a video demuxer (``format_whitelist``), so a playlist or
+concat script sent as a "video" cannot make it open other files or URLs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import msgspec
+import numpy as np
+from litestar import Request
+from litestar.datastructures import UploadFile
+
+from app.config import Settings
+from app.errors import (
+    BadRequest,
+    InvalidImage,
+    InvalidParameter,
+    InvalidVideo,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from app.media import (
+    OCTET_STREAM,
+    RAW_IMAGE_TYPES,
+    b64decode,
+    collect_params,
+    image_label,
+    open_image,
+    oriented_size,
+    to_bgr,
+)
+from client.schema import StreamParameters, decode_frames_request
+
+# OpenCV reads this at every capture open. Forced, not defaulted: without the whitelists an HLS
+# playlist sent as a video makes FFmpeg open the local files (or URLs) it names.
+os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = (
+    "protocol_whitelist;file|format_whitelist;mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,gif"
+)
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own messages: quiet
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+
+import cv2  # noqa: E402  (after the environment above)
+
+VIDEO_TYPES = frozenset(
+    {
+        "video/mp4",
+        "video/quicktime",
+        "video/webm",
+        "video/x-matroska",
+        "video/x-msvideo",
+        "video/avi",
+        "video/msvideo",
+        "image/gif",
+        OCTET_STREAM,
+    }
+)
+FRAMES_SHAPE = '{"frames": ["<base64>", ...], "parameters": {...}}'
+QUICKTIME_ATOMS = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")
+
+
+def sniff(data: bytes) -> str | None:
+    """The container a video's first bytes announce (a file suffix), or None."""
+    if data[4:8] in QUICKTIME_ATOMS:
+        return ".mp4"
+    if data[:4] == b"\x1a\x45\xdf\xa3":  # EBML: Matroska and WebM
+        return ".mkv"
+    if data[:4] == b"RIFF" and data[8:12] == b"AVI ":
+        return ".avi"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return ".gif"
+    return None
+
+
+@dataclass
+class StreamInputs:
+    """What a /stream request carried: one video, or image frames in order; raw parameters."""
+
+    video: bytes | None
+    frames: list[bytes]
+    params: dict[str, Any]
+
+
+async def read_stream_inputs(request: Request, settings: Settings) -> StreamInputs:
+    """Split a /stream request into a video or frames, and parameters (nothing decoded yet)."""
+    media_type = request.content_type[0].lower()
+    params = collect_params(request.query_params.multi_items())
+    limit = settings.stream_max_frames
+    video: bytes | None = None
+    frames: list[bytes] = []
+    if media_type == "application/json":
+        try:
+            body = decode_frames_request(await request.body())
+        except msgspec.ValidationError as exc:
+            raise BadRequest(f"JSON body does not match {FRAMES_SHAPE}: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        if len(body.frames) > limit:
+            raise PayloadTooLarge(f"{len(body.frames)} frames in one request; at most {limit}")
+        frames = [b64decode(f, f"frames[{i}]") for i, f in enumerate(body.frames)]
+        params.update(body.parameters or {})
+    elif media_type == "multipart/form-data":
+        form = await request.form()
+        fields: list[tuple[str, Any]] = []
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if len(frames) >= limit:
+                    raise PayloadTooLarge(f"more than {limit} frames in one request")
+                frames.append(await value.read())
+            else:
+                fields.append((key, value))
+        for key in {k for k, _ in fields}:
+            params.pop(key, None)  # form fields win over the query string
+        params.update(collect_params(fields))
+    elif media_type in VIDEO_TYPES:
+        video = await request.body()
+        if not video:
+            raise InvalidVideo("the request body is empty: send a video")
+    else:
+        hint = (
+            " (send several images as multipart/form-data frames)"
+            if media_type in RAW_IMAGE_TYPES
+            else ""
+        )
+        raise UnsupportedMediaType(
+            f"Content-Type {media_type or '(none)'!r} is not accepted by /stream{hint}: send a "
+            f"video ({', '.join(sorted(VIDEO_TYPES))}), multipart/form-data image frames, or "
+            f"JSON {FRAMES_SHAPE}",
+            allowed=sorted(VIDEO_TYPES | {"multipart/form-data", "application/json"}),
+        )
+    if video is None and not any(frames):
+        raise InvalidImage("the request holds no frame")
+    return StreamInputs(video, frames, params)
+
+
+class FrameSource(Protocol):
+    """Frames to run, one at a time, in worker threads.
+
+    ``read`` and ``close`` may be called from different threads: ``close`` waits for a read in
+    flight, is idempotent, and every ``read`` after it returns None.
+    """
+
+    kind: Literal["video", "frames"]
+    fps: float | None
+    frames: int | None  # frames that will be processed, when known
+    width: int
+    height: int
+
+    def read(self) -> tuple[int, float | None, np.ndarray] | None:
+        """The next frame to process: (source index, timestamp in ms, BGR image), or None."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _planned(total: int | None, stride: int, max_frames: int | None) -> int | None:
+    if total is None:
+        return None
+    planned = math.ceil(total / stride)
+    return min(planned, max_frames) if max_frames else planned
+
+
+class VideoSource:
+    """A video decoded by FFmpeg (through OpenCV), every ``vid_stride``-th frame."""
+
+    kind: Literal["video"] = "video"
+
+    def __init__(self, data: bytes, params: StreamParameters, settings: Settings) -> None:
+        suffix = sniff(data)
+        if suffix is None:
+            raise InvalidVideo(
+                "the body is not a video this server reads: expected MP4/QuickTime, WebM/Matroska, "
+                "AVI or animated GIF"
+            )
+        self._lock = threading.Lock()
+        self._closed = False
+        fd, path = tempfile.mkstemp(
+            prefix="vertex-yolo-stream-", suffix=suffix, dir=settings.tmp_dir
+        )
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            self._cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+        finally:
+            Path(path).unlink(missing_ok=True)
+        try:
+            self._check(params, settings)
+        except Exception:
+            self.close()
+            raise
+
+    def _check(self, params: StreamParameters, settings: Settings) -> None:
+        cap = self._cap
+        if not cap.isOpened():
+            raise InvalidVideo("the video cannot be decoded (corrupt, truncated or unknown codec)")
+        self.width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+        self.height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        self.fps = round(fps, 3) if fps and fps > 0 and math.isfinite(fps) else None
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        self._total = count if count > 0 else None
+        self._stride = params.vid_stride
+        self._max_frames = params.max_frames
+        self._limit = settings.stream_max_frames
+        self._max_ms = settings.stream_max_seconds * 1000
+        pixels = self.width * self.height
+        if pixels > settings.stream_max_pixels:
+            raise PayloadTooLarge(
+                f"the video is {self.width}x{self.height} = {pixels} pixels a frame; the limit is "
+                f"{settings.stream_max_pixels}"
+            )
+        if self._total and self.fps and self._total / self.fps > settings.stream_max_seconds:
+            raise PayloadTooLarge(
+                f"the video lasts {self._total / self.fps:.1f} s; the limit is "
+                f"{settings.stream_max_seconds:g} s"
+            )
+        self.frames = _planned(self._total, self._stride, self._max_frames)
+        if self.frames is not None and self.frames > self._limit:
+            raise PayloadTooLarge(
+                f"the video has {self._total} frames, {self.frames} to process with "
+                f"vid_stride={self._stride}; the limit is {self._limit} (set max_frames or "
+                "vid_stride)"
+            )
+        ok, frame = cap.read()
+        if not ok or frame is None:
+            raise InvalidVideo("the video has no decodable frame")
+        self._first: np.ndarray | None = frame
+        self._index = 0  # index of the next frame to return
+        self._done = 0
+
+    def read(self) -> tuple[int, float | None, np.ndarray] | None:
+        with self._lock:
+            return None if self._closed else self._read()
+
+    def _read(self) -> tuple[int, float | None, np.ndarray] | None:
+        if self._max_frames is not None and self._done >= self._max_frames:
+            return None
+        if self._first is not None:
+            frame, self._first = self._first, None
+        else:
+            for _ in range(self._stride - 1):  # skipped frames are grabbed, not decoded
+                if not self._cap.grab():
+                    return None
+                self._index += 1
+            ok, frame = self._cap.read()
+            if not ok:
+                return None
+        index, self._index = self._index, self._index + 1
+        timestamp = round(self._cap.get(cv2.CAP_PROP_POS_MSEC), 3)
+        if self._done >= self._limit or timestamp > self._max_ms:
+            raise PayloadTooLarge(
+                f"the video goes on past the limits ({self._limit} frames, "
+                f"{self._max_ms / 1000:g} s); stopped at frame {index}"
+            )
+        self._done += 1
+        return index, timestamp, frame
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._cap.release()
+
+
+class ImageFramesSource:
+    """A run of still images (multipart parts or base64 JSON), decoded one at a time."""
+
+    kind: Literal["frames"] = "frames"
+    fps = None
+
+    def __init__(self, blobs: list[bytes], params: StreamParameters, settings: Settings) -> None:
+        indices = range(0, len(blobs), params.vid_stride)
+        if params.max_frames is not None:
+            indices = indices[: params.max_frames]
+        self._labels = [image_label(i, len(blobs), "frame") for i in indices]
+        self._indices = list(indices)
+        # Headers only: format, pixels and size are checked for every frame before streaming.
+        self._images = [
+            open_image(blobs[i], label, settings.max_pixels)
+            for i, label in zip(self._indices, self._labels, strict=True)
+        ]
+        sizes = {oriented_size(im) for im in self._images}
+        if len(sizes) > 1:
+            raise InvalidImage(
+                f"the frames differ in size ({', '.join(f'{w}x{h}' for w, h in sorted(sizes))}); "
+                "a stream's frames must all have the same size"
+            )
+        ((self.width, self.height),) = sizes
+        if self.width * self.height > settings.stream_max_pixels:
+            raise PayloadTooLarge(
+                f"the frames are {self.width}x{self.height} pixels; the limit is "
+                f"{settings.stream_max_pixels}"
+            )
+        self.frames = len(self._images)
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def read(self) -> tuple[int, float | None, np.ndarray] | None:
+        with self._lock:
+            return self._read()
+
+    def _read(self) -> tuple[int, float | None, np.ndarray] | None:
+        if self._next >= len(self._images):
+            return None
+        k, self._next = self._next, self._next + 1
+        image, self._images[k] = self._images[k], None  # type: ignore[call-overload]
+        return self._indices[k], None, to_bgr(image, self._labels[k]).bgr
+
+    def close(self) -> None:
+        with self._lock:
+            self._images = []
+
+
+def open_source(inputs: StreamInputs, params: StreamParameters, settings: Settings) -> FrameSource:
+    """Open and validate the request's frames (blocking: run it in a worker thread)."""
+    if params.max_frames is not None and params.max_frames > settings.stream_max_frames:
+        raise InvalidParameter(
+            f"max_frames={params.max_frames} is over this server's limit of "
+            f"{settings.stream_max_frames} frames",
+            field="max_frames",
+        )
+    if inputs.video is not None:
+        return VideoSource(inputs.video, params, settings)
+    return ImageFramesSource(inputs.frames, params, settings)

@@ -1,0 +1,393 @@
+"""``POST /stream`` through a real server process: videos and frame runs, events parsed by a real
+SSE client (httpx-sse), tracking, limits, disconnects and concurrency."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import requests
+from httpx_sse import connect_sse
+from PIL import Image
+
+from app.demo.shapes import moving_shape_frames, write_video
+from conftest import Server, start_server
+from helpers import b64, det_box, encode
+
+FRAMES, CENTRES = moving_shape_frames(24)  # 160x120, a square moving left to right
+MAX_FRAMES = 200
+
+
+@pytest.fixture(scope="module")
+def stream_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
+    """A server with small stream limits, metrics on and its own temp dir to watch."""
+    work = tmp_path_factory.mktemp("stream")
+    tmp = work / "tmp"
+    tmp.mkdir()
+    srv = start_server(
+        work,
+        {
+            "AIP_DEPLOYED_MODEL_ID": "dm-stream",
+            "SERVE_TMP_DIR": str(tmp),
+            "SERVE_METRICS": "true",
+            "SERVE_STREAM_MAX_FRAMES": str(MAX_FRAMES),
+            "SERVE_STREAM_MAX_SECONDS": "60",
+            "SERVE_STREAM_MAX_PIXELS": str(320 * 240),
+            "SERVE_STREAM_QUEUE": "2",
+            "SERVE_STREAM_PING_SECONDS": "0.2",
+        },
+    )
+    try:
+        srv.wait_healthy()
+        yield srv, tmp
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def http(stream_server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stream_server[0].url, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def mp4(tmp_path_factory) -> bytes:
+    path = tmp_path_factory.mktemp("video") / "moving.mp4"
+    write_video(path, FRAMES, fps=10)
+    return path.read_bytes()
+
+
+def stream(http: httpx.Client, **kw) -> list[tuple[str, str | None, dict]]:
+    """POST /stream and parse every event: (event name, SSE id, JSON data)."""
+    with connect_sse(http, "POST", "/stream", **kw) as source:
+        assert source.response.status_code == 200, source.response.read()
+        assert source.response.headers["content-type"].startswith("text/event-stream")
+        # httpx-sse hands keep-alive comments over as empty "message" events: skip them
+        return [(e.event, e.id or None, json.loads(e.data)) for e in source.iter_sse() if e.data]
+
+
+def frames_of(events) -> list[dict]:
+    return [data for name, _, data in events if name == "frame"]
+
+
+def centre(d: dict) -> tuple[float, float]:
+    x1, y1, x2, y2 = det_box(d)
+    return (x1 + x2) / 2, (y1 + y2) / 2
+
+
+def test_video_with_tracking_follows_the_shape(http, mp4):
+    events = stream(
+        http, content=mp4, params={"track": "bytetrack"}, headers={"Content-Type": "video/mp4"}
+    )
+    names = [name for name, _, _ in events]
+    assert names == ["start"] + ["frame"] * len(FRAMES) + ["end"]
+    start = events[0][2]
+    assert start == {
+        "model": "shapes-detect",
+        "version": start["version"],
+        "deployed_model_id": "dm-stream",
+        "task": "detect",
+        "source": "video",
+        "fps": 10.0,
+        "frames": len(FRAMES),
+        "width": 160,
+        "height": 120,
+        "track": "bytetrack",
+    }
+    frames = frames_of(events)
+    assert [f["index"] for f in frames] == list(range(len(FRAMES)))
+    assert [int(i) for name, i, _ in events if name == "frame"] == list(range(len(FRAMES)))
+    assert [f["timestamp_ms"] for f in frames] == [100.0 * i for i in range(len(FRAMES))]
+    track_ids = set()
+    followed = 0
+    for f, (cx, cy) in zip(frames, CENTRES, strict=True):
+        assert f["inference_ms"] > 0
+        squares = [d for d in f["detections"] if d["class_name"] == "square"]
+        if len(squares) == 1:
+            x, y = centre(squares[0])
+            followed += abs(x - cx) <= 6 and abs(y - cy) <= 6
+        track_ids |= {d["track_id"] for d in f["detections"]}
+    assert followed >= 0.9 * len(FRAMES)
+    assert len(track_ids) == 1
+    end = events[-1][2]
+    assert end["frames"] == len(FRAMES) and end["tracks"] == 1
+    assert end["class_counts"]["square"] >= 0.9 * len(FRAMES)
+    assert end["fps"] > 0 and end["elapsed_ms"] > 0
+
+
+def test_without_tracking_no_track_ids(http, mp4):
+    events = stream(http, content=mp4, headers={"Content-Type": "application/octet-stream"})
+    frames = frames_of(events)
+    assert len(frames) == len(FRAMES)
+    assert all("track_id" not in d for f in frames for d in f["detections"])
+    assert events[0][2]["track"] == "none" and events[-1][2]["tracks"] == 0
+
+
+def test_gif_input(http):
+    images = [Image.fromarray(f) for f in FRAMES[:8]]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=50)
+    events = stream(http, content=buf.getvalue(), headers={"Content-Type": "image/gif"})
+    start, frames = events[0][2], frames_of(events)
+    assert (start["source"], start["fps"], start["frames"]) == ("video", 20.0, 8)
+    assert len(frames) == 8 and events[-1][0] == "end"
+    # GIF's palette changes colours a little; the shape is still found in most frames
+    assert sum(any(d["class_name"] == "square" for d in f["detections"]) for f in frames) >= 6
+
+
+def test_multipart_frames_in_order(http):
+    files = [("frame", (f"{i}.png", encode(f), "image/png")) for i, f in enumerate(FRAMES[:10])]
+    events = stream(http, files=files, data={"track": "botsort", "conf": "0.3"})
+    start, frames = events[0][2], frames_of(events)
+    assert (start["source"], start["fps"], start["frames"]) == ("frames", None, 10)
+    assert [f["index"] for f in frames] == list(range(10))
+    assert all(f["timestamp_ms"] is None for f in frames)
+    for f, (cx, _) in zip(frames, CENTRES, strict=False):
+        (square,) = [d for d in f["detections"] if d["class_name"] == "square"]
+        assert abs(centre(square)[0] - cx) <= 6 and square["confidence"] >= 0.3
+    assert len({d["track_id"] for f in frames for d in f["detections"]}) == 1
+
+
+def test_json_frames_with_parameters(http):
+    body = {"frames": [b64(encode(f)) for f in FRAMES[:6]], "parameters": {"max_frames": 4}}
+    events = stream(http, json=body)
+    assert events[0][2]["frames"] == 4
+    assert [f["index"] for f in frames_of(events)] == [0, 1, 2, 3]
+    assert events[-1][2]["frames"] == 4
+
+
+def test_max_frames_and_vid_stride(http, mp4):
+    events = stream(
+        http,
+        content=mp4,
+        params={"max_frames": 5, "vid_stride": 3},
+        headers={"Content-Type": "video/mp4"},
+    )
+    assert events[0][2]["frames"] == 5
+    frames = frames_of(events)
+    assert [f["index"] for f in frames] == [0, 3, 6, 9, 12]
+    assert [f["timestamp_ms"] for f in frames] == [0.0, 300.0, 600.0, 900.0, 1200.0]
+    assert events[-1][0] == "end" and events[-1][2]["frames"] == 5
+
+
+def test_segmentation_model_streams_masks(http, mp4):
+    events = stream(
+        http,
+        content=mp4,
+        params={"model": "shapes-segment", "max_frames": 3, "rle": "true"},
+        headers={"Content-Type": "video/mp4"},
+    )
+    assert events[0][2]["task"] == "segment"
+    for f in frames_of(events):
+        (d,) = f["detections"]
+        assert d["mask"]["polygons"] and d["mask"]["rle"]["size"] == [120, 160]
+
+
+def assert_problem(r: httpx.Response, status: int, code: str, detail: str) -> dict:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert body["code"] == code and re.search(detail, body["detail"]), body
+    return body
+
+
+@pytest.mark.parametrize(
+    ("content", "ctype", "status", "code", "detail"),
+    [
+        (b"\x00\x01garbage" * 100, "video/mp4", 400, "invalid-video", "not a video"),
+        (b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 500, "video/mp4", 400, "invalid-video", "cannot be decoded"),
+        (encode(FRAMES[0]), "video/mp4", 400, "invalid-video", "not a video"),
+        (b"#EXTM3U\n#EXTINF:1,\n/etc/passwd\n", "application/octet-stream", 400, "invalid-video", "not a video"),
+        (b"", "video/mp4", 400, "invalid-video", "empty"),
+        (encode(FRAMES[0]), "image/png", 415, "unsupported-media-type", "multipart"),
+        (b"hello", "text/plain", 415, "unsupported-media-type", "not accepted"),
+    ],
+)  # fmt: skip
+def test_bad_video_is_refused_before_any_event(
+    stream_server, http, content, ctype, status, code, detail
+):
+    r = http.post("/stream", content=content, headers={"Content-Type": ctype})
+    assert_problem(r, status, code, detail)
+    assert list(stream_server[1].iterdir()) == []  # no temp file left
+
+
+def test_truncated_video_is_refused(http, mp4):
+    r = http.post("/stream", content=mp4[: len(mp4) // 3], headers={"Content-Type": "video/mp4"})
+    assert_problem(r, 400, "invalid-video", "cannot be decoded|no decodable frame")
+
+
+def test_zero_frames_refused(http):
+    r = http.post("/stream", json={"frames": []})
+    assert_problem(r, 400, "invalid-image", "no frame")
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"track": "deepsort"}, "track"),
+        ({"vid_stride": "0"}, "vid_stride"),
+        ({"max_frames": "0"}, "max_frames"),
+        ({"conf": "2"}, "conf"),
+        ({"format": "png"}, "format"),
+    ],
+)
+def test_bad_parameters(http, mp4, params, field):
+    r = http.post("/stream", content=mp4, params=params, headers={"Content-Type": "video/mp4"})
+    assert assert_problem(r, 400, "invalid-parameter", field)["field"] == field
+
+
+def test_limits(tmp_path, http):
+    too_long = tmp_path / "long.avi"
+    write_video(too_long, FRAMES[:1] * (MAX_FRAMES + 1), fps=30)
+    r = http.post(
+        "/stream", content=too_long.read_bytes(), headers={"Content-Type": "video/x-msvideo"}
+    )
+    assert_problem(r, 413, "payload-too-large", f"limit is {MAX_FRAMES}")
+    # the same video is fine once max_frames (or vid_stride) brings it under the limit
+    events = stream(
+        http,
+        content=too_long.read_bytes(),
+        params={"vid_stride": 2},
+        headers={"Content-Type": "video/x-msvideo"},
+    )
+    assert events[-1][2]["frames"] == (MAX_FRAMES + 2) // 2
+    r = http.post(
+        "/stream",
+        content=b"x",
+        params={"max_frames": MAX_FRAMES + 1},
+        headers={"Content-Type": "video/mp4"},
+    )
+    assert r.status_code == 400  # refused before the body is even looked at as a video
+    slow = tmp_path / "slow.mp4"
+    write_video(slow, FRAMES[:1] * 70, fps=1)  # 70 s > 60 s
+    r = http.post("/stream", content=slow.read_bytes(), headers={"Content-Type": "video/mp4"})
+    assert_problem(r, 413, "payload-too-large", "lasts 70.0 s; the limit is 60 s")
+    big = tmp_path / "big.mp4"
+    write_video(big, [np.zeros((256, 320, 3), np.uint8)] * 2, fps=10)
+    r = http.post("/stream", content=big.read_bytes(), headers={"Content-Type": "video/mp4"})
+    assert_problem(r, 413, "payload-too-large", "320x256")
+    files = [
+        ("f", ("a.png", encode(FRAMES[0]), "image/png")),
+        ("f", ("b.png", encode(FRAMES[0][:60]), "image/png")),
+    ]
+    r = http.post("/stream", files=files)
+    assert_problem(r, 400, "invalid-image", "differ in size")  # fmt: skip
+
+
+def test_corrupt_frame_mid_stream_ends_with_error_event(http):
+    truncated = encode(FRAMES[2])[:200]  # a valid PNG header, then nothing
+    files = [
+        ("f", (f"{i}.png", b, "image/png"))
+        for i, b in enumerate([encode(FRAMES[0]), encode(FRAMES[1]), truncated])
+    ]
+    events = stream(http, files=files)
+    assert [name for name, _, _ in events] == ["start", "frame", "frame", "error"]
+    problem = events[-1][2]
+    assert problem["status"] == 400 and problem["code"] == "invalid-image"
+    assert "frame 2" in problem["detail"]  # fmt: skip
+
+
+def metric(http: httpx.Client, name: str) -> float:
+    text = http.get("/metrics").text
+    values = re.findall(rf'^{name}{{model="shapes-detect"}} ([0-9.e+]+)$', text, re.M)
+    return float(values[0]) if values else 0.0
+
+
+def test_disconnect_stops_the_work_and_leaves_no_temp_file(stream_server, http, tmp_path):
+    long = tmp_path / "long.mp4"
+    write_video(long, (FRAMES + FRAMES[::-1]) * 4, fps=30)  # 192 frames
+    before = metric(http, "yolo_stream_frames_total")
+    with connect_sse(
+        http, "POST", "/stream", content=long.read_bytes(), headers={"Content-Type": "video/mp4"}
+    ) as source:
+        received = 0
+        for e in source.iter_sse():
+            received += e.event == "frame"
+            if received == 3:
+                break
+    # the response is closed: the server sees the disconnect, cancels the producer
+    deadline = time.monotonic() + 10
+    while metric(http, "yolo_streams_active") != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert metric(http, "yolo_streams_active") == 0
+    done = metric(http, "yolo_stream_frames_total") - before
+    time.sleep(0.5)
+    assert metric(http, "yolo_stream_frames_total") - before == done  # nothing runs any more
+    assert 3 <= done < 40, done  # queue of 2 + frames in flight, far from 192
+    assert list(stream_server[1].iterdir()) == []
+    assert re.search(r"stream \S+: \d+ frames, client went away", stream_server[0].logs())  # fmt: skip
+
+
+def test_two_streams_at_once_and_detect_in_between(http, mp4):
+    results: dict[int, list] = {}
+
+    def run(i: int) -> None:
+        params = {"track": "bytetrack"} if i else {}
+        results[i] = stream(http, content=mp4, params=params, headers={"Content-Type": "video/mp4"})
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    r = http.post("/detect", content=encode(FRAMES[0]), headers={"Content-Type": "image/png"})
+    assert r.status_code == 200
+    for t in threads:
+        t.join(60)
+    for i in range(2):
+        assert len(frames_of(results[i])) == len(FRAMES) and results[i][-1][0] == "end"
+    assert results[1][-1][2]["tracks"] == 1 and results[0][-1][2]["tracks"] == 0
+
+
+def test_lines_survive_the_vertex_sdk_line_iterator(stream_server, tmp_path):
+    """The SDK's ``invoke(stream=True)`` yields ``requests``' ``iter_lines()`` of 512-byte
+    chunks; a CRLF split across chunks would add blank lines. LF-only events come through
+    exactly: every event is ``[id:] event: data:`` then one blank line."""
+    long_frames = FRAMES * 4
+    write_video(tmp_path / "v.mp4", long_frames, fps=10)
+    r = requests.post(
+        stream_server[0].url + "/stream",
+        data=(tmp_path / "v.mp4").read_bytes(),
+        headers={"Content-Type": "video/mp4"},
+        stream=True,
+        timeout=60,
+    )
+    blocks, block = [], []
+    for line in r.iter_lines(chunk_size=512):
+        if line == b"":
+            blocks.append(block)
+            block = []
+        else:
+            block.append(line)
+    assert block == []
+    pings = [b for b in blocks if len(b) == 1 and b[0].startswith(b": ping")]
+    blocks = [b for b in blocks if b not in pings]
+    assert len(blocks) == len(long_frames) + 2
+    assert pings  # every 0.2 s here (SERVE_STREAM_PING_SECONDS)
+    raw = requests.post(
+        stream_server[0].url + "/stream?max_frames=3",
+        data=(tmp_path / "v.mp4").read_bytes(),
+        headers={"Content-Type": "video/mp4"},
+        timeout=60,
+    ).content
+    assert raw.count(b"\n\n") == 5 and b"\r" not in raw
+    for b in blocks:
+        kinds = [line.split(b":", 1)[0] for line in b]
+        assert kinds in ([b"event", b"data"], [b"id", b"event", b"data"]), b
+
+
+def test_route_and_events_are_in_the_openapi_schema(http):
+    schema = http.get("/openapi/openapi.json").json()
+    ok = schema["paths"]["/stream"]["post"]["responses"]["200"]
+    refs = {
+        s["$ref"].rsplit("/", 1)[1] for s in ok["content"]["text/event-stream"]["schema"]["oneOf"]
+    }
+    assert refs == {"StreamStart", "StreamFrame", "StreamEnd", "Problem"}
+    assert {"StreamStart", "StreamFrame", "StreamEnd"} <= set(schema["components"]["schemas"])
