@@ -141,7 +141,9 @@ PROBLEM_TYPE_PREFIX = "urn:vertex-yolo:problem:"
 Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
 
 
-class _Common(Struct, kw_only=True, forbid_unknown_fields=True):
+class CommonParameters(Struct, kw_only=True, forbid_unknown_fields=True):
+    """The parameters every inference route takes (see :class:`Parameters`)."""
+
     model: str | None = None
     conf: Probability = 0.25
     iou: Probability = 0.7
@@ -151,7 +153,7 @@ class _Common(Struct, kw_only=True, forbid_unknown_fields=True):
     rle: bool = False
 
 
-class Parameters(_Common, kw_only=True, forbid_unknown_fields=True):
+class Parameters(CommonParameters, kw_only=True, forbid_unknown_fields=True):
     """Inference parameters, from the query string, form fields or a JSON ``parameters`` object.
 
     ``classes`` filters by class names or ids. ``imgsz`` overrides the model's input size.
@@ -164,7 +166,7 @@ class Parameters(_Common, kw_only=True, forbid_unknown_fields=True):
 Tracker = Literal["none", "bytetrack", "botsort"]
 
 
-class StreamParameters(_Common, kw_only=True, forbid_unknown_fields=True):
+class StreamParameters(CommonParameters, kw_only=True, forbid_unknown_fields=True):
     """``/stream`` parameters: those of ``/detect`` plus tracking and frame selection.
 
     ``track`` keeps object ids across frames (state lives for one request). ``vid_stride``
