@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from client.emulator import EmulatorInfo
+
 ROOT = Path(__file__).resolve().parents[1]
 BUS_JPG = Path(importlib.util.find_spec("ultralytics").origin).parent / "assets" / "bus.jpg"
 
@@ -101,3 +103,58 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def client(server: Server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=60) as c:
         yield c
+
+
+# --- The local Vertex AI dedicated endpoint (client/emulator) ---------------------------------
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorInfo]:
+    """A running ``python -m client.emulator``, for the real SDK: the demo server deployed as
+    ``shapes-a`` (80 %) and ``shapes-b`` (20 %, ``SERVE_DEFAULT_MODEL=shapes-segment``, so its
+    /detect runs the segmentation weights).
+
+    Yields a :class:`client.emulator.EmulatorInfo`: ``project``, ``location``, ``endpoint_id``,
+    ``endpoint`` (resource name), ``control_plane_url``, ``dedicated_endpoint_dns``, ``ca_cert``,
+    ``deployed_models`` (name -> id), ``traffic_split`` (id -> percent), ``pid``, ``servers`` and
+    ``server_pids`` (name -> url / pid); ``info.init_kwargs()`` are the ``aiplatform.init``
+    arguments and ``info.env()`` the environment below. For the whole session
+    ``REQUESTS_CA_BUNDLE`` names its certificate and ``NO_PROXY`` covers loopback (requests reads
+    both per request, so ``Endpoint.invoke`` works). Tests that change the traffic split must
+    restore it. Teardown stops it with SIGTERM and fails if any server process survives.
+    """
+    from client.emulator import Emulator
+
+    workdir = tmp_path_factory.mktemp("emulator")
+    emu = Emulator(
+        args=[
+            *("--deploy", "shapes-a=80", "--deploy", "shapes-b=20"),
+            *("--env", "shapes-b:SERVE_DEFAULT_MODEL=shapes-segment"),
+            *("--log-dir", str(workdir / "logs")),
+        ],
+        # As start_server: Ultralytics offline, with its own config dir (inherited by the servers).
+        env={"YOLO_CONFIG_DIR": str(workdir / "yolo-config"), "PYTHONUNBUFFERED": "1"},
+        workdir=workdir,
+        startup_timeout=240,
+    )
+    with emu as info, pytest.MonkeyPatch.context() as patch:
+        for key, value in info.env().items():
+            patch.setenv(key, value)
+        yield info
+    survivors = {name: pid for name, pid in info.server_pids.items() if pid_alive(pid)}
+    assert emu.proc is not None and emu.proc.returncode == 0, emu.output()
+    assert not survivors, f"server processes outlived the emulator: {survivors}"

@@ -17,6 +17,7 @@ from litestar.types import ASGIApp
 from sse_starlette import EventSourceResponse
 
 from app.config import Settings
+from app.errors import WrongTask
 from app.media import parse_parameters
 from app.middleware import request_id
 from app.registry import Registry
@@ -24,6 +25,7 @@ from app.stream import SSE_SEPARATOR, StreamSession
 from app.video import VIDEO_TYPES, open_source, read_stream_inputs
 from client.schema import Problem, StreamEnd, StreamFrame, StreamParameters, StreamStart
 
+TRACKABLE = ("detect", "segment", "pose")
 DESCRIPTION = f"""Runs a video, or a run of image frames, through a model and answers
 `text/event-stream`: one `start` event (model, version, deployed model id, source fps, frame count
 when known, width, height), one `frame` event per processed frame as soon as it is computed (SSE
@@ -59,6 +61,12 @@ async def stream_handler(request: Request, registry: Registry, settings: Setting
     inputs = await read_stream_inputs(request, settings)
     params = parse_parameters(inputs.params, kind=StreamParameters)
     model = registry.get(params.model, route="/stream")
+    if params.track != "none" and model.task not in TRACKABLE:
+        raise WrongTask(
+            f"model {model.name!r} is a {model.task} model; tracking needs boxes "
+            f"({', '.join(TRACKABLE)} models)",
+            field="track",
+        )
     class_ids = model.class_ids(params.classes)
     source = await anyio.to_thread.run_sync(open_source, inputs, params, settings)
     try:

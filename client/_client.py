@@ -1,0 +1,680 @@
+"""``Client`` and ``AsyncClient``: routes and contract types over a transport.
+
+Both share :class:`_Base`, which builds requests (validating parameters against the contract's
+Structs) and turns responses into results or typed errors; the two classes only differ in how
+they wait. Results are the Structs of :mod:`client.schema`, decoded strictly; each names the
+deployed model and model version that served it.
+
+Pinning (``deployed_model_id=``): through Vertex the call goes to
+``.../deployedModels/{id}/invoke/...``. A client made with ``from_url`` talks to one server,
+which cannot route: the id is checked against the one the server reports
+(``X-Deployed-Model-Id`` or the body's ``deployed_model_id``), and a different one raises
+:class:`~client.errors.DeployedModelNotFoundError` (the server has run the call by then; its
+result is withheld rather than passed off as the pinned model's).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar, overload
+from urllib.parse import urlencode
+
+import msgspec
+
+from client import errors
+from client._retry import RetryPolicy, async_retrying, parse_retry_after, retrying
+from client._stream import AsyncStream, Stream
+from client.media import Channels, ImageFormat, images_body, is_many, multipart, video_body
+from client.schema import (
+    AnnotateResponse,
+    InferenceResponse,
+    ModelList,
+    Parameters,
+    StreamParameters,
+    StreamStart,
+    Tracker,
+    decode_annotate,
+    decode_inference,
+    decode_models,
+)
+from client.sse import StreamDecoder, StreamEvent
+from client.transports import (
+    AsyncBaseTransport,
+    AsyncHttpTransport,
+    AsyncVertexTransport,
+    BaseTransport,
+    HttpTransport,
+    Request,
+    Response,
+    VertexTransport,
+)
+
+T = TypeVar("T")
+DEFAULT_TIMEOUT = 120.0  # the SDK remounts a keep-alive adapter on every call above 120 s
+
+
+class Annotation(msgspec.Struct, frozen=True, kw_only=True):
+    """``/annotate``'s image answer: the drawn image and who drew it."""
+
+    image: bytes
+    media_type: str
+    detection_count: int
+    model: str | None
+    version: str | None
+    deployed_model_id: str | None
+    request_id: str | None
+
+    def save(self, path: str | os.PathLike) -> None:
+        with open(path, "wb") as f:
+            f.write(self.image)
+
+
+@dataclass
+class _Call:
+    """A prepared call: the request, and how to read its successful response."""
+
+    request: Request
+    decode: Callable[[Response], Any]
+
+
+def _query(values: dict[str, Any]) -> str:
+    items = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        items.append((key, value))
+    return "?" + urlencode(items) if items else ""
+
+
+def _validate(kind: type, given: dict[str, Any]) -> dict[str, Any]:
+    """The given (non-None) parameters, checked against the contract's Struct."""
+    given = {k: v for k, v in given.items() if v is not None}
+    if isinstance(given.get("classes"), str | int):
+        given["classes"] = [given["classes"]]
+    try:
+        msgspec.convert(given, kind)
+    except msgspec.ValidationError as exc:
+        raise errors.ParameterError(f"invalid parameter: {exc}") from None
+    return given
+
+
+class _Base:
+    """What both clients share: building requests and reading responses (no I/O)."""
+
+    def __init__(
+        self,
+        transport: Any,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        retries: RetryPolicy | int | None = None,
+        image_format: ImageFormat = "jpeg",
+        channels: Channels = "bgr",
+    ) -> None:
+        self.transport = transport
+        self.timeout = timeout
+        if isinstance(retries, int):
+            retries = RetryPolicy(attempts=retries + 1)
+        self.retries = retries or RetryPolicy()
+        self.image_format: ImageFormat = image_format
+        self.channels: Channels = channels
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _request(
+        self,
+        path: str,
+        body: bytes = b"",
+        content_type: str | None = None,
+        *,
+        deployed_model_id: str | None = None,
+        accept: str = "application/json",
+        stream: bool = False,
+    ) -> Request:
+        headers = {"Accept": accept}
+        if content_type:
+            headers["Content-Type"] = content_type
+        return Request(
+            path=path,
+            body=body,
+            headers=headers,
+            deployed_model_id=deployed_model_id,
+            stream=stream,
+            timeout=self.timeout,
+        )
+
+    def _models_call(self, deployed_model_id: str | None) -> _Call:
+        request = self._request("/models", deployed_model_id=deployed_model_id)
+        return _Call(request, lambda r: self._decode(r, decode_models, request))
+
+    def _images_call(
+        self,
+        route: str,
+        images: Any,
+        params: dict[str, Any],
+        deployed_model_id: str | None,
+        accept: str = "application/json",
+        decode: Callable[[bytes], Any] = decode_inference,
+    ) -> _Call:
+        query = _query(_validate(Parameters, params))
+        body, content_type, _ = images_body(
+            images, image_format=self.image_format, channels=self.channels
+        )
+        request = self._request(
+            route + query,
+            body,
+            content_type,
+            deployed_model_id=deployed_model_id,
+            accept=accept,
+        )
+        return _Call(request, lambda r: self._decode(r, decode, request))
+
+    def _annotate_call(
+        self, image: Any, json: bool, params: dict[str, Any], deployed_model_id: str | None
+    ) -> _Call:
+        if json:
+            return self._images_call(
+                "/annotate", image, params, deployed_model_id, decode=decode_annotate
+            )
+        if is_many(image):
+            raise errors.ParameterError(
+                "annotate() draws one image; pass json=True to annotate several"
+            )
+        fmt = params.get("format") or "jpeg"
+        call = self._images_call(
+            "/annotate", image, params, deployed_model_id, accept=f"image/{fmt}"
+        )
+        request = call.request
+
+        def decode(response: Response) -> Annotation:
+            headers = response.headers
+            count = headers.get("x-detection-count", "")
+            annotation = Annotation(
+                image=response.content,
+                media_type=headers.get("content-type", f"image/{fmt}").split(";")[0],
+                detection_count=int(count) if count.isdigit() else -1,
+                model=headers.get("x-model-name"),
+                version=headers.get("x-model-version"),
+                deployed_model_id=response.deployed_model_id,
+                request_id=response.request_id,
+            )
+            self._check_served(request, annotation.deployed_model_id)
+            return annotation
+
+        return _Call(request, decode)
+
+    def _stream_request(
+        self, source: Any, params: dict[str, Any], deployed_model_id: str | None
+    ) -> Request:
+        query = _query(_validate(StreamParameters, params))
+        if is_many(source):
+            body, content_type = multipart(
+                source, image_format=self.image_format, channels=self.channels
+            )
+        else:
+            body, content_type = video_body(source)
+        return self._request(
+            "/stream" + query,
+            body,
+            content_type,
+            deployed_model_id=deployed_model_id,
+            accept="text/event-stream",
+            stream=True,
+        )
+
+    # -- responses --------------------------------------------------------------------------
+
+    def _raise_for_status(self, request: Request, response: Response) -> None:
+        if response.status is not None and response.status >= 400:
+            raise errors.api_error(
+                response.content,
+                status=response.status,
+                request_id=response.request_id,
+                deployed_model_id=response.deployed_model_id,
+                retry_after=parse_retry_after(response.headers.get("retry-after")),
+                where=request.path.split("?")[0],
+                pinned=bool(request.deployed_model_id),
+            )
+
+    def _decode(self, response: Response, decode: Callable[[bytes], T], request: Request) -> T:
+        try:
+            result = decode(response.content)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise errors.APIError(
+                f"{request.path.split('?')[0]} answered {response.status} with a body that does "
+                f"not match the contract ({exc}): {response.content[:200]!r}",
+                status=response.status or 200,
+                body=response.content.decode("utf-8", "replace")[:2000],
+                request_id=response.request_id,
+                deployed_model_id=response.deployed_model_id,
+            ) from None
+        served = response.deployed_model_id or getattr(result, "deployed_model_id", None)
+        self._check_served(request, served)
+        return result
+
+    def _check_served(self, request: Request, served: str | None) -> None:
+        """A pinned call must have been served by the pinned deployed model."""
+        wanted = request.deployed_model_id
+        if not wanted or not served or served == wanted:
+            return
+        if getattr(self.transport, "can_pin", True):
+            detail = f"deployed model {served!r} answered a call pinned to {wanted!r}"
+        else:
+            detail = (
+                f"this server is deployed model {served!r}, not {wanted!r}; a client made "
+                "with from_url() talks to one server and cannot pick a deployed model "
+                "(use from_vertex())"
+            )
+        raise errors.DeployedModelNotFoundError(detail, status=404, deployed_model_id=served)
+
+    def _first_event(self, request: Request, decoder: StreamDecoder, event: StreamEvent) -> None:
+        if not isinstance(event, StreamStart):
+            raise errors.StreamError(f"the stream began with {type(event).__name__}, not start")
+        self._check_served(request, event.deployed_model_id)
+
+
+def _vertex_endpoint(
+    project: str | None,
+    location: str | None,
+    endpoint: str,
+    credentials: Any,
+    api_endpoint: str | None,
+    api_transport: str | None,
+) -> Any:
+    from google.cloud import aiplatform
+
+    if api_endpoint or api_transport:
+        aiplatform.init(
+            project=project,
+            location=location,
+            credentials=credentials,
+            api_endpoint=api_endpoint,
+            api_transport=api_transport or "rest",
+        )
+    return aiplatform.Endpoint(
+        endpoint, project=project, location=location, credentials=credentials
+    )
+
+
+class Client(_Base):
+    """The synchronous client.
+
+    Example:
+        >>> client = Client.from_vertex(project="p", location="us-central1", endpoint="123")
+        >>> result = client.detect("bus.jpg", conf=0.5)
+        >>> result.deployed_model_id, result.version, len(result.results[0].detections)
+
+    Args:
+        endpoint: an ``aiplatform.Endpoint`` (dedicated), or any :class:`BaseTransport`.
+        timeout: seconds per call (``None``: no limit); for a stream, the longest silence.
+        retries: a :class:`RetryPolicy`, or the number of retries (0: none).
+        image_format: how arrays and PIL images are encoded (``"jpeg"`` q95 or ``"png"``).
+        channels: the channel order of numpy arrays (``"bgr"``, OpenCV's, by default).
+    """
+
+    def __init__(self, endpoint: Any, **options: Any) -> None:
+        transport = endpoint if isinstance(endpoint, BaseTransport) else VertexTransport(endpoint)
+        super().__init__(transport, **options)
+
+    @classmethod
+    def from_vertex(
+        cls,
+        *,
+        endpoint: str,
+        project: str | None = None,
+        location: str | None = None,
+        credentials: Any = None,
+        api_endpoint: str | None = None,
+        api_transport: str | None = None,
+        **options: Any,
+    ) -> Client:
+        """A client for a Vertex endpoint (id or resource name), through the SDK.
+
+        ``api_endpoint``/``api_transport`` (e.g. ``"http://127.0.0.1:PORT"``, ``"rest"``) point
+        the SDK's control plane elsewhere, such as the local emulator (this calls
+        ``aiplatform.init``, which is global).
+        """
+        ep = _vertex_endpoint(project, location, endpoint, credentials, api_endpoint, api_transport)
+        return cls(ep, **options)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        verify: Any = None,
+        headers: dict[str, str] | None = None,
+        **options: Any,
+    ) -> Client:
+        """A client straight to one server (no Vertex), e.g. ``http://127.0.0.1:8080``."""
+        return cls(HttpTransport(url, verify=verify, headers=headers), **options)
+
+    def _run(self, call: _Call) -> Any:
+        for attempt in retrying(self.retries):
+            with attempt:
+                response = self.transport.send(call.request)
+                self._raise_for_status(call.request, response)
+        return call.decode(response)
+
+    def models(self, *, deployed_model_id: str | None = None) -> ModelList:
+        """The models the (chosen) deployed model serves."""
+        return self._run(self._models_call(deployed_model_id))
+
+    def detect(
+        self,
+        images: Any,
+        *,
+        deployed_model_id: str | None = None,
+        model: str | None = None,
+        conf: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
+        classes: list[int | str] | int | str | None = None,
+        imgsz: int | None = None,
+    ) -> InferenceResponse:
+        """Detect objects in one image or a list of images (one result per image, in order)."""
+        params = dict(
+            model=model, conf=conf, iou=iou, max_det=max_det, classes=classes, imgsz=imgsz
+        )
+        return self._run(self._images_call("/detect", images, params, deployed_model_id))
+
+    def segment(
+        self,
+        images: Any,
+        *,
+        deployed_model_id: str | None = None,
+        model: str | None = None,
+        conf: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
+        classes: list[int | str] | int | str | None = None,
+        imgsz: int | None = None,
+        rle: bool | None = None,
+    ) -> InferenceResponse:
+        """Instance masks (polygons; COCO RLE too with ``rle=True``). Needs a segment model."""
+        params = dict(
+            model=model, conf=conf, iou=iou, max_det=max_det, classes=classes, imgsz=imgsz, rle=rle
+        )
+        return self._run(self._images_call("/segment", images, params, deployed_model_id))
+
+    @overload
+    def annotate(self, image: Any, *, json: Literal[False] = ..., **kw: Any) -> Annotation: ...
+    @overload
+    def annotate(self, image: Any, *, json: Literal[True], **kw: Any) -> AnnotateResponse: ...
+
+    def annotate(
+        self,
+        image: Any,
+        *,
+        json: bool = False,
+        deployed_model_id: str | None = None,
+        model: str | None = None,
+        conf: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
+        classes: list[int | str] | int | str | None = None,
+        imgsz: int | None = None,
+        format: Literal["jpeg", "png"] | None = None,
+    ) -> Annotation | AnnotateResponse:
+        """The image with its detections drawn: an :class:`Annotation` (image bytes and
+        detection count), or with ``json=True`` the JSON form (several images allowed)."""
+        params = dict(
+            model=model,
+            conf=conf,
+            iou=iou,
+            max_det=max_det,
+            classes=classes,
+            imgsz=imgsz,
+            format=format,
+        )
+        return self._run(self._annotate_call(image, json, params, deployed_model_id))
+
+    def stream(
+        self,
+        source: Any,
+        *,
+        deployed_model_id: str | None = None,
+        model: str | None = None,
+        conf: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
+        classes: list[int | str] | int | str | None = None,
+        imgsz: int | None = None,
+        track: Tracker | None = None,
+        vid_stride: int | None = None,
+        max_frames: int | None = None,
+    ) -> Stream:
+        """Run a video (path or bytes) or a list of frames (images) through ``/stream``.
+
+        Opens the stream and reads its ``start`` event (retrying like any call until then;
+        never after), and returns the :class:`Stream` to iterate.
+        """
+        params = dict(
+            model=model,
+            conf=conf,
+            iou=iou,
+            max_det=max_det,
+            classes=classes,
+            imgsz=imgsz,
+            track=track,
+            vid_stride=vid_stride,
+            max_frames=max_frames,
+        )
+        request = self._stream_request(source, params, deployed_model_id)
+        for attempt in retrying(self.retries):
+            with attempt:
+                stream = self._open_stream(request)
+        return stream
+
+    def _open_stream(self, request: Request) -> Stream:
+        response = self.transport.send(request)
+        try:
+            self._raise_for_status(request, response)
+            decoder = StreamDecoder(status=response.status, request_id=response.request_id)
+            lines = iter(response.lines or ())
+            for line in lines:
+                event = decoder.feed(line)
+                if event is not None:
+                    self._first_event(request, decoder, event)
+                    return Stream(response, decoder, lines, event)  # type: ignore[arg-type]
+            decoder.close()
+            raise errors.StreamError("the stream ended without events")
+        except BaseException:
+            response.close()
+            raise
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient(_Base):
+    """The asyncio client: the same methods as :class:`Client`, awaited.
+
+    Against Vertex it calls the URLs ``Endpoint.invoke`` builds over httpx with google-auth
+    credentials (:class:`~client.transports.AsyncVertexTransport`), so many calls can be in
+    flight on one event loop.
+
+    Example:
+        >>> async with AsyncClient.from_url("http://127.0.0.1:8080") as client:
+        ...     results = await asyncio.gather(*(client.detect(f) for f in frames))
+    """
+
+    def __init__(self, endpoint: Any, **options: Any) -> None:
+        if isinstance(endpoint, AsyncBaseTransport | BaseTransport):
+            transport = endpoint
+        else:
+            transport = AsyncVertexTransport.from_endpoint(
+                endpoint, verify=options.pop("verify", None)
+            )
+        super().__init__(transport, **options)
+
+    @classmethod
+    def from_vertex(
+        cls,
+        *,
+        endpoint: str,
+        project: str | None = None,
+        location: str | None = None,
+        credentials: Any = None,
+        api_endpoint: str | None = None,
+        api_transport: str | None = None,
+        verify: Any = None,
+        **options: Any,
+    ) -> AsyncClient:
+        """Reads the endpoint once through the SDK (sync), then calls it with httpx."""
+        ep = _vertex_endpoint(project, location, endpoint, credentials, api_endpoint, api_transport)
+        return cls(AsyncVertexTransport.from_endpoint(ep, verify=verify), **options)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        verify: Any = None,
+        headers: dict[str, str] | None = None,
+        **options: Any,
+    ) -> AsyncClient:
+        return cls(AsyncHttpTransport(url, verify=verify, headers=headers), **options)
+
+    async def _send(self, request: Request) -> Response:
+        result = self.transport.send(request)
+        return await result if hasattr(result, "__await__") else result
+
+    async def _run(self, call: _Call) -> Any:
+        async for attempt in async_retrying(self.retries):
+            with attempt:
+                response = await self._send(call.request)
+                self._raise_for_status(call.request, response)
+        return call.decode(response)
+
+    async def models(self, *, deployed_model_id: str | None = None) -> ModelList:
+        return await self._run(self._models_call(deployed_model_id))
+
+    async def detect(
+        self,
+        images: Any,
+        *,
+        deployed_model_id: str | None = None,
+        model: str | None = None,
+        conf: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
+        classes: list[int | str] | int | str | None = None,
+        imgsz: int | None = None,
+    ) -> InferenceResponse:
+        params = dict(
+            model=model, conf=conf, iou=iou, max_det=max_det, classes=classes, imgsz=imgsz
+        )
+        return await self._run(self._images_call("/detect", images, params, deployed_model_id))
+
+    async def segment(
+        self,
+        images: Any,
+        *,
+        deployed_model_id: str | None = None,
+        model: str | None = None,
+        conf: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
+        classes: list[int | str] | int | str | None = None,
+        imgsz: int | None = None,
+        rle: bool | None = None,
+    ) -> InferenceResponse:
+        params = dict(
+            model=model, conf=conf, iou=iou, max_det=max_det, classes=classes, imgsz=imgsz, rle=rle
+        )
+        return await self._run(self._images_call("/segment", images, params, deployed_model_id))
+
+    async def annotate(
+        self,
+        image: Any,
+        *,
+        json: bool = False,
+        deployed_model_id: str | None = None,
+        model: str | None = None,
+        conf: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
+        classes: list[int | str] | int | str | None = None,
+        imgsz: int | None = None,
+        format: Literal["jpeg", "png"] | None = None,
+    ) -> Annotation | AnnotateResponse:
+        params = dict(
+            model=model,
+            conf=conf,
+            iou=iou,
+            max_det=max_det,
+            classes=classes,
+            imgsz=imgsz,
+            format=format,
+        )
+        return await self._run(self._annotate_call(image, json, params, deployed_model_id))
+
+    async def stream(
+        self,
+        source: Any,
+        *,
+        deployed_model_id: str | None = None,
+        model: str | None = None,
+        conf: float | None = None,
+        iou: float | None = None,
+        max_det: int | None = None,
+        classes: list[int | str] | int | str | None = None,
+        imgsz: int | None = None,
+        track: Tracker | None = None,
+        vid_stride: int | None = None,
+        max_frames: int | None = None,
+    ) -> AsyncStream:
+        params = dict(
+            model=model,
+            conf=conf,
+            iou=iou,
+            max_det=max_det,
+            classes=classes,
+            imgsz=imgsz,
+            track=track,
+            vid_stride=vid_stride,
+            max_frames=max_frames,
+        )
+        request = self._stream_request(source, params, deployed_model_id)
+        async for attempt in async_retrying(self.retries):
+            with attempt:
+                stream = await self._open_stream(request)
+        return stream
+
+    async def _open_stream(self, request: Request) -> AsyncStream:
+        response = await self._send(request)
+        try:
+            self._raise_for_status(request, response)
+            decoder = StreamDecoder(status=response.status, request_id=response.request_id)
+            if response.alines is None:
+                raise errors.StreamError("the transport returned no stream")
+            lines = aiter(response.alines)
+            async for line in lines:
+                event = decoder.feed(line)
+                if event is not None:
+                    self._first_event(request, decoder, event)
+                    return AsyncStream(response, decoder, lines, event)  # type: ignore[arg-type]
+            decoder.close()
+            raise errors.StreamError("the stream ended without events")
+        except BaseException:
+            await response.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

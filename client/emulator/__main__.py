@@ -1,0 +1,190 @@
+"""``python -m client.emulator``: a local Vertex AI dedicated endpoint, driven by the real SDK.
+
+With no arguments it deploys the bundled demo server twice at 50/50 (``shapes-a``: the defaults;
+``shapes-b``: ``SERVE_DEFAULT_MODEL=shapes-segment``). ``--config FILE`` (TOML, see
+``client/emulator/config.py``) or the flags below declare other deployments; flags apply on top
+of the file. A bad configuration exits with status 2, a server that fails to start with 1.
+
+Examples:
+    python -m client.emulator --info-file /tmp/emulator.json
+    python -m client.emulator --deploy shapes-a=80 --deploy shapes-b=20
+    python -m client.emulator --deploy mine --env mine:SERVE_MODELS=yolo=/w/yolo11n.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from client.emulator.config import (
+    ConfigError,
+    DeployedModelConfig,
+    EmulatorConfig,
+    read,
+    validate,
+)
+
+PROG = "python -m client.emulator"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Emulate a Vertex AI dedicated endpoint locally: a REST control plane, an "
+        "HTTPS /invoke data plane with a traffic split, and one server process per deployed "
+        "model.",
+        epilog="NAME is a deployed model name. Without --config or --deploy: the demo models "
+        "shapes-a and shapes-b at 50/50.",
+    )
+    p.add_argument("--config", type=Path, help="TOML (or .json) file declaring the deployment")
+    p.add_argument(
+        "--deploy",
+        action="append",
+        default=[],
+        metavar="NAME[=PERCENT]",
+        help="deploy NAME (repeat; percents on all or none: none splits evenly). A NAME from "
+        "--config or the demo keeps its settings.",
+    )
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE",
+        help="an environment variable for NAME's server (repeat)",
+    )
+    p.add_argument(
+        "--storage-uri",
+        action="append",
+        default=[],
+        metavar="NAME=URI",
+        help="NAME's AIP_STORAGE_URI (its model artifacts)",
+    )
+    p.add_argument(
+        "--command",
+        action="append",
+        default=[],
+        metavar="NAME=COMMAND",
+        help="the server command, split like a shell would (default: this python -m app)",
+    )
+    p.add_argument(
+        "--models",
+        action="append",
+        default=[],
+        metavar="NAME:MODEL=SOURCE[,MODEL=SOURCE]",
+        help="model sources for NAME's server (sets SERVE_MODELS)",
+    )
+    p.add_argument("--project", help="default: local-project")
+    p.add_argument("--project-number", help="default: a number derived from the project")
+    p.add_argument("--location", help="default: us-central1")
+    p.add_argument("--endpoint-id", help="default: a random 19-digit id")
+    p.add_argument("--host", help="address both planes listen on (default: 127.0.0.1)")
+    p.add_argument("--control-port", type=int, help="control plane port (default 0: a free one)")
+    p.add_argument("--data-port", type=int, help="data plane port (default 0: a free one)")
+    p.add_argument("--startup-timeout", type=float, help="seconds to wait for health (300)")
+    p.add_argument("--inference-timeout", type=float, help="per-request seconds (600)")
+    p.add_argument("--log-dir", help="where servers' logs go (default: a temp dir removed at exit)")
+    p.add_argument("--info-file", type=Path, help="write the endpoint's details here as JSON")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+TOP_FLAGS = (
+    "project",
+    "project_number",
+    "location",
+    "endpoint_id",
+    "host",
+    "control_port",
+    "data_port",
+    "startup_timeout",
+    "inference_timeout",
+    "log_dir",
+)
+
+
+def build_config(args: argparse.Namespace) -> EmulatorConfig:
+    """The validated config from ``--config`` (or the demo) and the flags on top of it."""
+    base = read(args.config) if args.config else EmulatorConfig.demo()
+    errors: list[str] = []
+    models: dict[str, DeployedModelConfig] = {m.name: m for m in base.deployed_models}
+    if args.deploy:
+        chosen: dict[str, DeployedModelConfig] = {}
+        for item in args.deploy:
+            name, sep, raw = item.partition("=")
+            percent: int | None = None
+            if sep:
+                try:
+                    percent = int(raw)
+                except ValueError:
+                    errors.append(f"--deploy {item!r}: the percent must be an integer")
+            if name in chosen:
+                errors.append(f"--deploy names {name!r} twice")
+            chosen[name] = replace(models.get(name, DeployedModelConfig(name)), percent=percent)
+        models = chosen
+
+    def target(flag: str, item: str, sep: str) -> tuple[str | None, str]:
+        name, found, value = item.partition(sep)
+        if not found or not value:
+            errors.append(f"{flag} {item!r} must look like NAME{sep}...")
+            return None, ""
+        if name not in models:
+            errors.append(f"{flag} {item!r}: no deployed model named {name!r} ({list(models)})")
+            return None, ""
+        return name, value
+
+    def edit(name: str, **changes: Any) -> None:
+        models[name] = replace(models[name], **changes)
+
+    for item in args.env:
+        name, value = target("--env", item, ":")
+        if name:
+            key, found, val = value.partition("=")
+            if not found:
+                errors.append(f"--env {item!r} must look like NAME:KEY=VALUE")
+            else:
+                edit(name, env={**models[name].env, key: val})
+    for item in args.storage_uri:
+        name, value = target("--storage-uri", item, "=")
+        if name:
+            edit(name, storage_uri=value)
+    for item in args.command:
+        name, value = target("--command", item, "=")
+        if name:
+            try:
+                edit(name, command=tuple(shlex.split(value)))
+            except ValueError as exc:
+                errors.append(f"--command {item!r}: {exc}")
+    for item in args.models:
+        name, value = target("--models", item, ":")
+        if name:
+            sources = dict(part.partition("=")[::2] for part in value.split(",") if part)
+            edit(name, models={**models[name].models, **sources})
+    if errors:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+    overrides = {k: getattr(args, k) for k in TOP_FLAGS if getattr(args, k) is not None}
+    return validate(replace(base, deployed_models=tuple(models.values()), **overrides))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        config = build_config(args)
+    except ConfigError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s emulator: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per proxied request
+    from client.emulator.runner import run
+
+    return run(config, args.info_file)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,282 @@
+"""Run the emulator: certificate, resources, servers, both planes, then wait for a stop signal.
+
+Everything runs in one asyncio loop on the main thread: the control plane (HTTP) and the data
+plane (HTTPS) are two uvicorn servers on sockets bound up front (so port 0 resolves before any
+URL is printed), and the deployed models' servers are child processes (see ``processes``).
+SIGINT, SIGTERM and SIGHUP stop it cleanly: both planes close, every child gets SIGTERM then
+SIGKILL after a grace period, the info file and the temp directory (certificate, default log
+dir) are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import shlex
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from client.emulator.config import EmulatorConfig
+from client.emulator.control import create_control_app
+from client.emulator.dataplane import DataPlane
+from client.emulator.info import NO_PROXY, EmulatorInfo
+from client.emulator.processes import Fleet, ModelServer, StartupError
+from client.emulator.resources import ContainerSpec, EnvVar, Port, Store, new_id
+from client.emulator.tls import write_self_signed
+
+log = logging.getLogger("client.emulator")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+CHILD_GRACE_S = 10.0
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signals to the emulator (two servers share one loop)."""
+
+    def capture_signals(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
+        return contextlib.nullcontext()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only when the
+    # socket says it is TCP, and without it Nagle + delayed ACKs add 40 ms to every answer.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(False)
+    return sock
+
+
+def _url_host(host: str) -> str:
+    """How clients reach ``host``: loopback for a wildcard bind, brackets for IPv6."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def project_number(project: str) -> str:
+    """A stable 12-digit stand-in for the project's number (Vertex names use numbers too)."""
+    return str(int(hashlib.sha256(project.encode()).hexdigest(), 16) % 10**12).zfill(12)
+
+
+class Emulation:
+    """The running state of one emulator (built by :func:`serve`)."""
+
+    def __init__(self, config: EmulatorConfig, workdir: Path) -> None:
+        self.config = config
+        self.number = config.project_number or project_number(config.project)
+        self.store = Store(config.project, self.number, config.location)
+        self.fleet = Fleet()
+        self.cert, self.key = write_self_signed(workdir, (config.host,))
+        self.control_sock = _bind(config.host, config.control_port)
+        self.data_sock = _bind(config.host, config.data_port)
+        host = _url_host(config.host)
+        self.control_url = f"http://{host}:{self.control_sock.getsockname()[1]}"
+        self.dns = f"{host}:{self.data_sock.getsockname()[1]}"
+        self.endpoint_id = config.endpoint_id or new_id()
+        self.store.add_endpoint(
+            self.endpoint_id, config.display_name, self.dns, config.inference_timeout
+        )
+        log_dir = Path(config.log_dir) if config.log_dir else workdir
+        log_dir.mkdir(parents=True, exist_ok=True)
+        split: dict[str, int] = {}
+        for spec in config.deployed_models:
+            extra = spec.server_env()
+            model = self.store.add_model(
+                new_id(),
+                spec.name,
+                ContainerSpec(
+                    image_uri=f"local/{shlex.join(spec.command)}",
+                    command=list(spec.command),
+                    env=[EnvVar(name=k, value=v) for k, v in extra.items()],
+                    ports=[Port(container_port=8080)],
+                    health_route=spec.health_route,
+                    invoke_route_prefix="/*",
+                ),
+                artifact_uri=spec.storage_uri,
+            )
+            deployed = self.store.deploy(self.endpoint_id, model.id, spec.id or new_id(), spec.name)
+            split[deployed.id] = spec.percent or 0
+            env = {"SERVE_HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1", **os.environ, **extra}
+            env.update(  # what Vertex sets in a container (AIP_HTTP_PORT: set at start)
+                AIP_HEALTH_ROUTE=spec.health_route,
+                AIP_DEPLOYED_MODEL_ID=deployed.id,
+                AIP_ENDPOINT_ID=self.endpoint_id,
+                AIP_PROJECT_NUMBER=self.number,
+                AIP_MODE="PREDICTION",
+                AIP_FRAMEWORK="CUSTOM_CONTAINER",
+                AIP_MACHINE_TYPE="local",
+            )
+            self.fleet.add(
+                ModelServer(
+                    name=spec.name,
+                    deployed_model_id=deployed.id,
+                    command=spec.command,
+                    env=env,
+                    health_route=spec.health_route,
+                    log_path=log_dir / f"{spec.name}.log",
+                )
+            )
+        self.store.set_traffic_split(self.endpoint_id, split)
+
+    def info(self) -> EmulatorInfo:
+        endpoint = self.store.endpoint(self.endpoint_id)
+        servers = self.fleet.servers.values()
+        return EmulatorInfo(
+            project=self.config.project,
+            location=self.config.location,
+            endpoint_id=self.endpoint_id,
+            endpoint=endpoint.name,
+            control_plane_url=self.control_url,
+            dedicated_endpoint_dns=self.dns,
+            ca_cert=str(self.cert),
+            deployed_models={d.display_name: d.id for d in endpoint.deployed_models},
+            traffic_split=dict(endpoint.traffic_split),
+            pid=os.getpid(),
+            project_number=self.number,
+            servers={s.name: s.url for s in servers},
+            server_pids={s.name: s.pid for s in servers if s.pid is not None},
+            logs={s.name: str(s.log_path) for s in servers},
+        )
+
+    def summary(self) -> str:
+        info = self.info()
+        lines = [
+            f"Vertex AI dedicated endpoint emulator ready (pid {info.pid})",
+            f"  endpoint       {info.endpoint}",
+            f"  control plane  {info.control_plane_url}   (REST, plain HTTP)",
+            f"  data plane     {info.data_plane_url}   (HTTPS, CA certificate {info.ca_cert})",
+        ]
+        for name, dm_id in info.deployed_models.items():
+            lines.append(
+                f"  deployed model {name} = {dm_id}: {info.traffic_split.get(dm_id, 0)}% "
+                f"of traffic, server {info.servers[name]}, log {info.logs[name]}"
+            )
+        lines += [
+            "Point the SDK at it:",
+            f"  export REQUESTS_CA_BUNDLE={info.ca_cert} NO_PROXY={NO_PROXY}",
+            "  from google.auth.credentials import AnonymousCredentials",
+            f'  aiplatform.init(project="{info.project}", location="{info.location}", '
+            f'api_endpoint="{info.control_plane_url}", api_transport="rest", '
+            "credentials=AnonymousCredentials())",
+            f'  endpoint = aiplatform.Endpoint("{info.endpoint_id}")',
+            '  endpoint.invoke("/detect", image_bytes, {"Content-Type": "image/jpeg"})',
+            "Ctrl-C (or SIGTERM) stops it and its servers.",
+        ]
+        return "\n".join(lines)
+
+
+def _proxy_client(config: EmulatorConfig) -> httpx.AsyncClient:
+    """The data plane's client to the servers: no proxies from the environment, Vertex's request
+    timeout, and only the caller's headers (httpx's defaults removed)."""
+    client = httpx.AsyncClient(
+        trust_env=False,
+        timeout=httpx.Timeout(config.inference_timeout, connect=5.0),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+    )
+    for default in ("accept", "accept-encoding", "user-agent"):
+        del client.headers[default]
+    return client
+
+
+def _planes(emulation: Emulation, proxy: httpx.AsyncClient) -> list[tuple[_Server, socket.socket]]:
+    """The control plane (HTTP) and the data plane (HTTPS) as uvicorn servers on their sockets."""
+    tls = {"ssl_certfile": str(emulation.cert), "ssl_keyfile": str(emulation.key)}
+    apps: list[tuple[Any, socket.socket, dict[str, Any]]] = [
+        (create_control_app(emulation.store), emulation.control_sock, {}),
+        (DataPlane(emulation.store, emulation.fleet, proxy), emulation.data_sock, tls),
+    ]
+    common = {"lifespan": "off", "log_level": "warning", "access_log": False}
+    # A short graceful shutdown: open streams are cut rather than waited for.
+    return [
+        (_Server(uvicorn.Config(app, timeout_graceful_shutdown=2, **common, **extra)), sock)
+        for app, sock, extra in apps
+    ]
+
+
+async def _until(stop: asyncio.Event, planes: list[asyncio.Task[None]], work: Any = None) -> Any:
+    """Await ``work`` (if any) unless a stop signal comes first (then None) or a plane dies."""
+    waiters = {asyncio.ensure_future(stop.wait()), *planes}
+    job = asyncio.ensure_future(work) if work is not None else None
+    try:
+        done, _ = await asyncio.wait(
+            waiters | ({job} if job else set()), return_when=asyncio.FIRST_COMPLETED
+        )
+        for plane in planes:
+            if plane in done:
+                raise StartupError(f"a plane of the emulator stopped: {plane.exception()!r}")
+        return job.result() if job is not None and job in done else None
+    finally:
+        for task in waiters - set(planes) | ({job} if job else set()):
+            task.cancel()
+
+
+async def serve(config: EmulatorConfig, info_file: Path | None = None) -> int:
+    """Run until SIGINT/SIGTERM/SIGHUP: 0 after a clean stop, 1 if it could not start or broke."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    workdir = Path(tempfile.mkdtemp(prefix="vertex-emulator-"))
+    emulation: Emulation | None = None
+    servers: list[tuple[_Server, asyncio.Task[None]]] = []
+    wrote_info = False
+    proxy = _proxy_client(config)
+    try:
+        emulation = Emulation(config, workdir)
+        for server, sock in _planes(emulation, proxy):
+            servers.append((server, asyncio.create_task(server.serve(sockets=[sock]))))
+        planes = [task for _, task in servers]
+        emulation.fleet.start()  # on this (main) thread: the children's death signal needs it
+        await _until(stop, planes, emulation.fleet.wait_healthy(config.startup_timeout))
+        if stop.is_set():
+            log.info("stopped before every server was healthy")
+            return 0
+        if info_file is not None:
+            emulation.info().write(info_file)
+            wrote_info = True
+            emulation.store.on_change.append(lambda _: emulation.info().write(info_file))
+        print(emulation.summary(), flush=True)
+        await _until(stop, planes, emulation.fleet.watch())
+        log.info("stopping")
+        return 0
+    except StartupError as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        for server, _ in servers:
+            server.should_exit = True
+        if servers:
+            await asyncio.gather(*(task for _, task in servers), return_exceptions=True)
+        if emulation is not None:
+            emulation.fleet.stop(CHILD_GRACE_S)
+            emulation.control_sock.close()
+            emulation.data_sock.close()
+        await proxy.aclose()
+        if wrote_info and info_file is not None:
+            info_file.unlink(missing_ok=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
+def run(config: EmulatorConfig, info_file: Path | None = None) -> int:
+    """:func:`serve` in a fresh event loop (call from the main thread)."""
+    if sys.platform == "win32":  # pragma: no cover
+        raise SystemExit("the emulator needs a POSIX system (signals, process groups)")
+    return asyncio.run(serve(config, info_file))

@@ -1,0 +1,226 @@
+"""The client's exceptions: one tree, with the server's problem details on every API error.
+
+Exception tree::
+
+    VertexYoloError                       anything this client raises on purpose
+    ├── ParameterError (ValueError)       a bad argument, caught before any request is sent
+    ├── ConnectionError                   the server could not be reached (DNS, refused, TLS, reset)
+    ├── TimeoutError                      no answer within the configured timeout
+    ├── APIError                          the server answered an error status (or an error body)
+    │   ├── BadRequestError               400
+    │   ├── NotFoundError                 404
+    │   │   └── DeployedModelNotFoundError  no such deployed model on this endpoint / server
+    │   ├── PayloadTooLargeError          413
+    │   ├── UnsupportedMediaTypeError     415
+    │   ├── RateLimitError                429 (retried)
+    │   ├── UnavailableError              503 (retried)
+    │   └── ServerError                   other 5xx
+    └── StreamError                       a stream failed after it started: an ``error`` event,
+                                          a cut connection, or bytes that are not SSE
+
+``APIError`` keeps the decoded :class:`~client.schema.Problem` when the body was the server's
+problem+json; other bodies (Vertex's or the emulator's Google-style ``{"error": {...}}``, an
+HTML page from a proxy) are kept as text and summarised into the message.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from client.schema import PROBLEM_TYPE_PREFIX, Problem, decode_problem
+
+
+class VertexYoloError(Exception):
+    """Base class of every error this client raises on purpose."""
+
+
+class ParameterError(VertexYoloError, ValueError):
+    """An argument the server would refuse, caught before sending anything."""
+
+
+class ConnectionError(VertexYoloError):
+    """The server could not be reached (refused, DNS, TLS, connection reset)."""
+
+    #: whether the client's retry policy may try again (False once a lower layer gave up)
+    retryable: bool = True
+
+
+class TimeoutError(VertexYoloError):
+    """The request did not finish within its timeout."""
+
+
+class APIError(VertexYoloError):
+    """The server answered with an error.
+
+    Attributes:
+        status: the HTTP status (from the body when the transport could not see it).
+        problem: the server's problem details, or ``None`` for a non-problem body.
+        body: the raw body text (truncated to 2,000 characters).
+        request_id: the server's ``X-Request-Id`` (or the problem's ``request_id``).
+        deployed_model_id: which deployed model answered, when known.
+        retry_after: seconds from a ``Retry-After`` header, when given.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        problem: Problem | None = None,
+        body: str = "",
+        request_id: str | None = None,
+        deployed_model_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.problem = problem
+        self.body = body
+        self.request_id = request_id or (problem.request_id if problem else None)
+        self.deployed_model_id = deployed_model_id
+        self.retry_after = retry_after
+
+    @property
+    def code(self) -> str | None:
+        """The problem's ``code`` (``invalid-parameter``, ``unknown-model``...), if any."""
+        return self.problem.code if self.problem else None
+
+
+class BadRequestError(APIError):
+    """400: the request was malformed or a parameter was out of range."""
+
+
+class NotFoundError(APIError):
+    """404: unknown model, route, or deployed model."""
+
+
+class DeployedModelNotFoundError(NotFoundError):
+    """The ``deployed_model_id`` asked for is not deployed on this endpoint (or is not this
+    server, for a client made with :meth:`Client.from_url`)."""
+
+
+class PayloadTooLargeError(APIError):
+    """413: the body (or the number of images) is over the server's limit."""
+
+
+class UnsupportedMediaTypeError(APIError):
+    """415: the content type is not one the route accepts."""
+
+
+class RateLimitError(APIError):
+    """429: too many requests; retried with backoff."""
+
+
+class UnavailableError(APIError):
+    """503: the server (or a model) is not ready; retried with backoff."""
+
+
+class ServerError(APIError):
+    """Any other 5xx."""
+
+
+class StreamError(VertexYoloError):
+    """A ``/stream`` failed after it started.
+
+    Attributes:
+        problem: the ``error`` event's problem details, if the server sent one.
+        last_event_id: the SSE id of the last event received (the last frame index).
+    """
+
+    def __init__(
+        self, message: str, *, problem: Problem | None = None, last_event_id: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.problem = problem
+        self.last_event_id = last_event_id
+
+
+_BY_STATUS: dict[int, type[APIError]] = {
+    400: BadRequestError,
+    404: NotFoundError,
+    413: PayloadTooLargeError,
+    415: UnsupportedMediaTypeError,
+    429: RateLimitError,
+    503: UnavailableError,
+}
+
+RETRYABLE_STATUSES = frozenset({429, 503})
+
+
+class _GoogleErrorBody(msgspec.Struct):
+    code: int | None = None
+    message: str | None = None
+    status: str | None = None
+
+
+class _GoogleError(msgspec.Struct):
+    """Google's JSON error shape, as Vertex and the emulator send it: ``{"error": {...}}``."""
+
+    error: _GoogleErrorBody
+
+
+_decode_google = msgspec.json.Decoder(_GoogleError).decode
+
+
+def error_class(status: int) -> type[APIError]:
+    """The exception class for an HTTP error status."""
+    if status in _BY_STATUS:
+        return _BY_STATUS[status]
+    return ServerError if status >= 500 else APIError
+
+
+def parse_error_body(content: bytes) -> tuple[Problem | None, int | None, str]:
+    """Decode an error body: ``(problem, status named by the body, summary text)``.
+
+    Tries the server's problem+json first, then Google's ``{"error": {...}}``; anything else
+    is summarised as its (truncated) text.
+    """
+    try:
+        problem = decode_problem(content)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        problem = None
+    if problem is not None and problem.type.startswith(PROBLEM_TYPE_PREFIX):
+        return problem, problem.status, f"{problem.title}: {problem.detail}"
+    try:
+        google = _decode_google(content).error
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        google = None
+    if google is not None and (google.message or google.status):
+        label = " ".join(str(p) for p in (google.code, google.status) if p)
+        return None, google.code, f"{label}: {google.message or ''}".strip(": ")
+    text = content.decode("utf-8", "replace").strip()
+    return None, None, " ".join(text.split())[:300] or "(empty body)"
+
+
+def api_error(
+    content: bytes,
+    *,
+    status: int | None,
+    request_id: str | None = None,
+    deployed_model_id: str | None = None,
+    retry_after: float | None = None,
+    where: str = "",
+    pinned: bool = False,
+) -> APIError:
+    """Build the typed error for an error response.
+
+    ``status`` is ``None`` when the transport could not see it (an SDK stream); the body's own
+    status (problem ``status`` or Google ``error.code``) is then used. ``pinned``: the call
+    named a deployed model, so a 404 from the platform (not the server's problem+json) means
+    that deployed model is unknown.
+    """
+    problem, body_status, summary = parse_error_body(content)
+    effective = status or body_status or 500
+    cls = error_class(effective)
+    if effective == 404 and pinned and problem is None:
+        cls = DeployedModelNotFoundError
+    prefix = f"{effective} from {where}" if where else str(effective)
+    return cls(
+        f"{prefix}: {summary}",
+        status=effective,
+        problem=problem,
+        body=content.decode("utf-8", "replace")[:2000],
+        request_id=request_id,
+        deployed_model_id=deployed_model_id,
+        retry_after=retry_after,
+    )

@@ -1,0 +1,144 @@
+"""``python -m client``, run as a real subprocess against the real server (and the emulator)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from app.demo.shapes import moving_shape_frames, write_video
+from conftest import ROOT
+from helpers import encode, scenes
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "client", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Path:
+    ((rgb, _),) = scenes(1)
+    path = tmp_path_factory.mktemp("cli") / "scene.png"
+    path.write_bytes(encode(rgb))
+    return path
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    frames, _ = moving_shape_frames(8)
+    path = tmp_path_factory.mktemp("cli") / "clip.mp4"
+    write_video(path, frames)
+    return path
+
+
+def test_models(server):
+    out = cli("models", "--url", server.url)
+    assert out.returncode == 0, out.stderr
+    assert "deployed model dm-test-1" in out.stdout and "shapes-segment" in out.stdout
+    listing = json.loads(cli("models", "--url", server.url, "--json").stdout)
+    assert listing["default_model"] == "shapes-detect"
+
+
+def test_detect_and_segment(server, image):
+    out = cli("detect", "--url", server.url, str(image), str(image), "--conf", "0.3")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("detections") == 2 and "on deployed model dm-test-1" in out.stdout
+    result = json.loads(
+        cli(
+            "segment",
+            "--url",
+            server.url,
+            str(image),
+            "--model",
+            "shapes-segment",
+            "--rle",
+            "--json",
+        ).stdout
+    )
+    assert result["task"] == "segment" and result["results"][0]["detections"][0]["mask"]["rle"]
+
+
+def test_annotate_writes_the_image(server, image, tmp_path):
+    out_path = tmp_path / "drawn.png"
+    out = cli("annotate", "--url", server.url, str(image), "--out", str(out_path))
+    assert out.returncode == 0, out.stderr
+    assert Image.open(out_path).format == "PNG" and "detections" in out.stdout
+
+
+def test_stream_progress_and_summary(server, video):
+    out = cli("stream", "--url", server.url, str(video), "--track", "bytetrack", "-v")
+    assert out.returncode == 0, out.stderr
+    assert "frame 7: 1 square tracks [1]" in out.stdout
+    assert "8 frames in" in out.stdout and "1 tracks" in out.stdout
+    assert "8/8" in out.stderr  # the progress bar
+    lines = cli("stream", "--url", server.url, str(video), "--json").stdout.splitlines()
+    events = [json.loads(line)["event"] for line in lines]
+    assert events == ["start"] + ["frame"] * 8 + ["end"]
+
+
+def test_errors_exit_nonzero_without_traceback(server, image, tmp_path):
+    out = cli("detect", "--url", server.url, str(image), "--model", "nope")
+    assert out.returncode == 3
+    assert "404" in out.stderr and "no model named 'nope'" in out.stderr
+    assert "Traceback" not in out.stderr and "request id" in out.stderr
+    bad = cli("detect", "--url", server.url, str(image), "--conf", "7")
+    assert bad.returncode == 2 and "conf" in bad.stderr and "Traceback" not in bad.stderr
+    missing = cli("detect", "--url", server.url, str(tmp_path / "missing.png"))
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+    refused = cli("models", "--url", "http://127.0.0.1:1", "--retries", "0")
+    assert refused.returncode == 4 and "cannot reach" in refused.stderr
+    nowhere = cli("models")
+    assert nowhere.returncode == 2 and "--url" in nowhere.stderr
+
+
+# --- through the real SDK against the emulator ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def info_file(emulator, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cli-emulator") / "emulator.json"
+    emulator.write(path)
+    return path
+
+
+def test_emulator_info_every_subcommand(emulator, info_file, image, video, tmp_path):
+    b = emulator.deployed_models["shapes-b"]
+    at = ("--emulator-info", str(info_file))
+    listing = json.loads(cli("models", *at, "--deployed-model-id", b, "--json").stdout)
+    assert listing["deployed_model_id"] == b
+    out = cli("detect", *at, str(image), "--deployed-model-id", b)
+    assert out.returncode == 0, out.stderr
+    assert "[shapes-segment" in out.stdout and f"on deployed model {b}]" in out.stdout
+    out = cli("segment", *at, str(image), "--model", "shapes-segment", "--json")
+    assert json.loads(out.stdout)["task"] == "segment", out.stderr
+    drawn = tmp_path / "drawn.jpg"
+    out = cli("annotate", *at, str(image), "-o", str(drawn), "--deployed-model-id", b)
+    assert out.returncode == 0 and Image.open(drawn).format == "JPEG", out.stderr
+    out = cli("stream", *at, str(video), "--deployed-model-id", b, "--max-frames", "4")
+    assert out.returncode == 0, out.stderr
+    assert f"on deployed model {b}]" in out.stdout and "4 frames in" in out.stdout
+
+
+def test_emulator_explicit_options_and_errors(emulator, image):
+    at = (
+        *("--project", emulator.project, "--location", emulator.location),
+        *("--endpoint", emulator.endpoint_id, "--api-endpoint", emulator.control_plane_url),
+        *("--ca-cert", emulator.ca_cert),
+    )
+    env = {"REQUESTS_CA_BUNDLE": ""}  # --ca-cert alone must be enough
+    assert cli("models", *at, env=env).returncode == 0
+    out = cli("detect", *at, str(image), "--deployed-model-id", "999", env=env)
+    assert out.returncode == 3 and "'999' is not deployed" in out.stderr
+    assert "Traceback" not in out.stderr
