@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import httpx
+from PIL import Image
 
 from conftest import ROOT, start_server
 
@@ -36,22 +37,30 @@ def test_readme_first_command_installs_and_runs_the_demo():
     assert install_and_run.endswith(".venv/bin/python -m app.demo")
 
 
-def test_demo_job_prints_real_detections(tmp_path):
-    env = {**os.environ, "YOLO_CONFIG_DIR": str(tmp_path)}
+def test_demo_job_runs_the_whole_loop_through_the_sdk_and_the_emulator(tmp_path):
+    env = {**os.environ, "YOLO_CONFIG_DIR": str(tmp_path / "yolo")}
     proc = subprocess.run(
-        [sys.executable, "-m", "app.demo"],
+        [sys.executable, "-m", "app.demo", "--out", str(tmp_path / "out"), "--frames", "20"],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "POST /detect -> 200" in proc.stdout
-    body = json.loads(proc.stdout[proc.stdout.index("\n{") :])
-    drawn = re.findall(r"^  (\w+) +box=", proc.stdout.split("found by")[0], re.M)
-    found = [d["class_name"] for d in body["results"][0]["detections"]]
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    drawn = re.findall(r"(\w+) \(", re.search(r"drawn: (.*)", out).group(1))
+    found = re.findall(r"(\w+) \(", re.search(r"found: (.*)", out).group(1))
     assert drawn and sorted(drawn) == sorted(found)
+    image = Image.open(tmp_path / "out" / "annotated.png")
+    assert image.format == "PNG" and image.size == (320, 240)
+    assert re.search(r"segment via shapes-[ab] \(model shapes-segment\): [1-9] masks", out)
+    assert re.search(
+        r"via shapes-[ab]: 20 frames at [0-9.]+ fps, classes \{'square': \d+\}, 1 track", out
+    )
+    pinned = re.findall(r"asked (shapes-[ab]) \(\d+\) -> answered by (shapes-[ab])", out)
+    assert sorted(pinned) == [("shapes-a", "shapes-a"), ("shapes-b", "shapes-b")]
+    assert "emulator and its servers stopped" in out
 
 
 def dockerfile_command() -> tuple[list[str], dict[str, str]]:

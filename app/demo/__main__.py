@@ -1,86 +1,120 @@
-"""``python -m app.demo``: serve the bundled demo models and send them one real request.
+"""``python -m app.demo``: the whole loop offline, through the real Vertex SDK.
 
-Starts ``python -m app`` on a free loopback port, waits for ``/health``, draws a fresh shapes
-image, posts it to ``/detect`` and prints what was drawn next to what the model found.
+Starts the local dedicated-endpoint emulator (``client.emulator``) with the two bundled demo
+deployments at 50/50 (``shapes-a`` serves the detector by default, ``shapes-b`` the segmenter),
+points the unmodified google-cloud-aiplatform SDK at it, and runs the client through
+``Endpoint.invoke``: models, detect, annotate (saves the drawn image), segment, a stream of a
+generated video with a progress bar, and one call pinned to each deployed model. Everything is
+shut down on exit. No cloud account, no internet, no GPU.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import os
-import socket
-import subprocess
 import sys
 import time
+from pathlib import Path
 
-import httpx
 import numpy as np
-from PIL import Image
 
-from app.demo.shapes import draw_scene
+from app.demo.shapes import draw_scene, moving_shape_frames, write_video
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _box(b) -> tuple[int, ...]:
+    return tuple(round(v) for v in (b.x1, b.y1, b.x2, b.y2))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=2026, help="seed of the drawn test image")
-    parser.add_argument("--timeout", type=float, default=180, help="seconds to wait for /health")
+    parser.add_argument("--out", type=Path, default=Path("demo-output"), help="where files go")
+    parser.add_argument("--frames", type=int, default=60, help="frames of the streamed video")
     args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
 
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "AIP_HTTP_PORT": str(port), "SERVE_HOST": "127.0.0.1"}
-    env.setdefault("SERVE_LOG_LEVEL", "warning")
-    server = subprocess.Popen([sys.executable, "-m", "app"], env=env)
+    from google.cloud import aiplatform
+
+    from client import Client
+    from client.emulator import Emulator, EmulatorError
+
+    started = time.monotonic()
+    print("starting the emulator: two deployed models of the demo, 50/50 ...", flush=True)
     try:
-        started = time.monotonic()
-        while True:
-            if server.poll() is not None:
-                print(f"server exited with status {server.returncode}", file=sys.stderr)
-                return 1
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() - started > args.timeout:
-                print("server did not become healthy in time", file=sys.stderr)
-                return 1
-            time.sleep(0.2)
-        print(f"server healthy at {url} after {time.monotonic() - started:.1f} s")
-
-        rgb, shapes = draw_scene(np.random.default_rng(args.seed), 320, 240)
-        buf = io.BytesIO()
-        Image.fromarray(rgb).save(buf, format="PNG")
-        r = httpx.post(
-            url + "/detect",
-            content=buf.getvalue(),
-            headers={"Content-Type": "image/png"},
-            timeout=60,
+        emulator = Emulator(workdir=args.out / "emulator")
+        info = emulator.start()
+    except EmulatorError as exc:
+        print(f"the emulator did not start: {exc}", file=sys.stderr)
+        return 1
+    try:
+        print(
+            f"endpoint {info.endpoint} ready after {time.monotonic() - started:.1f} s\n"
+            f"  control plane {info.control_plane_url}, data plane https://"
+            f"{info.dedicated_endpoint_dns}\n  deployed models "
+            + ", ".join(
+                f"{n}={i} ({info.traffic_split[i]}%)" for n, i in info.deployed_models.items()
+            )
         )
-        print(f"POST /detect -> {r.status_code}  Server-Timing: {r.headers.get('server-timing')}")
-        r.raise_for_status()
-        body = r.json()
-        print("drawn:")
-        for s in shapes:
-            print(f"  {s.name:<8} box={tuple(round(v) for v in s.box)}")
-        print(f"found by {body['model']} (version {body['version']}):")
-        for d in body["results"][0]["detections"]:
-            b = d["box"]
-            box = tuple(round(b[k]) for k in ("x1", "y1", "x2", "y2"))
-            print(f"  {d['class_name']:<8} box={box} confidence={d['confidence']:.2f}")
-        print(json.dumps(body, indent=2))
-        return 0
+        os.environ.update(info.env())  # trust the emulator's certificate
+        aiplatform.init(**info.init_kwargs())
+        endpoint = aiplatform.Endpoint(info.endpoint_id)
+        names = {i: n for n, i in info.deployed_models.items()}
+
+        with Client(endpoint, image_format="png") as client:
+            listing = client.models()
+            print(f"\nmodels (answered by {names[listing.deployed_model_id]}): "
+                  + ", ".join(f"{m.name} ({m.task})" for m in listing.models))  # fmt: skip
+
+            rgb, shapes = draw_scene(np.random.default_rng(args.seed), 320, 240)
+            image = np.ascontiguousarray(rgb[:, :, ::-1])  # the client takes BGR arrays
+            detected = client.detect(image)
+            print(f"\ndetect via {names[detected.deployed_model_id]} "
+                  f"(model {detected.model}, version {detected.version}):")  # fmt: skip
+            print(
+                "  drawn: "
+                + ", ".join(f"{s.name} {tuple(round(v) for v in s.box)}" for s in shapes)
+            )
+            print("  found: " + ", ".join(
+                f"{d.class_name} {_box(d.box)} {d.confidence:.2f}"
+                for d in detected.results[0].detections))  # fmt: skip
+
+            drawn = client.annotate(image, format="png")
+            path = args.out / "annotated.png"
+            drawn.save(path)
+            print(f"\nannotate via {names[drawn.deployed_model_id]}: "
+                  f"{drawn.detection_count} detections drawn, saved to {path}")  # fmt: skip
+
+            seg = client.segment(image)
+            masks = [d for d in seg.results[0].detections if d.mask is not None]
+            print(f"\nsegment via {names[seg.deployed_model_id]} (model {seg.model}): "
+                  f"{len(masks)} masks, polygon points "
+                  f"{[sum(len(p) for p in d.mask.polygons) for d in masks]}")  # fmt: skip
+
+            frames, _ = moving_shape_frames(args.frames, 320, 240)
+            video = args.out / "moving-square.mp4"
+            write_video(video, frames, fps=15)
+            print(f"\nstream {video} ({args.frames} frames) with tracking:")
+            from tqdm import tqdm
+
+            with client.stream(video, track="bytetrack") as stream:
+                with tqdm(total=stream.start.frames, unit="frame", file=sys.stdout) as bar:
+                    for _ in stream.frames():
+                        bar.update()
+                end = stream.end
+            assert end is not None
+            print(f"  via {names[stream.deployed_model_id]}: {end.frames} frames at "
+                  f"{end.fps:.1f} fps, classes {end.class_counts}, {end.tracks} track(s)")  # fmt: skip
+
+            print("\npinned calls (deployed_model_id=...):")
+            for name, dm_id in info.deployed_models.items():
+                pinned = client.detect(image, deployed_model_id=dm_id)
+                found = len(pinned.results[0].detections)
+                print(f"  asked {name} ({dm_id}) -> answered by {names[pinned.deployed_model_id]}"
+                      f" with model {pinned.model}: {found} detections")  # fmt: skip
     finally:
-        server.terminate()
-        server.wait(30)
+        emulator.stop()
+    print(f"\nemulator and its servers stopped; done in {time.monotonic() - started:.1f} s")
+    return 0
 
 
 if __name__ == "__main__":
