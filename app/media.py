@@ -18,7 +18,7 @@ import contextlib
 import io
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -38,6 +38,7 @@ from app.errors import (
 from client.schema import B64, Parameters, decode_predict_request
 
 P = TypeVar("P", bound=msgspec.Struct)
+T = TypeVar("T")
 
 IMAGE_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp"}
 RAW_IMAGE_TYPES = frozenset(
@@ -106,18 +107,44 @@ def b64decode(value: str | B64, where: str) -> bytes:
         raise InvalidImage(f"{where} is not valid base64: {exc}") from None
 
 
+async def decode_json_body(request: Request, decode: Callable[[bytes], T], shape: str) -> T:
+    """Decode a JSON body with a msgspec decoder; a bad one is a 400 that shows ``shape``."""
+    try:
+        return decode(await request.body())
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"JSON body does not match {shape}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+
+
+async def read_multipart(
+    request: Request, params: dict[str, Any], limit: int, noun: str
+) -> list[bytes]:
+    """The files of a multipart body, in order (at most ``limit``); its fields go to ``params``,
+    where they win over the query string."""
+    form = await request.form()
+    blobs: list[bytes] = []
+    fields: list[tuple[str, Any]] = []
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            if len(blobs) >= limit:
+                raise PayloadTooLarge(f"more than {limit} {noun} in one request")
+            blobs.append(await value.read())
+        else:
+            fields.append((key, value))
+    for key in {k for k, _ in fields}:
+        params.pop(key, None)
+    params.update(collect_params(fields))
+    return blobs
+
+
 async def read_inputs(request: Request, max_images: int) -> Inputs:
     """Split a request into encoded images and parameters (no decoding yet)."""
     media_type = request.content_type[0].lower()
     params = collect_params(request.query_params.multi_items())
     blobs: list[bytes] = []
     if media_type == "application/json":
-        try:
-            body = decode_predict_request(await request.body())
-        except msgspec.ValidationError as exc:
-            raise BadRequest(f"JSON body does not match {JSON_SHAPE}: {exc}") from None
-        except msgspec.DecodeError as exc:
-            raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        body = await decode_json_body(request, decode_predict_request, JSON_SHAPE)
         if len(body.instances) > max_images:
             raise PayloadTooLarge(
                 f"{len(body.instances)} images in one request; at most {max_images}"
@@ -128,18 +155,7 @@ async def read_inputs(request: Request, max_images: int) -> Inputs:
         for key, value in (body.parameters or {}).items():
             params[key] = value
     elif media_type == "multipart/form-data":
-        form = await request.form()
-        fields: list[tuple[str, Any]] = []
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if len(blobs) >= max_images:
-                    raise PayloadTooLarge(f"more than {max_images} images in one request")
-                blobs.append(await value.read())
-            else:
-                fields.append((key, value))
-        for key in {k for k, _ in fields}:
-            params.pop(key, None)  # form fields win over the query string
-        params.update(collect_params(fields))
+        blobs = await read_multipart(request, params, max_images, "images")
     elif media_type in RAW_IMAGE_TYPES or media_type == OCTET_STREAM:
         blobs = [await request.body()]
     else:

@@ -20,14 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import msgspec
 import numpy as np
 from litestar import Request
-from litestar.datastructures import UploadFile
 
 from app.config import Settings
 from app.errors import (
-    BadRequest,
     InvalidImage,
     InvalidParameter,
     InvalidVideo,
@@ -39,9 +36,11 @@ from app.media import (
     RAW_IMAGE_TYPES,
     b64decode,
     collect_params,
+    decode_json_body,
     image_label,
     open_image,
     oriented_size,
+    read_multipart,
     to_bgr,
 )
 from client.schema import StreamParameters, decode_frames_request
@@ -103,29 +102,13 @@ async def read_stream_inputs(request: Request, settings: Settings) -> StreamInpu
     video: bytes | None = None
     frames: list[bytes] = []
     if media_type == "application/json":
-        try:
-            body = decode_frames_request(await request.body())
-        except msgspec.ValidationError as exc:
-            raise BadRequest(f"JSON body does not match {FRAMES_SHAPE}: {exc}") from None
-        except msgspec.DecodeError as exc:
-            raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        body = await decode_json_body(request, decode_frames_request, FRAMES_SHAPE)
         if len(body.frames) > limit:
             raise PayloadTooLarge(f"{len(body.frames)} frames in one request; at most {limit}")
         frames = [b64decode(f, f"frames[{i}]") for i, f in enumerate(body.frames)]
         params.update(body.parameters or {})
     elif media_type == "multipart/form-data":
-        form = await request.form()
-        fields: list[tuple[str, Any]] = []
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if len(frames) >= limit:
-                    raise PayloadTooLarge(f"more than {limit} frames in one request")
-                frames.append(await value.read())
-            else:
-                fields.append((key, value))
-        for key in {k for k, _ in fields}:
-            params.pop(key, None)  # form fields win over the query string
-        params.update(collect_params(fields))
+        frames = await read_multipart(request, params, limit, "frames")
     elif media_type in VIDEO_TYPES:
         video = await request.body()
         if not video:
