@@ -180,7 +180,7 @@ class StreamSession:
         queue: asyncio.Queue[ServerSentEvent] = asyncio.Queue(self.settings.stream_queue)
         producer = asyncio.create_task(self._produce(queue))
         STREAMS_ACTIVE.labels(self.model.name).inc()
-        reason = "client went away"
+        reason = "cut short: the client went away or stopped reading"
         try:
             yield self.start_event()
             while True:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import requests
 from httpx_sse import connect_sse
 from PIL import Image
 
-from app.demo.shapes import moving_shape_frames, write_video
+from app.demo.shapes import draw_shape, make_shape, moving_shape_frames, write_video
 from conftest import Server, start_server
 from helpers import b64, det_box, encode
 
@@ -323,7 +324,7 @@ def test_disconnect_stops_the_work_and_leaves_no_temp_file(stream_server, http, 
     assert metric(http, "yolo_stream_frames_total") - before == done  # nothing runs any more
     assert 3 <= done < 40, done  # queue of 2 + frames in flight, far from 192
     assert list(stream_server[1].iterdir()) == []
-    assert re.search(r"stream \S+: \d+ frames, client went away", stream_server[0].logs())  # fmt: skip
+    assert re.search(r"stream \S+: \d+ frames, cut short: the client went away", stream_server[0].logs())  # fmt: skip
 
 
 def test_two_streams_at_once_and_detect_in_between(http, mp4):
@@ -391,3 +392,49 @@ def test_route_and_events_are_in_the_openapi_schema(http):
     }
     assert refs == {"StreamStart", "StreamFrame", "StreamEnd", "Problem"}
     assert {"StreamStart", "StreamFrame", "StreamEnd"} <= set(schema["components"]["schemas"])
+
+
+def test_client_that_stops_reading_is_dropped_after_the_send_timeout(tmp_path):
+    """A client that sends its video and never reads: once the socket buffers are full, a send
+    blocks; after SERVE_STREAM_SEND_TIMEOUT the stream is dropped and its work stops."""
+    frames = []
+    background = FRAMES[0].copy()
+    for i in range(400):  # 20 shapes a frame: big events (masks + RLE) fill the buffers fast
+        frame = background.copy()
+        for k in range(20):
+            shape = make_shape(k % 3, 16 + (k % 5) * 30 + i % 8, 14 + (k // 5) * 28, 18)
+            draw_shape(frame, shape, (240, 40, 40))
+        frames.append(frame)
+    video = tmp_path / "grid.mp4"
+    write_video(video, frames, fps=30)
+    body = video.read_bytes()
+    srv = start_server(tmp_path, {"SERVE_METRICS": "true", "SERVE_STREAM_SEND_TIMEOUT": "1"})
+    try:
+        srv.wait_healthy()
+        host, port = srv.url.removeprefix("http://").split(":")
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            sock.connect((host, int(port)))
+            head = (
+                "POST /stream?model=shapes-segment&rle=true HTTP/1.1\r\nHost: test\r\n"
+                f"Content-Type: video/mp4\r\nContent-Length: {len(body)}\r\n\r\n"
+            )
+            sock.sendall(head.encode() + body)  # and never read
+            deadline = time.monotonic() + 60
+            while "client dropped, a send blocked for over 1 s" not in srv.logs():
+                assert time.monotonic() < deadline, srv.logs()
+                time.sleep(0.2)
+            with httpx.Client(base_url=srv.url) as http:
+                assert re.search(
+                    r'^yolo_streams_active\{model="shapes-segment"\} 0\.0$',
+                    http.get("/metrics").text,
+                    re.M,
+                )
+                done = re.search(
+                    r'^yolo_stream_frames_total\{model="shapes-segment"\} (\S+)$',
+                    http.get("/metrics").text,
+                    re.M,
+                )
+            assert float(done.group(1)) < len(frames)  # dropped before the end
+    finally:
+        srv.stop()

@@ -10,11 +10,14 @@ response is an ASGI app, which Litestar serves as it is.
 
 from __future__ import annotations
 
+import logging
+
 import anyio
 from litestar import Request, post
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.types import ASGIApp
+from litestar.types import ASGIApp, Receive, Scope, Send
 from sse_starlette import EventSourceResponse
+from sse_starlette.sse import SendTimeoutError
 
 from app.config import Settings
 from app.errors import WrongTask
@@ -25,6 +28,7 @@ from app.stream import SSE_SEPARATOR, StreamSession
 from app.video import VIDEO_TYPES, open_source, read_stream_inputs
 from client.schema import Problem, StreamEnd, StreamFrame, StreamParameters, StreamStart
 
+log = logging.getLogger("app.stream")
 TRACKABLE = ("detect", "segment", "pose")
 DESCRIPTION = f"""Runs a video, or a run of image frames, through a model and answers
 `text/event-stream`: one `start` event (model, version, deployed model id, source fps, frame count
@@ -77,10 +81,32 @@ async def stream_handler(request: Request, registry: Registry, settings: Setting
     except BaseException:
         source.close()
         raise
-    return EventSourceResponse(
-        session.events(),
-        headers={"X-Model-Name": model.name, "X-Model-Version": model.version},
-        ping=settings.stream_ping_seconds,
-        sep=SSE_SEPARATOR,
-        send_timeout=settings.stream_send_timeout,
+    return _DropStuckClients(
+        EventSourceResponse(
+            session.events(),
+            headers={"X-Model-Name": model.name, "X-Model-Version": model.version},
+            ping=settings.stream_ping_seconds,
+            sep=SSE_SEPARATOR,
+            send_timeout=settings.stream_send_timeout,
+        ),
+        session.request_id,
+        settings.stream_send_timeout,
     )
+
+
+class _DropStuckClients:
+    """The SSE response, with a client that stopped reading logged as such rather than as an
+    ASGI error: sse-starlette ends the response by raising ``SendTimeoutError``."""
+
+    def __init__(self, response: EventSourceResponse, request_id: str, timeout: float) -> None:
+        self.response, self.request_id, self.timeout = response, request_id, timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.response(scope, receive, send)
+        except* SendTimeoutError:
+            log.warning(
+                "stream %s: client dropped, a send blocked for over %g s",
+                self.request_id,
+                self.timeout,
+            )
