@@ -26,6 +26,7 @@ _EXPORTS = {
     "client._retry": ["NO_RETRIES", "RetryPolicy"],
     "client.errors": [
         "APIError",
+        "AuthenticationError",
         "BadRequestError",
         "ConnectionError",
         "DeployedModelNotFoundError",
@@ -78,6 +79,7 @@ if TYPE_CHECKING:
     from client._stream import AsyncStream, Stream  # noqa: F401
     from client.errors import (  # noqa: F401
         APIError,
+        AuthenticationError,
         BadRequestError,
         ConnectionError,
         DeployedModelNotFoundError,

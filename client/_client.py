@@ -15,6 +15,7 @@ result is withheld rather than passed off as the pinned model's).
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,6 +115,14 @@ class _Base:
         image_format: ImageFormat = "jpeg",
         channels: Channels = "bgr",
     ) -> None:
+        if timeout is not None and not timeout > 0:
+            raise errors.ParameterError(f"timeout must be positive seconds or None, not {timeout}")
+        if image_format not in ("jpeg", "png"):
+            raise errors.ParameterError(
+                f"image_format must be 'jpeg' or 'png', not {image_format!r}"
+            )
+        if channels not in ("bgr", "rgb"):
+            raise errors.ParameterError(f"channels must be 'bgr' or 'rgb', not {channels!r}")
         self.transport = transport
         self.timeout = timeout
         if isinstance(retries, int):
@@ -160,7 +169,7 @@ class _Base:
         decode: Callable[[bytes], Any] = decode_inference,
     ) -> _Call:
         query = _query(_validate(Parameters, params))
-        body, content_type, _ = images_body(
+        body, content_type = images_body(
             images, image_format=self.image_format, channels=self.channels
         )
         request = self._request(
@@ -227,6 +236,10 @@ class _Base:
 
     # -- responses --------------------------------------------------------------------------
 
+    def _routed_to(self, request: Request) -> str | None:
+        """The deployed model the transport itself sent the call to (Vertex), if any."""
+        return request.deployed_model_id if self.transport.can_pin else None
+
     def _raise_for_status(self, request: Request, response: Response) -> None:
         if response.status is not None and response.status >= 400:
             raise errors.api_error(
@@ -236,7 +249,7 @@ class _Base:
                 deployed_model_id=response.deployed_model_id,
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
                 where=request.path.split("?")[0],
-                pinned=bool(request.deployed_model_id),
+                pinned=self._routed_to(request),
             )
 
     def _decode(self, response: Response, decode: Callable[[bytes], T], request: Request) -> T:
@@ -260,7 +273,7 @@ class _Base:
         wanted = request.deployed_model_id
         if not wanted or not served or served == wanted:
             return
-        if getattr(self.transport, "can_pin", True):
+        if self.transport.can_pin:
             detail = f"deployed model {served!r} answered a call pinned to {wanted!r}"
         else:
             detail = (
@@ -270,10 +283,31 @@ class _Base:
             )
         raise errors.DeployedModelNotFoundError(detail, status=404, deployed_model_id=served)
 
-    def _first_event(self, request: Request, decoder: StreamDecoder, event: StreamEvent) -> None:
+    # -- opening a stream (the part that is retried like any call) -----------------------
+
+    def _stream_decoder(self, request: Request, response: Response) -> StreamDecoder:
+        self._raise_for_status(request, response)
+        return StreamDecoder(
+            status=response.status,
+            request_id=response.request_id,
+            pinned=self._routed_to(request),
+        )
+
+    def _first_event(self, request: Request, event: StreamEvent) -> StreamStart:
         if not isinstance(event, StreamStart):
             raise errors.StreamError(f"the stream began with {type(event).__name__}, not start")
         self._check_served(request, event.deployed_model_id)
+        return event
+
+    @staticmethod
+    def _no_start(decoder: StreamDecoder) -> errors.VertexYoloError:
+        """The body ended before ``start``: an error document raises its APIError; a clean
+        end of an SSE body is a broken connection (nothing streamed yet, so retryable)."""
+        try:
+            decoder.close()
+        except errors.StreamError as exc:
+            return errors.ConnectionError(f"the stream ended before its start event: {exc}")
+        return errors.StreamError("the stream ended before its start event")
 
 
 def _vertex_endpoint(
@@ -316,7 +350,16 @@ class Client(_Base):
     """
 
     def __init__(self, endpoint: Any, **options: Any) -> None:
-        transport = endpoint if isinstance(endpoint, BaseTransport) else VertexTransport(endpoint)
+        if isinstance(endpoint, BaseTransport):
+            transport = endpoint
+        elif hasattr(endpoint, "invoke"):
+            transport = VertexTransport(endpoint)
+        else:
+            raise TypeError(
+                f"Client needs an aiplatform.Endpoint or a BaseTransport, not "
+                f"{type(endpoint).__qualname__} (for an endpoint id use Client.from_vertex, for "
+                "a URL Client.from_url)"
+            )
         super().__init__(transport, **options)
 
     @classmethod
@@ -338,7 +381,7 @@ class Client(_Base):
         ``aiplatform.init``, which is global).
         """
         ep = _vertex_endpoint(project, location, endpoint, credentials, api_endpoint, api_transport)
-        return cls(ep, **options)
+        return cls(VertexTransport(ep, owns_endpoint=True), **options)
 
     @classmethod
     def from_url(
@@ -472,16 +515,13 @@ class Client(_Base):
     def _open_stream(self, request: Request) -> Stream:
         response = self.transport.send(request)
         try:
-            self._raise_for_status(request, response)
-            decoder = StreamDecoder(status=response.status, request_id=response.request_id)
+            decoder = self._stream_decoder(request, response)
             lines = iter(response.lines or ())
             for line in lines:
                 event = decoder.feed(line)
                 if event is not None:
-                    self._first_event(request, decoder, event)
-                    return Stream(response, decoder, lines, event)  # type: ignore[arg-type]
-            decoder.close()
-            raise errors.StreamError("the stream ended without events")
+                    return Stream(response, decoder, lines, self._first_event(request, event))
+            raise self._no_start(decoder)
         except BaseException:
             response.close()
             raise
@@ -509,11 +549,27 @@ class AsyncClient(_Base):
     """
 
     def __init__(self, endpoint: Any, **options: Any) -> None:
-        if isinstance(endpoint, AsyncBaseTransport | BaseTransport):
+        if isinstance(endpoint, AsyncBaseTransport):
+            if "verify" in options:
+                raise TypeError(
+                    "verify= applies to an aiplatform.Endpoint; give it to the transport instead"
+                )
             transport = endpoint
-        else:
+        elif isinstance(endpoint, BaseTransport):
+            raise TypeError(
+                f"AsyncClient needs an async transport, not the blocking "
+                f"{type(endpoint).__qualname__} (use AsyncHttpTransport or AsyncVertexTransport, "
+                "or Client)"
+            )
+        elif hasattr(endpoint, "invoke"):
             transport = AsyncVertexTransport.from_endpoint(
                 endpoint, verify=options.pop("verify", None)
+            )
+        else:
+            raise TypeError(
+                f"AsyncClient needs an aiplatform.Endpoint or an AsyncBaseTransport, not "
+                f"{type(endpoint).__qualname__} (for an endpoint id use AsyncClient.from_vertex, "
+                "for a URL AsyncClient.from_url)"
             )
         super().__init__(transport, **options)
 
@@ -546,8 +602,8 @@ class AsyncClient(_Base):
         return cls(AsyncHttpTransport(url, verify=verify, headers=headers), **options)
 
     async def _send(self, request: Request) -> Response:
-        result = self.transport.send(request)
-        return await result if hasattr(result, "__await__") else result
+        result = self.transport.send(request)  # MockTransport's may be a plain Response
+        return await result if inspect.isawaitable(result) else result
 
     async def _run(self, call: _Call) -> Any:
         async for attempt in async_retrying(self.retries):
@@ -654,18 +710,15 @@ class AsyncClient(_Base):
     async def _open_stream(self, request: Request) -> AsyncStream:
         response = await self._send(request)
         try:
-            self._raise_for_status(request, response)
-            decoder = StreamDecoder(status=response.status, request_id=response.request_id)
+            decoder = self._stream_decoder(request, response)
             if response.alines is None:
                 raise errors.StreamError("the transport returned no stream")
             lines = aiter(response.alines)
             async for line in lines:
                 event = decoder.feed(line)
                 if event is not None:
-                    self._first_event(request, decoder, event)
-                    return AsyncStream(response, decoder, lines, event)  # type: ignore[arg-type]
-            decoder.close()
-            raise errors.StreamError("the stream ended without events")
+                    return AsyncStream(response, decoder, lines, self._first_event(request, event))
+            raise self._no_start(decoder)
         except BaseException:
             await response.aclose()
             raise

@@ -3,6 +3,7 @@ honouring ``Retry-After``. Built on tenacity (sync and asyncio flavours of one p
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import time
 
@@ -19,7 +20,8 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
         attempts: tries in all (1 = never retry).
         backoff: the first wait in seconds; each later wait doubles, plus up to ``backoff``
             of random jitter.
-        max_backoff: the longest single wait, a server's ``Retry-After`` included.
+        max_backoff: the longest single wait. A server whose ``Retry-After`` asks for longer
+            is not retried: its error is raised at once (with ``retry_after`` set).
     """
 
     attempts: int = 3
@@ -34,16 +36,21 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
 NO_RETRIES = RetryPolicy(attempts=1)
 
 
-def retryable(exc: BaseException) -> bool:
+def retryable(exc: BaseException, policy: RetryPolicy | None = None) -> bool:
     """429, 503 and failures to connect are worth another try; timeouts are not (the server
-    may still be working on the first one)."""
+    may still be working on the first one), nor a ``Retry-After`` beyond the policy's
+    ``max_backoff``."""
     if isinstance(exc, errors.ConnectionError):
         return exc.retryable
-    return isinstance(exc, errors.RateLimitError | errors.UnavailableError)
+    if not isinstance(exc, errors.RateLimitError | errors.UnavailableError):
+        return False
+    wait = exc.retry_after
+    return policy is None or wait is None or wait <= policy.max_backoff
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` as seconds: delta-seconds or an HTTP date."""
+    """``Retry-After`` as seconds: delta-seconds or an HTTP date (in UTC, as RFC 9110 says,
+    also when the date carries no zone: the asctime form, or ``-0000``)."""
     if not value:
         return None
     value = value.strip()
@@ -53,6 +60,8 @@ def parse_retry_after(value: str | None) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
     return max(0.0, when.timestamp() - time.time())
 
 
@@ -76,7 +85,7 @@ def _options(policy: RetryPolicy) -> dict:
     return {
         "stop": tenacity.stop_after_attempt(policy.attempts),
         "wait": _Wait(policy),
-        "retry": tenacity.retry_if_exception(retryable),
+        "retry": tenacity.retry_if_exception(lambda exc: retryable(exc, policy)),
         "reraise": True,
     }
 

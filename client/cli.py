@@ -1,10 +1,11 @@
 """``python -m client``: the command line over :class:`~client.Client`.
 
-Every subcommand takes the connection options (``--url``, or ``--project/--location/--endpoint``
-with ``--api-endpoint``/``--ca-cert`` for the emulator, or ``--emulator-info FILE``) and
-``--json``. API errors print one line on stderr and exit non-zero, without a traceback:
-2 for a bad argument, 3 for an API error (4xx/5xx), 4 for a connection failure or timeout,
-5 for a stream that failed after it started.
+Every subcommand takes the connection options (one of ``--url``, ``--endpoint`` with
+``--project/--location`` and, for the emulator, ``--api-endpoint``/``--ca-cert``, or
+``--emulator-info FILE``) and ``--json``. Errors print one line on stderr and exit non-zero,
+without a traceback: 2 for a bad argument (or an unwritable output file), 3 for an API error
+(4xx/5xx) or refused credentials, 4 for a connection failure or timeout, 5 for a stream that
+failed after it started.
 
 Adding a subcommand (``deploy``, ``ab``, ``bench``...): write ``add(subparsers)`` that adds its
 parser with ``parents=[connection_options()]`` when it talks to an endpoint, and sets
@@ -42,16 +43,17 @@ class EmulatorInfo(msgspec.Struct):
 def connection_options() -> argparse.ArgumentParser:
     """The options every endpoint-facing subcommand shares (an argparse parent parser)."""
     p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("connection")
-    g.add_argument("--url", help="call one server directly (no Vertex), e.g. http://host:8080")
-    g.add_argument("--project", help="Vertex project (else the SDK's default)")
-    g.add_argument("--location", help="Vertex region, e.g. us-central1")
-    g.add_argument("--endpoint", help="Vertex endpoint id or resource name")
-    g.add_argument("--api-endpoint", help="control-plane URL (the emulator's http://host:port)")
-    g.add_argument("--ca-cert", help="CA bundle for the data plane's TLS (the emulator's CA)")
-    g.add_argument(
+    g = p.add_argument_group("connection (one of --url, --endpoint, --emulator-info)")
+    where = g.add_mutually_exclusive_group()
+    where.add_argument("--url", help="call one server directly (no Vertex), e.g. http://host:8080")
+    where.add_argument("--endpoint", help="Vertex endpoint id or resource name")
+    where.add_argument(
         "--emulator-info", metavar="FILE", help="read project/location/endpoint from this file"
     )
+    g.add_argument("--project", help="Vertex project (else the SDK's default)")
+    g.add_argument("--location", help="Vertex region, e.g. us-central1")
+    g.add_argument("--api-endpoint", help="control-plane URL (the emulator's http://host:port)")
+    g.add_argument("--ca-cert", help="CA bundle for the data plane's TLS (the emulator's CA)")
     g.add_argument("--timeout", type=float, default=120.0, help="seconds per call (default 120)")
     g.add_argument("--retries", type=int, default=2, help="retries on 429/503/connection errors")
     g.add_argument(
@@ -102,7 +104,7 @@ def make_client(args: argparse.Namespace) -> Client:
         except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise errors.ParameterError(f"cannot read {args.emulator_info}: {exc}") from None
         project, location = project or info.project, location or info.location
-        endpoint = endpoint or info.endpoint_id
+        endpoint = info.endpoint_id
         api_endpoint = api_endpoint or info.control_plane_url
         ca_cert = ca_cert or info.ca_cert
     if not endpoint:
@@ -191,7 +193,10 @@ def run_annotate(args: argparse.Namespace) -> int:
             args.image, deployed_model_id=args.deployed_model_id, format=fmt, **params
         )
     assert isinstance(result, Annotation)
-    result.save(args.out)
+    try:
+        result.save(args.out)
+    except OSError as exc:
+        raise errors.ParameterError(f"cannot write {args.out}: {exc.strerror or exc}") from None
     if args.json:
         _print_json({k: v for k, v in msgspec.structs.asdict(result).items() if k != "image"})
         return 0
@@ -208,8 +213,9 @@ def run_stream(args: argparse.Namespace) -> int:
 
     names = ["model", "conf", "iou", "max_det", "classes", "imgsz", "track", "vid_stride"]
     params = _params(args, *names, "max_frames")
+    source = args.source[0] if len(args.source) == 1 else args.source
     with make_client(args) as client:
-        stream = client.stream(args.video, deployed_model_id=args.deployed_model_id, **params)
+        stream = client.stream(source, deployed_model_id=args.deployed_model_id, **params)
         with (
             stream,
             tqdm(
@@ -229,13 +235,13 @@ def run_stream(args: argparse.Namespace) -> int:
                     continue
                 if isinstance(event, StreamStart):
                     bar.write(
-                        f"{args.video}: {event.width}x{event.height}, {event.fps or '?'} fps, "
+                        f"{' '.join(args.source)}: {event.width}x{event.height}, {event.fps or '?'} fps, "
                         f"{event.frames or '?'} frames, track={event.track} "
                         f"{_served_by(event)}"
                     )
                 elif isinstance(event, StreamFrame):
                     bar.update(1)
-                    if args.verbose:
+                    if not args.quiet:
                         bar.write(_frame_summary(event))
                 elif isinstance(event, StreamEnd):
                     bar.close()
@@ -303,11 +309,19 @@ def add_stream(sub: Any) -> None:
     p = sub.add_parser(
         "stream",
         parents=[connection_options(), inference_options(stream=True)],
-        help="run a video through /stream, with progress",
+        help="run a video (or image frames) through /stream, with progress",
+        description="Prints the stream's start line, one summary line per frame (classes, "
+        "track ids, inference time) under a progress bar, then the end summary.",
     )
-    p.add_argument("video", help="video file (mp4, webm, mkv, avi, mov)")
-    p.add_argument("--verbose", "-v", action="store_true", help="print a line per frame")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument(
+        "source",
+        nargs="+",
+        metavar="VIDEO|IMAGES",
+        help="a video file (mp4, webm, mkv, avi, mov), or several image files sent as frames",
+    )
+    p.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress bar and no per-frame lines"
+    )
     p.set_defaults(func=run_stream)
 
 

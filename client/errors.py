@@ -4,8 +4,10 @@ Exception tree::
 
     VertexYoloError                       anything this client raises on purpose
     ├── ParameterError (ValueError)       a bad argument, caught before any request is sent
-    ├── ConnectionError                   the server could not be reached (DNS, refused, TLS, reset)
-    ├── TimeoutError                      no answer within the configured timeout
+    ├── ConnectionError                   the server could not be reached (DNS, refused, TLS, reset;
+    │                                     also the builtin ConnectionError)
+    ├── TimeoutError                      no answer within the configured timeout (also the builtin)
+    ├── AuthenticationError               no credentials / token refresh refused (not retried)
     ├── APIError                          the server answered an error status (or an error body)
     │   ├── BadRequestError               400
     │   ├── NotFoundError                 404
@@ -25,6 +27,8 @@ HTML page from a proxy) are kept as text and summarised into the message.
 
 from __future__ import annotations
 
+import builtins
+
 import msgspec
 
 from client.schema import PROBLEM_TYPE_PREFIX, Problem, decode_problem
@@ -38,15 +42,22 @@ class ParameterError(VertexYoloError, ValueError):
     """An argument the server would refuse, caught before sending anything."""
 
 
-class ConnectionError(VertexYoloError):
-    """The server could not be reached (refused, DNS, TLS, connection reset)."""
+class ConnectionError(VertexYoloError, builtins.ConnectionError):
+    """The server could not be reached (refused, DNS, TLS, connection reset). Also a builtin
+    ``ConnectionError``, so code that catches network failures generically catches it."""
 
     #: whether the client's retry policy may try again (False once a lower layer gave up)
     retryable: bool = True
 
 
-class TimeoutError(VertexYoloError):
-    """The request did not finish within its timeout."""
+class TimeoutError(VertexYoloError, builtins.TimeoutError):
+    """The request did not finish within its timeout (also a builtin ``TimeoutError``)."""
+
+
+class AuthenticationError(VertexYoloError):
+    """The credentials could not produce a token (refresh refused, no default credentials).
+    Not retried: another try would fail the same way. A token endpoint that cannot be
+    reached is a :class:`ConnectionError` instead, and retried."""
 
 
 class APIError(VertexYoloError):
@@ -144,8 +155,6 @@ _BY_STATUS: dict[int, type[APIError]] = {
     503: UnavailableError,
 }
 
-RETRYABLE_STATUSES = frozenset({429, 503})
-
 
 class _GoogleErrorBody(msgspec.Struct):
     code: int | None = None
@@ -192,6 +201,16 @@ def parse_error_body(content: bytes) -> tuple[Problem | None, int | None, str]:
     return None, None, " ".join(text.split())[:300] or "(empty body)"
 
 
+def _names_deployed_model(
+    problem: Problem | None, body_status: int | None, summary: str, deployed_model_id: str
+) -> bool:
+    """Whether an error body is the platform's not-found for a deployed model."""
+    if problem is not None or body_status != 404:
+        return False
+    text = summary.lower()
+    return deployed_model_id.lower() in text or "deployed model" in text or "deployedmodel" in text
+
+
 def api_error(
     content: bytes,
     *,
@@ -200,19 +219,19 @@ def api_error(
     deployed_model_id: str | None = None,
     retry_after: float | None = None,
     where: str = "",
-    pinned: bool = False,
+    pinned: str | None = None,
 ) -> APIError:
     """Build the typed error for an error response.
 
     ``status`` is ``None`` when the transport could not see it (an SDK stream); the body's own
-    status (problem ``status`` or Google ``error.code``) is then used. ``pinned``: the call
-    named a deployed model, so a 404 from the platform (not the server's problem+json) means
-    that deployed model is unknown.
+    status (problem ``status`` or Google ``error.code``) is then used. ``pinned``: the deployed
+    model a routing transport (Vertex) sent the call to; a Google-style 404 from the platform
+    that names it (not the server's problem+json, not a proxy's page) means it is unknown.
     """
     problem, body_status, summary = parse_error_body(content)
     effective = status or body_status or 500
     cls = error_class(effective)
-    if effective == 404 and pinned and problem is None:
+    if effective == 404 and pinned and _names_deployed_model(problem, body_status, summary, pinned):
         cls = DeployedModelNotFoundError
     prefix = f"{effective} from {where}" if where else str(effective)
     return cls(

@@ -77,6 +77,8 @@ def _encode_array(array: Any, image_format: ImageFormat, channels: Channels) -> 
 
     if array.dtype != np.uint8:
         raise ParameterError(f"numpy images must be uint8, not {array.dtype}")
+    if array.size == 0:
+        raise ParameterError(f"the numpy image is empty (shape {array.shape})")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
@@ -127,7 +129,10 @@ def encode_image(
             raise ParameterError("the image is empty (0 bytes)")
         return data, sniff(data)
     if _is_path(image):
-        return read_path(image)
+        data, media_type = read_path(image)
+        if not data:
+            raise ParameterError(f"the image file {image} is empty (0 bytes)")
+        return data, media_type
     media_type = "image/jpeg" if image_format == "jpeg" else "image/png"
     kind = type(image)
     if kind.__module__.startswith("PIL.") and hasattr(image, "save"):
@@ -147,20 +152,19 @@ def is_many(images: Any) -> bool:
 
 def images_body(
     images: Any, *, image_format: ImageFormat = "jpeg", channels: Channels = "bgr"
-) -> tuple[bytes, str, int]:
-    """``(body, content type, image count)``: the raw image for one, multipart for several."""
+) -> tuple[bytes, str]:
+    """``(body, content type)``: the raw image for one, multipart for several."""
     if not is_many(images):
-        data, media_type = encode_image(images, image_format=image_format, channels=channels)
-        return data, media_type, 1
-    if not images:
-        raise ParameterError("no images given (an empty list)")
-    return (*multipart(images, image_format=image_format, channels=channels), len(images))
+        return encode_image(images, image_format=image_format, channels=channels)
+    return multipart(images, image_format=image_format, channels=channels)
 
 
 def multipart(
     images: Sequence[Any], *, image_format: ImageFormat = "jpeg", channels: Channels = "bgr"
 ) -> tuple[bytes, str]:
     """Several images as ``multipart/form-data`` (field ``image``, in order)."""
+    if not images:
+        raise ParameterError("no images given (an empty list)")
     fields = []
     for i, image in enumerate(images):
         data, media_type = encode_image(image, image_format=image_format, channels=channels)
@@ -174,7 +178,7 @@ def _suffix(media_type: str) -> str:
     return {"image/jpeg": ".jpg", "image/png": ".png"}.get(media_type, "")
 
 
-def video_body(source: Any, content_type: str | None = None) -> tuple[bytes, str]:
+def video_body(source: Any) -> tuple[bytes, str]:
     """A video (path or bytes) to ``(body, content type)``."""
     if _is_path(source):
         data, media_type = read_path(source)
@@ -188,4 +192,4 @@ def video_body(source: Any, content_type: str | None = None) -> tuple[bytes, str
         )
     if not data:
         raise ParameterError("the video is empty (0 bytes)")
-    return data, content_type or media_type
+    return data, media_type

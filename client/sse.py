@@ -159,15 +159,24 @@ class StreamDecoder:
       document (the SDK hides the status of a stream), raised as the matching
       :class:`~client.errors.APIError` by :meth:`close`;
     * ``start``/``frame``/``end`` decode strictly into their Structs; an ``error`` event raises
-      :class:`~client.errors.StreamError` with its :class:`~client.schema.Problem`;
+      :class:`~client.errors.StreamError` with its :class:`~client.schema.Problem`, or, before
+      ``start`` (nothing streamed yet), the :class:`~client.errors.APIError` for its status
+      (so a 503 there is retried like any call's);
     * the byte stream ending before ``end`` raises :class:`~client.errors.StreamError`.
     Unknown event names are skipped (forward compatibility).
     """
 
-    def __init__(self, *, status: int | None = None, request_id: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        status: int | None = None,
+        request_id: str | None = None,
+        pinned: str | None = None,
+    ) -> None:
         self._sse = SSEDecoder()
         self._status = status
         self._request_id = request_id
+        self._pinned = pinned  # the deployed model a routing transport sent the call to
         self._mode: str | None = None  # "sse" or "body" once the first line is seen
         self._body: list[bytes] = []
         self.last_event_id: str | None = None
@@ -201,6 +210,10 @@ class StreamDecoder:
                 f"malformed {event.event!r} event: {exc}", last_event_id=event.id
             ) from None
         if isinstance(value, Problem):
+            if not self.started:
+                raise errors.api_error(
+                    event.data.encode(), status=None, request_id=self._request_id, where="/stream"
+                )
             raise errors.StreamError(
                 f"stream failed ({value.status} {value.code}): {value.detail}",
                 problem=value,
@@ -220,6 +233,7 @@ class StreamDecoder:
                 status=self._status if self._status and self._status >= 400 else None,
                 request_id=self._request_id,
                 where="/stream",
+                pinned=self._pinned,
             )
         if not self.ended:
             where = "before any event" if self._mode is None else "before its end event"

@@ -28,6 +28,8 @@ import httpx
 from client import errors
 from client.sse import aiter_lines, iter_lines
 
+#: the scope the SDK gives its credentials (``aiplatform.constants.base.DEFAULT_AUTHED_SCOPES``)
+SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 HEADER_DEPLOYED_MODEL = "x-deployed-model-id"
 HEADER_REQUEST_ID = "x-request-id"
 
@@ -180,9 +182,11 @@ class HttpTransport(BaseTransport):
         if not request.stream:
             return Response(response.status_code, _headers(response), response.content)
         if response.status_code >= 400:
-            with _HttpxErrors(self.base_url):
-                content = response.read()
-            response.close()
+            try:
+                with _HttpxErrors(self.base_url):
+                    content = response.read()
+            finally:
+                response.close()
             return Response(response.status_code, _headers(response), content)
         lines = _sync_lines(response, self.base_url)
 
@@ -211,16 +215,19 @@ class _AsyncHttpxSender:
         if not request.stream:
             return Response(response.status_code, _headers(response), response.content)
         if response.status_code >= 400:
-            with _HttpxErrors(self.where):
-                content = await response.aread()
-            await response.aclose()
+            try:
+                with _HttpxErrors(self.where):
+                    content = await response.aread()
+            finally:
+                await response.aclose()
             return Response(response.status_code, _headers(response), content)
-        return Response(
-            response.status_code,
-            _headers(response),
-            alines=_async_lines(response, self.where),
-            on_close=response.aclose,
-        )
+        lines = _async_lines(response, self.where)
+
+        async def close() -> None:
+            await lines.aclose()
+            await response.aclose()
+
+        return Response(response.status_code, _headers(response), alines=lines, on_close=close)
 
 
 class AsyncHttpTransport(_AsyncHttpxSender, AsyncBaseTransport):
@@ -269,10 +276,17 @@ class VertexTransport(BaseTransport):
     generator of lines whose status is invisible. Timeouts above 120 s make the SDK mount a
     ``requests-toolbelt`` keep-alive adapter (on every such call, so each opens a new
     connection): prefer ``timeout <= 120`` for many short calls.
+
+    Args:
+        endpoint: an ``aiplatform.Endpoint``.
+        owns_endpoint: whether :meth:`close` may close the endpoint's ``authorized_session``
+            (``True`` when the client made the endpoint, as ``Client.from_vertex`` does; an
+            endpoint the caller passed in is left open for the caller).
     """
 
-    def __init__(self, endpoint: Any) -> None:
+    def __init__(self, endpoint: Any, *, owns_endpoint: bool = False) -> None:
         self.endpoint = endpoint
+        self.owns_endpoint = owns_endpoint
 
     @property
     def name(self) -> str:
@@ -305,10 +319,8 @@ class VertexTransport(BaseTransport):
                     request.deployed_model_id, self.name, self._deployed_ids()
                 ) from exc
             raise errors.VertexYoloError(f"Endpoint.invoke refused the call: {exc}") from exc
-        except requests.Timeout as exc:
-            raise errors.TimeoutError(f"timed out talking to {where}: {exc}") from exc
         except requests.RequestException as exc:
-            raise errors.ConnectionError(f"cannot reach {where}: {exc}") from exc
+            raise _requests_error(exc, f"talking to {where}") from exc
         except google.api_core.exceptions.GoogleAPICallError as exc:
             # The SDK reads the endpoint resource (control plane) before its first call.
             status = int(exc.code or 500)
@@ -324,7 +336,7 @@ class VertexTransport(BaseTransport):
             error.retryable = False  # the SDK has already retried for its own deadline
             raise error from exc
         except google.auth.exceptions.GoogleAuthError as exc:
-            raise errors.ConnectionError(f"cannot authenticate to {where}: {exc}") from exc
+            raise _auth_error(exc, where) from exc
         if not request.stream:
             headers = {k.lower(): v for k, v in result.headers.items()}
             return Response(result.status_code, headers, result.content)
@@ -333,8 +345,31 @@ class VertexTransport(BaseTransport):
 
     def close(self) -> None:
         session = getattr(self.endpoint, "authorized_session", None)
-        if session is not None:
+        if self.owns_endpoint and session is not None:
             session.close()
+
+
+def _requests_error(exc: Exception, doing: str) -> errors.VertexYoloError:
+    """Ours for a ``requests`` error. A read timeout inside ``iter_lines`` (an SDK stream)
+    arrives as ``requests.ConnectionError`` wrapping urllib3's ``ReadTimeoutError``: still a
+    timeout (not retried), not a broken connection."""
+    import requests
+    import urllib3.exceptions
+
+    cause = exc.args[0] if exc.args else None
+    if isinstance(exc, requests.Timeout) or isinstance(cause, urllib3.exceptions.TimeoutError):
+        return errors.TimeoutError(f"timed out {doing}: {exc}")
+    return errors.ConnectionError(f"connection failed {doing}: {exc}")
+
+
+def _auth_error(exc: Exception, where: str) -> errors.VertexYoloError:
+    """Ours for a google-auth error: the token endpoint unreachable is a (retryable)
+    connection error; a refused refresh or missing credentials is not worth retrying."""
+    import google.auth.exceptions
+
+    if isinstance(exc, google.auth.exceptions.TransportError):
+        return errors.ConnectionError(f"cannot reach the token endpoint for {where}: {exc}")
+    return errors.AuthenticationError(f"cannot get credentials for {where}: {exc}")
 
 
 def _sdk_lines(lines: Iterator[bytes], where: str) -> Iterator[bytes]:
@@ -343,12 +378,10 @@ def _sdk_lines(lines: Iterator[bytes], where: str) -> Iterator[bytes]:
 
     try:
         yield from lines
-    except requests.Timeout as exc:
-        raise errors.TimeoutError(f"timed out reading the stream from {where}: {exc}") from exc
     except requests.RequestException as exc:
-        raise errors.ConnectionError(f"the stream from {where} broke: {exc}") from exc
+        raise _requests_error(exc, f"reading the stream from {where}") from exc
     except google.auth.exceptions.GoogleAuthError as exc:
-        raise errors.ConnectionError(f"cannot authenticate to {where}: {exc}") from exc
+        raise _auth_error(exc, where) from exc
 
 
 class AsyncVertexTransport(_AsyncHttpxSender, AsyncBaseTransport):
@@ -357,8 +390,9 @@ class AsyncVertexTransport(_AsyncHttpxSender, AsyncBaseTransport):
     Args:
         dedicated_endpoint_dns: ``host[:port]`` (``endpoint.dedicated_endpoint_dns``).
         resource_name: ``projects/P/locations/L/endpoints/E``.
-        credentials: google-auth credentials (default: ``google.auth.default()``). Tokens are
-            refreshed in a worker thread, one refresh at a time.
+        credentials: google-auth credentials (default: ``google.auth.default()``), given the
+            SDK's cloud-platform scope when they need scopes. Tokens are refreshed in a worker
+            thread, one refresh at a time.
         deployed_model_ids: when given, an unknown ``deployed_model_id`` is refused before
             sending (as the SDK does).
         verify: TLS verification (default: ``REQUESTS_CA_BUNDLE``, else the system store).
@@ -374,13 +408,16 @@ class AsyncVertexTransport(_AsyncHttpxSender, AsyncBaseTransport):
         verify: bool | str | ssl.SSLContext | None = None,
         limits: httpx.Limits | None = None,
     ) -> None:
-        if credentials is None:
-            import google.auth
+        import google.auth
+        import google.auth.credentials
+        import google.auth.exceptions
 
-            credentials, _ = google.auth.default(
-                scopes=["https://www.googleapis.com/auth/cloud-platform"]
-            )
-        self.credentials = credentials
+        if credentials is None:
+            try:
+                credentials, _ = google.auth.default(scopes=SCOPES)
+            except google.auth.exceptions.GoogleAuthError as exc:
+                raise _auth_error(exc, f"endpoint {resource_name}") from exc
+        self.credentials = google.auth.credentials.with_scopes_if_required(credentials, SCOPES)
         self.resource_name = resource_name
         self.deployed_model_ids = deployed_model_ids
         self.base_url = f"https://{dedicated_endpoint_dns}/v1/{resource_name}"
@@ -417,24 +454,20 @@ class AsyncVertexTransport(_AsyncHttpxSender, AsyncBaseTransport):
     async def _authorize(self, url: str, headers: dict[str, str]) -> None:
         """Add the credentials' headers; a token that needs refreshing is refreshed in a worker
         thread (blocking I/O), one refresh at a time however many calls are waiting."""
-        from google.auth.credentials import TokenState
+        import google.auth.exceptions
         from google.auth.transport.requests import Request as AuthRequest
 
         creds = self.credentials
         if self._auth_request is None:
             self._auth_request = AuthRequest()
-        if getattr(creds, "token_state", TokenState.FRESH) == TokenState.FRESH:
-            creds.before_request(self._auth_request, "POST", url, headers)  # no I/O when fresh
-            return
-        async with self._refresh_lock:
-            try:
-                await asyncio.to_thread(
-                    creds.before_request, self._auth_request, "POST", url, headers
-                )
-            except Exception as exc:
-                raise errors.ConnectionError(
-                    f"cannot get credentials for {self.where}: {exc}"
-                ) from exc
+        try:
+            if not creds.valid:
+                async with self._refresh_lock:
+                    if not creds.valid:  # else a call ahead in the queue refreshed it
+                        await asyncio.to_thread(creds.refresh, self._auth_request)
+            creds.before_request(self._auth_request, "POST", url, headers)  # valid: no I/O
+        except google.auth.exceptions.GoogleAuthError as exc:
+            raise _auth_error(exc, self.where) from exc
 
     async def send(self, request: Request) -> Response:
         dm = request.deployed_model_id
@@ -447,15 +480,17 @@ class AsyncVertexTransport(_AsyncHttpxSender, AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        if self._auth_request is not None:
+            self._auth_request.session.close()
 
 
 Handler = Callable[[Request], "Response | Awaitable[Response]"]
 
 
-class MockTransport(BaseTransport):
+class MockTransport(BaseTransport, AsyncBaseTransport):
     """A transport that answers ``handler(request)``: for tests of code built on the client,
     where no server can run. Works with both clients (the async one awaits an awaitable
-    answer), like httpx's ``MockTransport``."""
+    answer), like httpx's ``MockTransport``; its ``send`` returns what the handler returns."""
 
     def __init__(self, handler: Handler, *, can_pin: bool = True) -> None:
         self.handler = handler

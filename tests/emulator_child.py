@@ -4,8 +4,13 @@ Run as a deployed model's command (``python tests/emulator_child.py``); it reads
 environment like the real server. Routes (all answer ``X-Deployed-Model-Id``):
 
 - ``GET {AIP_HEALTH_ROUTE}``: 200.
-- ``POST /echo``: what it received (method, path, query, headers, body size, ``AIP_*``/``CHILD_*`` env).
+- ``POST /``: ``{"root": true}`` (invoke must never reach it).
+- ``POST /echo``: what it received (method, path, query, headers, body size, and the
+  ``AIP_*``/``CHILD_*``/``SERVE_*`` env).
 - ``POST /status/{code}``: that status, with ``Retry-After`` and ``Server-Timing`` headers.
+- ``POST /hop``: 200 with ``Connection: x-hop-back`` and ``X-Hop-Back`` (a proxy drops both).
+- ``POST /slow?delay=S``: answers after S seconds; a client that leaves before appends
+  ``slow-closed`` to ``CHILD_EVENTS``.
 - ``POST /sse?n=N&delay=S``: N SSE events, S seconds apart (LF separators).
 - ``POST /forever``: an event every 0.1 s until the client goes away; then appends ``closed`` to
   the file named by ``CHILD_EVENTS``.
@@ -57,8 +62,10 @@ async def app(scope, receive, send) -> None:
 
     if path == HEALTH:
         await answer(200, {"status": "ok"})
+    elif path == "/":
+        await answer(200, {"root": True})
     elif path == "/echo":
-        env = {k: v for k, v in os.environ.items() if k.startswith(("AIP_", "CHILD_"))}
+        env = {k: v for k, v in os.environ.items() if k.startswith(("AIP_", "CHILD_", "SERVE_"))}
         await answer(
             200,
             {
@@ -79,6 +86,19 @@ async def app(scope, receive, send) -> None:
             (b"retry-after", b"7"),
             (b"server-timing", b"inference;dur=1.5"),
         )
+    elif path == "/hop":
+        await answer(200, {"hop": True}, (b"connection", b"x-hop-back"), (b"x-hop-back", b"1"))
+    elif path == "/slow":
+        gone = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait_for(asyncio.shield(gone), float(query["delay"][0]))
+        except TimeoutError:
+            await answer(200, {"slow": True})
+        else:
+            with Path(os.environ["CHILD_EVENTS"]).open("a") as out:
+                out.write("slow-closed\n")
+        finally:
+            gone.cancel()
     elif path in ("/sse", "/forever"):
         await stream(path, query, receive, send)
     else:

@@ -78,11 +78,15 @@ def test_annotate_writes_the_image(server, image, tmp_path):
 
 
 def test_stream_progress_and_summary(server, video):
-    out = cli("stream", "--url", server.url, str(video), "--track", "bytetrack", "-v")
+    out = cli("stream", "--url", server.url, str(video), "--track", "bytetrack")
     assert out.returncode == 0, out.stderr
-    assert "frame 7: 1 square tracks [1]" in out.stdout
+    assert "frame 7: 1 square tracks [1]" in out.stdout  # a line per frame by default
     assert "8 frames in" in out.stdout and "1 tracks" in out.stdout
     assert "8/8" in out.stderr  # the progress bar
+    quiet = cli("stream", "--url", server.url, str(video), "-q")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "frame 7:" not in quiet.stdout and "8 frames in" in quiet.stdout
+    assert "8/8" not in quiet.stderr
     lines = cli("stream", "--url", server.url, str(video), "--json").stdout.splitlines()
     events = [json.loads(line)["event"] for line in lines]
     assert events == ["start"] + ["frame"] * 8 + ["end"]
@@ -101,6 +105,27 @@ def test_errors_exit_nonzero_without_traceback(server, image, tmp_path):
     assert refused.returncode == 4 and "cannot reach" in refused.stderr
     nowhere = cli("models")
     assert nowhere.returncode == 2 and "--url" in nowhere.stderr
+    both = cli("models", "--url", server.url, "--endpoint", "123")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    both = cli("models", "--url", server.url, "--emulator-info", str(tmp_path / "info.json"))
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    unwritable = cli("annotate", "--url", server.url, str(image), "-o", str(tmp_path / "no/x.png"))
+    assert unwritable.returncode == 2 and "cannot write" in unwritable.stderr
+    assert "Traceback" not in unwritable.stderr
+
+
+def test_stream_error_event_exits_5(server, tmp_path):
+    """The server streams start and two frames, then an ``error`` event for the third frame
+    (a PNG whose header is valid but whose data is cut)."""
+    ((rgb, _),) = scenes(1)
+    png = encode(rgb)
+    paths = [tmp_path / f"{i}.png" for i in range(3)]
+    for path, data in zip(paths, [png, png, png[: len(png) // 2]], strict=True):
+        path.write_bytes(data)
+    out = cli("stream", "--url", server.url, *map(str, paths))
+    assert out.returncode == 5, out.stderr
+    assert "invalid-image" in out.stderr and "Traceback" not in out.stderr
+    assert "frame 1:" in out.stdout and "frame 2:" not in out.stdout
 
 
 # --- through the real SDK against the emulator ---------------------------------------------------

@@ -8,11 +8,14 @@ against a tiny real HTTP server of this module; the CRLF pitfall is reproduced w
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import email.utils
 import io
 import json
+import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -27,10 +30,13 @@ from client import (
     NO_RETRIES,
     Annotation,
     AsyncClient,
+    AsyncHttpTransport,
     AsyncVertexTransport,
+    AuthenticationError,
     BadRequestError,
     Client,
     DeployedModelNotFoundError,
+    HttpTransport,
     MockTransport,
     NotFoundError,
     ParameterError,
@@ -47,9 +53,11 @@ from client import (
     UnsupportedMediaTypeError,
 )
 from client import errors as client_errors
+from client._retry import parse_retry_after
 from client.media import encode_image, sniff
 from client.schema import AnnotateResponse, InferenceResponse, ModelList
 from client.sse import LineSplitter, SSEDecoder, StreamDecoder, iter_sse
+from client.transports import SCOPES, _sdk_lines
 from helpers import encode, scenes
 
 # --- SSE parsing on byte lines (as Endpoint.invoke(stream=True) yields them) ------------------
@@ -162,6 +170,36 @@ def test_stream_decoder_error_event_raises_with_problem():
     assert info.value.last_event_id == "0"
 
 
+def test_stream_decoder_error_before_start_is_the_typed_api_error():
+    """Nothing streamed yet: an ``error`` event is the call's failure (503: retried)."""
+    problem = json.loads(PROBLEM_503)
+    with pytest.raises(UnavailableError, match="models loading") as info:
+        decode_all(lines_of(sse("error", problem)))
+    assert info.value.code == "not-ready" and info.value.status == 503
+
+
+def test_stream_decoder_deployed_model_404_only_when_routed():
+    """Through the SDK a stream's error body arrives as lines: a Google-style 404 naming the
+    deployed model is that model missing only when the transport routed by it (Vertex)."""
+    body = b'{"error": {"code": 404, "message": "Deployed model 999 not found", "status": "x"}}'
+    with pytest.raises(DeployedModelNotFoundError):
+        _feed_close(body, pinned="999")
+    with pytest.raises(NotFoundError) as info:
+        _feed_close(body, pinned=None)
+    assert not isinstance(info.value, DeployedModelNotFoundError)
+    other = b'{"error": {"code": 404, "message": "no such route", "status": "NOT_FOUND"}}'
+    with pytest.raises(NotFoundError) as info:
+        _feed_close(other, pinned="999")
+    assert not isinstance(info.value, DeployedModelNotFoundError)
+
+
+def _feed_close(body: bytes, pinned: str | None) -> None:
+    decoder = StreamDecoder(pinned=pinned)
+    for line in body.split(b"\n"):
+        decoder.feed(line)
+    decoder.close()
+
+
 def test_stream_decoder_cut_stream_raises():
     with pytest.raises(StreamError, match="cut before its end event"):
         decode_all(lines_of(sse("start", START) + sse("frame", frame(0), 0)))
@@ -220,6 +258,27 @@ def test_sniff():
     assert sniff(png) == "image/png"
     assert sniff(b"\x00\x00\x00\x18ftypisom") == "video/mp4"
     assert sniff(b"nothing") == "application/octet-stream"
+
+
+def test_bad_inputs_fail_before_sending(tmp_path):
+    """Refused with a clear error at construction or before any request (no server needed:
+    nothing is sent)."""
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    for bad in (np.zeros((0, 8, 3), np.uint8), np.zeros((8, 0), np.uint8), empty, [], b""):
+        with pytest.raises(ParameterError, match="empty"):
+            Client.from_url("http://127.0.0.1:1", retries=NO_RETRIES).detect(bad)
+    for options in ({"timeout": 0}, {"timeout": -1}, {"image_format": "gif"}, {"channels": "x"}):
+        with pytest.raises(ParameterError):
+            Client.from_url("http://127.0.0.1:1", **options)
+    with pytest.raises(TypeError, match="from_vertex"):
+        Client("123")
+    with pytest.raises(TypeError, match="from_vertex"):
+        AsyncClient("123")
+    with pytest.raises(TypeError, match="async transport"):
+        AsyncClient(HttpTransport("http://127.0.0.1:1"))
+    with pytest.raises(TypeError, match="verify"):
+        AsyncClient(AsyncHttpTransport("http://127.0.0.1:1"), verify=False)
 
 
 # --- Client.from_url against the real server ---------------------------------------------------
@@ -364,6 +423,16 @@ def test_stream_frames_and_parameters(url_client):
     assert [f.index for f in stream.frames()] == [0, 2, 4]
 
 
+def test_stream_error_event_after_start_is_a_stream_error(url_client, scene):
+    """The real server checks the frames' headers before ``start`` and decodes each frame as it
+    goes: a PNG cut after its header fails at frame 2, as an ``error`` event."""
+    png = encode(scene[0])
+    stream = url_client.stream([png, png, png[: len(png) // 2]])
+    with pytest.raises(StreamError) as info:
+        list(stream.frames())
+    assert info.value.problem.code == "invalid-image" and info.value.last_event_id == "1"
+
+
 def test_stream_errors_before_the_first_event(url_client, video):
     with pytest.raises(BadRequestError, match="video"):
         url_client.stream(b"\x00" * 64)
@@ -408,8 +477,10 @@ def test_mock_transport_serves_both_clients():
 
 def test_connection_refused_is_typed():
     client = Client.from_url("http://127.0.0.1:1", retries=NO_RETRIES)
-    with client, pytest.raises(client_errors.ConnectionError, match="cannot reach"):
+    with client, pytest.raises(client_errors.ConnectionError, match="cannot reach") as info:
         client.models()
+    assert isinstance(info.value, ConnectionError)  # the builtin too
+    assert issubclass(client_errors.TimeoutError, TimeoutError)
 
 
 # --- retries, against a tiny real HTTP server ---------------------------------------------------
@@ -448,15 +519,34 @@ def tiny_server() -> Iterator[tuple[str, Script]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    with serving(Handler) as (url, _):
+        yield url, script
+
+
+@contextlib.contextmanager
+def serving(
+    handler: type[BaseHTTPRequestHandler], listen: bool = True
+) -> Iterator[tuple[str, Callable[[], None]]]:
+    """A real HTTP server on a free loopback port, in a thread: ``(url, start)``.
+    ``listen=False``: the port is bound but refuses connections until ``start()``."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler, bind_and_activate=False)
+    httpd.server_bind()
+    threads: list[threading.Thread] = []
+
+    def start() -> None:
+        httpd.server_activate()
+        threads.append(threading.Thread(target=httpd.serve_forever, daemon=True))
+        threads[0].start()
+
+    if listen:
+        start()
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", script
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", start
     finally:
-        httpd.shutdown()
+        if threads:
+            httpd.shutdown()
+            threads[0].join()
         httpd.server_close()
-        thread.join()
 
 
 PROBLEM_503 = (
@@ -497,7 +587,143 @@ def test_no_retry_on_400(tiny_server):
     assert len(script.seen) == 1
 
 
+def test_async_client_retries(tiny_server):
+    url, script = tiny_server
+    script.answers = [(503, {**PROBLEM, "Retry-After": "0"}, PROBLEM_503)]
+    script.answers += [(200, JSON, json.dumps(MODELS).encode())]
+
+    async def main() -> str | None:
+        retries = RetryPolicy(attempts=2, backoff=0.01)
+        async with AsyncClient.from_url(url, retries=retries) as client:
+            return (await client.models()).deployed_model_id
+
+    assert asyncio.run(main()) == "dm-r" and len(script.seen) == 2
+
+
+def test_retry_after_http_date(tiny_server):
+    url, script = tiny_server
+    when = email.utils.formatdate(time.time() + 2, usegmt=True)  # whole seconds: 1 to 2 s away
+    script.answers = [(503, {**PROBLEM, "Retry-After": when}, PROBLEM_503)]
+    script.answers += [(200, JSON, json.dumps(MODELS).encode())]
+    client = Client.from_url(url, retries=RetryPolicy(attempts=2, backoff=0.01))
+    assert client.models().deployed_model_id == "dm-r"
+    assert 0.9 <= script.seen[1] - script.seen[0] < 5
+
+
+def test_retry_after_dates_without_a_zone_are_utc():
+    """The asctime form carries no zone; RFC 9110 says it is UTC, whatever the local zone."""
+    asctime = time.asctime(time.gmtime(time.time() + 30))
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "America/New_York"
+    time.tzset()
+    try:
+        assert 25 <= parse_retry_after(asctime) <= 31
+    finally:
+        if old is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+
+
+def test_retry_after_beyond_max_backoff_is_not_retried(tiny_server):
+    url, script = tiny_server
+    script.answers = [(503, {**PROBLEM, "Retry-After": "60"}, PROBLEM_503)] * 2
+    client = Client.from_url(url, retries=RetryPolicy(attempts=3, backoff=0.01, max_backoff=1))
+    with pytest.raises(UnavailableError) as info:
+        client.models()
+    assert len(script.seen) == 1 and info.value.retry_after == 60
+
+
+def test_connection_refused_then_retried():
+    """The first attempt meets a bound port that is not listening yet (refused); the server
+    starts listening right after it, and the retry gets through."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            body = json.dumps(MODELS).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with serving(Handler, listen=False) as (url, start):
+        failures: list[Exception] = []
+
+        class ListenAfterFirstTry(HttpTransport):
+            """The real httpx transport; only starts the server after its first failure."""
+
+            def send(self, request: Request) -> Response:
+                try:
+                    return super().send(request)
+                except client_errors.ConnectionError as exc:
+                    failures.append(exc)
+                    start()
+                    raise
+
+        retries = RetryPolicy(attempts=2, backoff=0.01)
+        with Client(ListenAfterFirstTry(url), retries=retries) as client:
+            assert client.models().deployed_model_id == "dm-r"
+        assert len(failures) == 1 and "cannot reach" in str(failures[0])
+
+
+def test_from_url_404_on_a_pinned_call_is_not_a_missing_deployed_model(tiny_server):
+    """One server cannot route by deployed model: its (or a proxy's) 404 is just a 404."""
+    url, script = tiny_server
+    body = b'{"error": {"code": 404, "message": "deployed model dm-r not found"}}'
+    script.answers = [(404, JSON, body)]
+    with pytest.raises(NotFoundError) as info:
+        Client.from_url(url, retries=NO_RETRIES).models(deployed_model_id="dm-r")
+    assert not isinstance(info.value, DeployedModelNotFoundError)
+
+
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Connection": "close"}
+
+
+def test_stream_retried_on_a_clean_end_or_an_error_event_before_start(tiny_server):
+    url, script = tiny_server
+    full = sse("start", START) + sse("frame", frame(0), 0) + sse("frame", frame(1), 1)
+    script.answers = [
+        (200, SSE_HEADERS, b": ping\n\n"),  # ended cleanly before any event
+        (200, SSE_HEADERS, sse("error", json.loads(PROBLEM_503)).encode()),
+        (200, SSE_HEADERS, (full + sse("end", END)).encode()),
+    ]
+    client = Client.from_url(url, retries=RetryPolicy(attempts=3, backoff=0.01))
+    assert len(list(client.stream(b"\x00\x00\x00\x18ftypisom").frames())) == 2
+    assert len(script.seen) == 3
+
+
+def test_sdk_stream_read_timeout_is_a_timeout():
+    """``requests``' ``iter_lines`` (the SDK's stream) reports a read timeout as
+    ``requests.ConnectionError`` wrapping urllib3's ``ReadTimeoutError``."""
+    release = threading.Event()
+
+    class Stall(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            self.wfile.write(sse("start", START).encode())
+            self.wfile.flush()
+            release.wait(10)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with serving(Stall) as (url, _):
+        try:
+            response = requests.get(url, stream=True, timeout=0.3)
+            lines = _sdk_lines(response.iter_lines(), "the stall server")
+            with pytest.raises(client_errors.TimeoutError, match="timed out"):
+                list(lines)
+            response.close()
+        finally:
+            release.set()
 
 
 def test_stream_retried_before_its_first_event_only(tiny_server):
@@ -592,9 +818,152 @@ def test_vertex_errors(vertex, scene, video):
 
 
 def test_vertex_long_timeout(emulator):
-    """Above 120 s the SDK needs requests-toolbelt (a declared dependency)."""
+    """Above 120 s the SDK mounts requests-toolbelt's keep-alive adapter (a declared
+    dependency): proof that the timeout reached ``invoke``."""
+    from requests_toolbelt.adapters.socket_options import TCPKeepAliveAdapter
+
     with vertex_client(emulator, timeout=900) as client:
         assert client.models().deployed_model_id in set(emulator.deployed_models.values())
+        session = client.transport.endpoint.authorized_session
+        assert isinstance(session.get_adapter("https://"), TCPKeepAliveAdapter)
+
+
+def _pools(endpoint) -> int:
+    return len(endpoint.authorized_session.get_adapter("https://").poolmanager.pools)
+
+
+def test_vertex_close_leaves_a_callers_endpoint_open(emulator):
+    with vertex_client(emulator) as made:
+        made.models()
+        endpoint = made.transport.endpoint
+        with Client(endpoint) as borrowed:  # the caller's endpoint: its session stays open
+            borrowed.models()
+        assert _pools(endpoint) == 1
+    assert _pools(endpoint) == 0  # from_vertex made it, so closing the client closes it
+
+
+# --- credentials: real google-auth credentials against a tiny token endpoint ------------------
+
+
+class TokenEndpoint:
+    """A tiny OAuth token endpoint: counts refreshes; answers a token, or ``invalid_grant``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.refreshes = 0
+        self.refuse = False
+
+    def credentials(self):
+        import google.oauth2.credentials
+
+        return google.oauth2.credentials.Credentials(
+            token=None,
+            refresh_token="refresh-me",
+            token_uri=self.url + "/token",
+            client_id="client",
+            client_secret="secret",
+        )
+
+
+@pytest.fixture
+def token_endpoint() -> Iterator[TokenEndpoint]:
+    holder: list[TokenEndpoint] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            endpoint = holder[0]
+            endpoint.refreshes += 1
+            time.sleep(0.2)  # long enough for every concurrent call to be waiting
+            if endpoint.refuse:
+                status, answer = 400, {"error": "invalid_grant", "error_description": "revoked"}
+            else:
+                status, answer = 200, {"access_token": "token-1", "expires_in": 3600}
+            body = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with serving(Handler) as (url, _):
+        holder.append(TokenEndpoint(url))
+        yield holder[0]
+
+
+def test_async_vertex_refreshes_the_token_once_for_concurrent_calls(emulator, token_endpoint):
+    transport = AsyncVertexTransport(
+        emulator.dedicated_endpoint_dns,
+        emulator.endpoint,
+        credentials=token_endpoint.credentials(),
+    )
+
+    async def main() -> None:
+        async with AsyncClient(transport) as client:
+            results = await asyncio.gather(*(client.models() for _ in range(16)))
+            assert len(results) == 16 and transport.credentials.token == "token-1"
+
+    asyncio.run(main())
+    assert token_endpoint.refreshes == 1
+
+
+def test_refused_credentials_are_not_retried(emulator, token_endpoint):
+    token_endpoint.refuse = True
+    retries = RetryPolicy(attempts=3, backoff=0.01)
+    transport = AsyncVertexTransport(
+        emulator.dedicated_endpoint_dns,
+        emulator.endpoint,
+        credentials=token_endpoint.credentials(),
+    )
+
+    async def main() -> None:
+        async with AsyncClient(transport, retries=retries) as client:
+            with pytest.raises(AuthenticationError, match="invalid_grant"):
+                await client.models()
+
+    asyncio.run(main())
+    assert token_endpoint.refreshes == 1
+    # The SDK path: Endpoint.invoke through an AuthorizedSession with the same credentials.
+    from google.auth.transport.requests import AuthorizedSession
+
+    with vertex_client(emulator) as made:
+        endpoint = made.transport.endpoint
+        endpoint.authorized_session = AuthorizedSession(token_endpoint.credentials())
+        with pytest.raises(AuthenticationError, match="invalid_grant"):
+            Client(endpoint, retries=retries).models()
+    assert token_endpoint.refreshes == 2
+
+
+def test_async_vertex_scopes_credentials_like_the_sdk():
+    """Service-account credentials need scopes to get a token; the SDK gives cloud-platform."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from google.oauth2 import service_account
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    creds = service_account.Credentials.from_service_account_info(
+        {
+            "private_key": pem,
+            "client_email": "sa@p.iam.gserviceaccount.com",
+            "token_uri": "http://127.0.0.1:1/token",
+        }
+    )
+    assert creds.requires_scopes
+    transport = AsyncVertexTransport(
+        "127.0.0.1:1", "projects/p/locations/l/endpoints/e", credentials=creds
+    )
+    assert (
+        list(transport.credentials.scopes) == SCOPES and not transport.credentials.requires_scopes
+    )
+    asyncio.run(transport.aclose())
 
 
 def test_async_vertex_concurrent_calls(emulator, scene, video):

@@ -7,6 +7,7 @@ SSE, echo and status routes) to test the proxy itself. No mocks.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -36,6 +37,7 @@ from client.emulator import (
     EmulatorInfo,
     validate,
 )
+from client.emulator.config import CONTAINER_ENV
 from client.emulator.resources import ApiError, Store
 from conftest import ROOT, pid_alive
 from helpers import encode, scenes
@@ -217,7 +219,7 @@ def test_paths_outside_invoke(emulator: EmulatorInfo) -> None:
 
 
 def test_body_limit(emulator: EmulatorInfo) -> None:
-    assert MAX_BODY_BYTES == 10 * 1024 * 1024
+    assert MAX_BODY_BYTES == 10_000_000  # Vertex documents 10 MB; the server takes 10 MiB
     url = emulator.invoke_url("/detect")
     headers = {"Content-Type": "image/png"}
     r = requests.post(url, data=b"x" * (MAX_BODY_BYTES + 1), headers=headers)
@@ -262,7 +264,9 @@ def toy_config(tmp: Path, **overrides: object) -> EmulatorConfig:
 def toy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorInfo]:
     tmp = tmp_path_factory.mktemp("toy")
     config = toy_config(tmp, endpoint_id="toy-endpoint")
-    with Emulator(config, workdir=tmp / "run", startup_timeout=60) as info:
+    # An environment left over in a shell: AIP_* must not reach a container, nor SERVE_HOST.
+    leftovers = {"AIP_PREDICT_ROUTE": "/leaked", "SERVE_HOST": "0.0.0.0"}
+    with Emulator(config, env=leftovers, workdir=tmp / "run", startup_timeout=60) as info:
         yield info
 
 
@@ -289,6 +293,10 @@ def test_request_is_forwarded_faithfully(toy: EmulatorInfo, toy_http: httpx.Clie
             "X-Request-Id": "req-1",
             "X-User-Header": "kept",
             "Authorization": "Bearer secret",
+            "X-Goog-Api-Key": "secret-key",
+            "Cookie": "session=1",
+            "Connection": "keep-alive, X-Hop",
+            "X-Hop": "for the emulator only",
         },
     )
     assert r.status_code == 200, r.text
@@ -298,11 +306,16 @@ def test_request_is_forwarded_faithfully(toy: EmulatorInfo, toy_http: httpx.Clie
     headers = dict(echo["headers"])
     assert headers["x-user-header"] == "kept" and headers["x-request-id"] == "req-1"
     assert headers["content-type"] == "application/octet-stream"
-    assert "authorization" not in headers
+    for dropped in ("authorization", "x-goog-api-key", "cookie", "x-hop"):
+        assert dropped not in headers, dropped
+    assert headers.get("connection") == "keep-alive"  # the proxy's own, for its own hop
     assert headers["host"] == toy.servers["toy-b"].removeprefix("http://")
     assert r.headers["x-request-id"] == "req-1" and served_by(r) == b
     # Vertex's container environment, plus the declared env and storage URI.
     env = echo["env"]
+    assert set(CONTAINER_ENV) <= set(env), set(CONTAINER_ENV) - set(env)
+    assert "AIP_PREDICT_ROUTE" not in env  # inherited AIP_* are dropped
+    assert env["SERVE_HOST"] == "127.0.0.1"  # not the inherited 0.0.0.0
     assert env["AIP_DEPLOYED_MODEL_ID"] == b
     assert env["AIP_ENDPOINT_ID"] == toy.endpoint_id == "toy-endpoint"
     assert env["AIP_HTTP_PORT"] == toy.servers["toy-b"].rsplit(":", 1)[1]
@@ -320,6 +333,50 @@ def test_status_and_headers_pass_back(toy: EmulatorInfo, toy_http: httpx.Client)
     assert r.headers["server-timing"] == "inference;dur=1.5"
     assert served_by(r) in toy.deployed_models.values()
     assert toy_http.post(toy.invoke_url("/status/500")).status_code == 500
+    # Headers the server's Connection header names are hop-by-hop: dropped, with it.
+    r = toy_http.post(toy.invoke_url("/hop"))
+    assert r.status_code == 200 and r.json() == {"hop": True}
+    assert "x-hop-back" not in r.headers and "x-hop-back" not in r.headers.get("connection", "")
+
+
+def test_dot_segments_and_root_never_reach_the_container(toy: EmulatorInfo) -> None:
+    """An HTTP client resolves ``.``/``..`` (httpx and requests do), so ``/invoke/x/..`` would
+    post to the container's root. http.client sends the path as it is, as any raw caller can."""
+    assert httpx.post(toy.servers["toy-a"] + "/").json() == {"root": True}  # what a leak shows
+    a = toy.deployed_models["toy-a"]
+    host, port = toy.dedicated_endpoint_dns.rsplit(":", 1)
+    conn = http.client.HTTPSConnection(host, int(port), context=trusting(toy), timeout=10)
+
+    def post(path: str) -> tuple[int, dict, dict]:
+        conn.request("POST", path, body=b"", headers={"Content-Length": "0"})
+        r = conn.getresponse()
+        return r.status, json.loads(r.read()), {k.lower(): v for k, v in r.getheaders()}
+
+    try:
+        for base in (f"/v1/{toy.endpoint}/invoke", f"/v1/{toy.endpoint}/deployedModels/{a}/invoke"):
+            status, body, headers = post(base + "/echo")
+            assert status == 200 and body["raw_path"] == "/echo"  # the way works
+            for rest in (
+                "",
+                "/",
+                "//",
+                "/.",
+                "/..",
+                "/x/..",
+                "/echo/../",
+                "/./echo/..",
+                "/%2e",
+                "/%2E%2e",
+                "/x/%2e%2E/",
+                "/x%2F..",
+                "/..?q=1",
+            ):
+                status, body, headers = post(base + rest)
+                assert status == 404, (rest, body)
+                assert body["error"]["status"] == "NOT_FOUND", (rest, body)
+                assert "x-deployed-model-id" not in headers, (rest, body)
+    finally:
+        conn.close()
 
 
 def assert_spread(arrivals: list[float], delay: float) -> None:
@@ -359,7 +416,7 @@ def test_client_disconnect_closes_upstream(
 ) -> None:
     a = toy.deployed_models["toy-a"]
     events_file = Path(toy.logs["toy-a"]).parent.parent / "a-events"
-    before = events_file.read_text().count("closed") if events_file.exists() else 0
+    before = closed(events_file)
     with toy_http.stream("POST", toy.invoke_url("/forever?delay=0.05", a)) as r:
         received = 0
         for line in r.iter_lines():
@@ -368,10 +425,39 @@ def test_client_disconnect_closes_upstream(
                 break
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        if events_file.exists() and events_file.read_text().count("closed") > before:
+        if closed(events_file) > before:
             return
         time.sleep(0.05)
     pytest.fail("the server's stream did not see the disconnect: upstream was not closed")
+
+
+def closed(events_file: Path, line: str = "closed") -> int:
+    """How many times the toy server noted a client that left (``line``) in its events file."""
+    return events_file.read_text().splitlines().count(line) if events_file.exists() else 0
+
+
+def wait_for_closed(events_file: Path, line: str, before: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while closed(events_file, line) <= before:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_client_leaving_before_the_answer_closes_upstream(
+    toy: EmulatorInfo, toy_http: httpx.Client
+) -> None:
+    """The caller hangs up while the server still works on its answer (no headers yet): the
+    server must see the disconnect well before it would have answered (5 s)."""
+    b = toy.deployed_models["toy-b"]
+    events_file = Path(toy.logs["toy-b"]).parent.parent / "b-events"
+    before = closed(events_file, "slow-closed")
+    with pytest.raises(httpx.ReadTimeout):
+        toy_http.post(toy.invoke_url("/slow?delay=5", b), timeout=0.5)
+    assert wait_for_closed(events_file, "slow-closed", before, timeout=3), (
+        "the server never saw the caller leave: the upstream request stayed open"
+    )
 
 
 def test_split_update_rewrites_the_info_file(
@@ -426,13 +512,64 @@ def test_dead_server_gets_503_and_sigterm_leaves_no_orphans(tmp_path: Path) -> N
         emu.cleanup()
 
 
-def test_sigkilled_emulator_leaves_no_orphans(tmp_path: Path) -> None:
-    with Emulator(toy_config(tmp_path), startup_timeout=60) as info:
+def test_sigkilled_emulator_leaves_no_orphans_nor_files(tmp_path: Path) -> None:
+    emu = Emulator(toy_config(tmp_path), startup_timeout=60)
+    with emu as info:
+        key = Path(info.ca_cert).with_name("key.pem")
+        assert key.exists()
+        # In the launcher's work dir, not the system's temp dir: removed even after a SIGKILL.
+        assert key.is_relative_to(emu.workdir)
         os.kill(info.pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while any(pid_alive(p) for p in info.server_pids.values()):
             assert time.monotonic() < deadline, "servers outlived a SIGKILLed emulator"
             time.sleep(0.05)
+        assert key.exists()  # the SIGKILLed emulator could not remove it ...
+    assert not key.parent.exists()  # ... its launcher did
+    assert not emu.workdir.exists()
+
+
+def test_inference_timeout_then_sigint(tmp_path: Path) -> None:
+    """The endpoint's inference timeout bounds the whole request: no answer by then is a 504
+    (and the server sees the request closed), a stream still running then is cut. SIGINT then
+    stops everything cleanly."""
+    emu = Emulator(toy_config(tmp_path, inference_timeout=1.5), startup_timeout=60)
+    info = emu.start()
+    try:
+        a = info.deployed_models["toy-a"]
+        with httpx.Client(verify=trusting(info), timeout=20) as client:
+            t0 = time.monotonic()
+            r = client.post(info.invoke_url("/slow?delay=5", a))
+            assert "inference timeout (1.5 s)" in google_error(r, 504)
+            assert 1.4 < time.monotonic() - t0 < 4
+            assert wait_for_closed(tmp_path / "a-events", "slow-closed", 0, timeout=3)
+            received, t0 = 0, time.monotonic()
+            forever = info.invoke_url("/forever?delay=0.1", a)
+            with pytest.raises(httpx.RemoteProtocolError), client.stream("POST", forever) as s:
+                assert s.status_code == 200  # a stream cut, not ended
+                for line in s.iter_lines():
+                    received += line.startswith("data: ")
+            assert received >= 3 and 1.4 < time.monotonic() - t0 < 5
+        os.kill(info.pid, signal.SIGINT)
+        assert emu.proc is not None and emu.proc.wait(20) == 0, emu.output()
+        assert not any(pid_alive(p) for p in info.server_pids.values())
+        assert not Path(info.ca_cert).exists()
+    finally:
+        emu.stop()
+        emu.cleanup()
+
+
+def test_sighup_stops_cleanly(tmp_path: Path) -> None:
+    emu = Emulator(toy_config(tmp_path), startup_timeout=60)
+    info = emu.start()
+    try:
+        os.kill(info.pid, signal.SIGHUP)
+        assert emu.proc is not None and emu.proc.wait(20) == 0, emu.output()
+        assert not any(pid_alive(p) for p in info.server_pids.values())
+        assert not (emu.workdir / "info.json").exists() and not Path(info.ca_cert).exists()
+    finally:
+        emu.stop()
+        emu.cleanup()
 
 
 def test_server_that_cannot_start(tmp_path: Path) -> None:
@@ -476,6 +613,17 @@ def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
         (["--deploy", "a=x"], "the percent must be an integer"),
         (["--env", "nope:X=1"], "no deployed model named 'nope'"),
         (["--env", "shapes-a:AIP_HTTP_PORT=1"], "AIP_HTTP_PORT is set by the emulator"),
+        (["--env", "shapes-a:AIP_STORAGE_URI=/w"], "use storage_uri (--storage-uri NAME=URI)"),
+        (["--env", "shapes-b:AIP_MODE=x"], "AIP_MODE is set by the emulator"),
+        (
+            ["--models", "shapes-a:m=/w/m.pt", "--env", "shapes-a:SERVE_MODELS=m=/w/n.pt"],
+            "SERVE_MODELS is given both in env and as models (--models)",
+        ),
+        (["--inference-timeout", "3601"], "inference_timeout 3601 is not in (0, 3600]"),
+        (["--inference-timeout", "0"], "inference_timeout 0 is not in (0, 3600]"),
+        (["--info-file", "/nonexistent/info.json"], "--info-file '/nonexistent'"),
+        (["--log-dir", f"{ROOT}/pyproject.toml/logs"], "pyproject.toml' is not a directory"),
+        (["--work-dir", f"{ROOT}/pyproject.toml/w"], "pyproject.toml' is not a directory"),
         (["--deploy", "bad name"], "the name must match"),
         (["--control-port", "70000"], "control_port 70000"),
         (["--config", "/nonexistent.toml"], "cannot read config file"),

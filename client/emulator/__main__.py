@@ -26,6 +26,7 @@ from client.emulator.config import (
     DeployedModelConfig,
     EmulatorConfig,
     read,
+    unwritable,
     validate,
 )
 
@@ -86,9 +87,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--control-port", type=int, help="control plane port (default 0: a free one)")
     p.add_argument("--data-port", type=int, help="data plane port (default 0: a free one)")
     p.add_argument("--startup-timeout", type=float, help="seconds to wait for health (300)")
-    p.add_argument("--inference-timeout", type=float, help="per-request seconds (600)")
-    p.add_argument("--log-dir", help="where servers' logs go (default: a temp dir removed at exit)")
+    p.add_argument(
+        "--inference-timeout",
+        type=float,
+        help="total seconds per request, as Vertex's endpoint inference_timeout (600, at most "
+        "3600): no response headers by then answers 504, a longer stream is cut",
+    )
+    p.add_argument("--log-dir", help="where servers' logs go (default: the work dir)")
     p.add_argument("--info-file", type=Path, help="write the endpoint's details here as JSON")
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        help="where to make the temp dir for the certificate, its key and default logs, removed "
+        "at exit (default: the system's temp dir)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -164,6 +176,14 @@ def build_config(args: argparse.Namespace) -> EmulatorConfig:
         if name:
             sources = dict(part.partition("=")[::2] for part in value.split(",") if part)
             edit(name, models={**models[name].models, **sources})
+    if args.info_file is not None and args.info_file.is_dir():
+        errors.append(f"--info-file {str(args.info_file)!r} is a directory")
+    elif args.info_file is not None and (
+        problem := unwritable(args.info_file.parent, "--info-file", create=False)
+    ):
+        errors.append(problem)
+    if args.work_dir is not None and (problem := unwritable(args.work_dir, "--work-dir")):
+        errors.append(problem)
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
     overrides = {k: getattr(args, k) for k in TOP_FLAGS if getattr(args, k) is not None}
@@ -183,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per proxied request
     from client.emulator.runner import run
 
-    return run(config, args.info_file)
+    return run(config, args.info_file, args.work_dir)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ A config file looks like::
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import tomllib
@@ -37,10 +38,20 @@ from typing import Any
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ENDPOINT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# Set by the emulator for each deployed model, like Vertex does for a container.
-RESERVED_ENV = frozenset(
-    {"AIP_HTTP_PORT", "AIP_DEPLOYED_MODEL_ID", "AIP_ENDPOINT_ID", "AIP_PROJECT_NUMBER"}
-)
+# What Vertex sets in every container and the emulator sets for each server (container_env):
+# key -> how to choose its value instead (a deployment's env cannot set these).
+CONTAINER_ENV = {
+    "AIP_HTTP_PORT": "the emulator gives each server a free port",
+    "AIP_HEALTH_ROUTE": "use health_route",
+    "AIP_DEPLOYED_MODEL_ID": "use id",
+    "AIP_ENDPOINT_ID": "use endpoint_id (--endpoint-id)",
+    "AIP_PROJECT_NUMBER": "use project_number (--project-number)",
+    "AIP_STORAGE_URI": "use storage_uri (--storage-uri NAME=URI)",
+    "AIP_MODE": "the emulator sets PREDICTION",
+    "AIP_FRAMEWORK": "the emulator sets CUSTOM_CONTAINER",
+    "AIP_MACHINE_TYPE": "the emulator sets local",
+}
+MAX_INFERENCE_TIMEOUT = 3600.0  # Vertex's upper bound for an endpoint's inference_timeout
 # The bundled demo: the same server twice, B answering /detect with the segmentation weights,
 # so that the two deployed models give visibly different results (what an A/B test needs).
 DEMO = (("shapes-a", {}), ("shapes-b", {"SERVE_DEFAULT_MODEL": "shapes-segment"}))
@@ -73,13 +84,46 @@ class DeployedModelConfig:
     id: str | None = None
 
     def server_env(self) -> dict[str, str]:
-        """The declared environment, with ``models`` and ``storage_uri`` folded in."""
+        """The declared environment (the model's ``containerSpec.env``), ``models`` folded in."""
         env = dict(self.env)
         if self.models:
             env["SERVE_MODELS"] = ",".join(f"{k}={v}" for k, v in self.models.items())
-        if self.storage_uri:
-            env["AIP_STORAGE_URI"] = self.storage_uri
         return env
+
+
+def container_env(
+    spec: DeployedModelConfig,
+    *,
+    port: int,
+    deployed_model_id: str,
+    endpoint_id: str,
+    project_number: str,
+    inherited: Mapping[str, str],
+) -> dict[str, str]:
+    """The environment a deployed model's server runs with, in increasing precedence.
+
+    ``inherited`` (the emulator's own environment, so a local server finds its caches) without
+    any ``AIP_*``: those describe a container, and one left over in a shell must not leak in;
+    ``SERVE_HOST=127.0.0.1`` (servers stay private, behind the data plane); the declared env;
+    then what Vertex sets (:data:`CONTAINER_ENV`, which the declared env cannot hold).
+    """
+    env = {"PYTHONUNBUFFERED": "1"}
+    env.update((k, v) for k, v in inherited.items() if not k.startswith("AIP_"))
+    env["SERVE_HOST"] = "127.0.0.1"
+    env.update(spec.server_env())
+    vertex = {
+        "AIP_HTTP_PORT": str(port),
+        "AIP_HEALTH_ROUTE": spec.health_route,
+        "AIP_DEPLOYED_MODEL_ID": deployed_model_id,
+        "AIP_ENDPOINT_ID": endpoint_id,
+        "AIP_PROJECT_NUMBER": project_number,
+        "AIP_STORAGE_URI": spec.storage_uri,
+        "AIP_MODE": "PREDICTION",
+        "AIP_FRAMEWORK": "CUSTOM_CONTAINER",
+        "AIP_MACHINE_TYPE": "local",
+    }
+    env.update((k, v) for k in CONTAINER_ENV if (v := vertex[k]) is not None)
+    return env
 
 
 @dataclass(frozen=True)
@@ -87,7 +131,9 @@ class EmulatorConfig:
     """The whole emulator: where it listens, the endpoint and what is deployed on it.
 
     Ports 0 pick free ports. ``startup_timeout`` bounds the wait for every server to answer its
-    health route; ``inference_timeout`` is Vertex's per-request limit (default 600 s).
+    health route. ``inference_timeout`` is the endpoint's total time per request, as Vertex's
+    (default 600 s, at most 3600 s): a request with no response headers by then gets 504, and a
+    streamed answer still running then is cut.
     """
 
     deployed_models: tuple[DeployedModelConfig, ...] = ()
@@ -229,6 +275,23 @@ def _typed(raw: Mapping[str, Any], keys: set[str], where: str, errors: list[str]
     return out
 
 
+def unwritable(directory: Path, what: str, *, create: bool = True) -> str | None:
+    """Why files cannot be written in ``directory`` (made on demand if ``create``), or None.
+
+    Checked with the configuration, so that a bad path exits with status 2 before any server
+    starts rather than failing at the first write.
+    """
+    existing = directory
+    while create and not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        reason = "is not a directory" if existing.exists() else "does not exist"
+        return f"{what} {str(directory)!r}: {str(existing)!r} {reason}"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{what} {str(directory)!r}: {str(existing)!r} is not writable"
+    return None
+
+
 def validate(config: EmulatorConfig) -> EmulatorConfig:
     """Check every value; return the config with an even split filled in when none was given."""
     errors: list[str] = []
@@ -258,8 +321,14 @@ def validate(config: EmulatorConfig) -> EmulatorConfig:
         for key in m.env:
             if not ENV_KEY.fullmatch(key):
                 errors.append(f"{where}: {key!r} is not a valid environment variable name")
-            elif key in RESERVED_ENV:
-                errors.append(f"{where}: {key} is set by the emulator and cannot be overridden")
+            elif key in CONTAINER_ENV:
+                errors.append(
+                    f"{where}: {key} is set by the emulator, not by env: {CONTAINER_ENV[key]}"
+                )
+        if m.models and "SERVE_MODELS" in m.env:
+            errors.append(
+                f"{where}: SERVE_MODELS is given both in env and as models (--models): keep one"
+            )
         for model_name, source in m.models.items():
             if not NAME.fullmatch(model_name) or not source:
                 errors.append(f"{where}: models entry {model_name!r} = {source!r} is not valid")
@@ -288,9 +357,15 @@ def validate(config: EmulatorConfig) -> EmulatorConfig:
         errors.append("control_port and data_port must differ")
     if not config.host:
         errors.append("host is empty")
-    for key in ("startup_timeout", "inference_timeout"):
-        if not getattr(config, key) > 0:
-            errors.append(f"{key} must be positive")
+    if config.log_dir and (problem := unwritable(Path(config.log_dir), "log_dir")):
+        errors.append(problem)
+    if not config.startup_timeout > 0:
+        errors.append("startup_timeout must be positive")
+    if not 0 < config.inference_timeout <= MAX_INFERENCE_TIMEOUT:
+        errors.append(
+            f"inference_timeout {config.inference_timeout:g} is not in (0, "
+            f"{MAX_INFERENCE_TIMEOUT:g}] seconds (Vertex's limit)"
+        )
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
     split = config.split()

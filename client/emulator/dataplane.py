@@ -10,8 +10,15 @@ Paths (as ``Endpoint.invoke`` builds them)::
     POST /v1/projects/P/locations/L/endpoints/E/invoke/{path}                    (traffic split)
     POST /v1/projects/P/locations/L/endpoints/E/deployedModels/D/invoke/{path}   (pinned)
 
-The deployed model receives ``POST /{path}?{query}`` with the caller's headers, minus ``Host``,
-``Authorization``, ``Content-Length`` and hop-by-hop ones.
+The deployed model receives ``POST /{path}?{query}`` with the caller's headers, minus
+``Host``, ``Content-Length``, the credentials (``Authorization``, ``X-Goog-Api-Key``: Vertex
+consumes them), ``Cookie`` (not documented to reach a container: the emulator chooses not to
+forward it), hop-by-hop headers and those a ``Connection`` header names. Paths with ``.`` or
+``..`` segments (``%2e`` too) are refused: an HTTP client would resolve them, and
+``/invoke/x/..`` would reach the container root, which invoke never exposes.
+
+Each request has the endpoint's ``inference_timeout`` in all (as on Vertex): 504 if no answer
+has started by then; a streamed answer still running then is cut.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import unquote
 
 import httpx
 
@@ -28,8 +36,10 @@ from client.emulator.resources import ApiError, Store
 
 log = logging.getLogger("client.emulator")
 
-# Vertex's payload limit for dedicated endpoints is 10 MB; the emulator reads it as 10 MiB.
-MAX_BODY_BYTES = 10 * 1024 * 1024
+# Vertex documents 10 MB for a dedicated endpoint's payload, not 10 MiB: the emulator takes
+# 10,000,000 bytes, so it is never laxer than the service (the server's own default limit,
+# SERVE_MAX_BODY_BYTES, is 10 MiB: a body the emulator passes, the server accepts).
+MAX_BODY_BYTES = 10_000_000
 INVOKE = re.compile(
     r"/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)/endpoints/(?P<endpoint>[^/:]+)"
     r"(?:/deployedModels/(?P<deployed>[^/:]+))?(?P<rest>.*)"
@@ -60,39 +70,58 @@ HOP_BY_HOP = {
     b"transfer-encoding",
     b"upgrade",
 }
-DROP_REQUEST = HOP_BY_HOP | {b"host", b"authorization", b"content-length", b"expect"}
+DROP_REQUEST = HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"expect",
+    b"authorization",
+    b"x-goog-api-key",
+    b"cookie",
+}
 DROP_RESPONSE = HOP_BY_HOP | {b"date", b"server"}  # uvicorn writes its own
+
+
+class Target(NamedTuple):
+    """Where a request goes: a deployed model's server, the path (with query) it gets, and the
+    endpoint's inference timeout."""
+
+    server: ModelServer
+    path: str
+    timeout: float
 
 
 class DataPlane:
     """The ASGI app. ``client`` is shared by all requests (its pool reaches every server)."""
 
-    def __init__(
-        self,
-        store: Store,
-        fleet: Fleet,
-        client: httpx.AsyncClient,
-        max_body_bytes: int = MAX_BODY_BYTES,
-    ) -> None:
+    def __init__(self, store: Store, fleet: Fleet, client: httpx.AsyncClient) -> None:
         self.store, self.fleet, self.client = store, fleet, client
-        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
+        started = asyncio.get_running_loop().time()
         try:
-            server, path = self._route(scope)
-            body = await self._read_body(scope, receive)
+            target = self._route(scope)
+            deadline = started + target.timeout
+            try:
+                async with asyncio.timeout_at(deadline):
+                    body = await _read_body(scope, receive)
+            except TimeoutError:
+                raise _deadline_exceeded("the request body did not arrive", target) from None
             if body is None:
                 return  # the client went away while sending
-            await self._forward(scope, receive, send, server, path, body)
+            await self._forward(scope, receive, send, target, body, deadline)
         except ApiError as exc:
             await _send_error(send, exc)
 
-    def _route(self, scope: dict[str, Any]) -> tuple[ModelServer, str]:
-        """The target server and the path (with query) to send it, or an :class:`ApiError`."""
+    def _route(self, scope: dict[str, Any]) -> Target:
+        """Where the request goes, or an :class:`ApiError`."""
         raw = scope.get("raw_path") or scope["path"].encode()
         raw_path = raw.decode("latin-1").partition("?")[0]
+        if _has_dot_segment(raw_path):
+            raise ApiError.not_found(
+                f"{raw_path} has a '.' or '..' segment: give the path without them"
+            )
         match = INVOKE.fullmatch(raw_path)
         if match is None:
             raise ApiError.not_found(
@@ -111,13 +140,14 @@ class DataPlane:
                     f"/v1/{endpoint.name}/invoke/detect)"
                 )
             raise ApiError.not_found(f"unknown method :{verb} on {endpoint.name}")
-        if rest in ("/invoke", "/invoke/"):
+        path = rest[len("/invoke") :]
+        if not rest.startswith("/invoke") or (path and not path.startswith("/")):
+            raise ApiError.not_found(f"{raw_path} is not an invoke path: use .../invoke/<path>")
+        if not path.strip("/"):  # /invoke, /invoke/, /invoke//...
             raise ApiError.not_found(
                 "the container root is not exposed through invoke: call /invoke/<path>, "
                 "e.g. /invoke/detect"
             )
-        if not rest.startswith("/invoke/"):
-            raise ApiError.not_found(f"{raw_path} is not an invoke path: use .../invoke/<path>")
         if scope["method"] != "POST":
             raise ApiError.not_found(f"invoke serves POST only, not {scope['method']}")
         if match["deployed"] is not None:
@@ -131,56 +161,89 @@ class DataPlane:
                 f"deployed model {deployed.display_name} ({deployed.id}) is not running"
                 + (f": its server exited with code {code}" if code is not None else "")
             )
-        path = rest[len("/invoke") :]
         query = scope.get("query_string", b"").decode("latin-1")
-        return server, path + (f"?{query}" if query else "")
-
-    async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes | None:
-        """The whole body, refusing more than ``max_body_bytes`` before reading past the limit."""
-        limit = self.max_body_bytes
-        too_large = ApiError(
-            413,
-            "INVALID_ARGUMENT",
-            f"request body larger than {limit} bytes: dedicated endpoints accept at most 10 MB "
-            f"({limit} bytes here)",
-        )
-        for key, value in scope["headers"]:
-            if key == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    raise ApiError.invalid(f"bad Content-Length {value!r}") from None
-                if declared > limit:
-                    raise too_large
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+        return Target(server, path + (f"?{query}" if query else ""), endpoint.inference_timeout_s)
 
     async def _forward(
         self,
         scope: dict[str, Any],
         receive: Any,
         send: Any,
-        server: ModelServer,
-        path: str,
+        target: Target,
         body: bytes,
+        deadline: float,
     ) -> None:
-        headers = [(k, v) for k, v in scope["headers"] if k not in DROP_REQUEST]
+        """Send upstream and relay the answer as it arrives, racing the caller's disconnect
+        (from the start: a caller that hangs up before any answer closes the upstream request
+        too, and the server can stop its work) and the deadline."""
+        server = target.server
+        headers = _headers(scope["headers"], DROP_REQUEST)
         request = self.client.build_request(
-            "POST", server.url + path, headers=headers, content=body
+            "POST", server.url + target.path, headers=headers, content=body
         )
+        started = finished = False
+
+        async def exchange() -> None:
+            nonlocal started, finished
+            response = await self._send(request, server)
+            try:
+                headers = _headers(response.headers.raw, DROP_RESPONSE)
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": response.status_code,
+                        "headers": headers,
+                    }
+                )
+                started = True
+                try:
+                    async for chunk in response.aiter_raw():
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                except httpx.HTTPError as exc:
+                    # Too late for an error status: end without completing, the client sees a cut.
+                    log.warning("the answer from %s broke off: %r", server.name, exc)
+                    return
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                finished = True
+            finally:
+                await response.aclose()
+
+        loop = asyncio.get_running_loop()
+        exchanging = asyncio.ensure_future(exchange())
+        watching = asyncio.ensure_future(_disconnected(receive))
         try:
-            response = await self.client.send(request, stream=True)
+            done, _ = await asyncio.wait(
+                {exchanging, watching},
+                timeout=max(0.0, deadline - loop.time()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for task in (exchanging, watching):
+                task.cancel()
+            await asyncio.gather(exchanging, watching, return_exceptions=True)
+        if exchanging in done:
+            exchanging.result()  # raises the ApiError of a request that got no answer
+        elif finished:
+            pass  # answered; the "disconnect" was the end of the exchange
+        elif watching in done:
+            log.info("the caller left before %s finished: upstream request closed", server.name)
+        elif not started:
+            raise _deadline_exceeded(f"deployed model {server.name} did not answer", target)
+        else:
+            log.warning("cut the answer of %s at the endpoint's inference timeout", server.name)
+
+    async def _send(self, request: httpx.Request, server: ModelServer) -> httpx.Response:
+        """The upstream response (headers read, body not), or an :class:`ApiError`.
+
+        A connection that fails before any answer (a pooled keep-alive connection the server
+        closed just then) is retried once on a fresh one: safe, the body is buffered.
+        """
+        try:
+            try:
+                return await self.client.send(request, stream=True)
+            except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
+                log.info("retrying the request to %s once: %r", server.name, exc)
+                return await self.client.send(request, stream=True)
         except httpx.TimeoutException as exc:
             raise ApiError(
                 504, "DEADLINE_EXCEEDED", f"deployed model {server.name} did not answer: {exc!r}"
@@ -190,53 +253,71 @@ class DataPlane:
                 f"deployed model {server.name} ({server.deployed_model_id}) is not reachable: "
                 f"{exc!r}"
             ) from None
-        try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": response.status_code,
-                    "headers": [
-                        (k.lower(), v)
-                        for k, v in response.headers.raw
-                        if k.lower() not in DROP_RESPONSE
-                    ],
-                }
-            )
-            await _relay(response, receive, send, server.name)
-        finally:
-            await response.aclose()
 
 
-async def _relay(response: httpx.Response, receive: Any, send: Any, name: str) -> None:
-    """Send the upstream body as it arrives; stop (closing upstream) if the client disconnects."""
+def _has_dot_segment(raw_path: str) -> bool:
+    """Whether a segment is ``.`` or ``..``, percent-encoded (``%2e``, ``%2F``) or not."""
+    return any(
+        part in (".", "..")
+        for segment in raw_path.split("/")
+        for part in unquote(segment).split("/")
+    )
 
-    async def pump() -> None:
-        try:
-            async for chunk in response.aiter_raw():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except httpx.HTTPError as exc:
-            # Too late for an error status: end without completing, so the client sees a cut.
-            log.warning("the answer from %s broke off: %r", name, exc)
-            return
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def disconnected() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
+def _headers(raw: Any, drop: set[bytes]) -> list[tuple[bytes, bytes]]:
+    """``raw`` (name, value) pairs, lower-cased, without ``drop`` and without the headers a
+    ``Connection`` header names (hop-by-hop by declaration, RFC 9110 7.6.1)."""
+    named = {
+        token.strip().lower()
+        for name, value in raw
+        if name.lower() == b"connection"
+        for token in value.split(b",")
+    }
+    return [(k.lower(), v) for k, v in raw if k.lower() not in drop and k.lower() not in named]
 
-    pumping = asyncio.ensure_future(pump())
-    watching = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({pumping, watching}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        client_gone = not pumping.done()
-        for task in (pumping, watching):
-            task.cancel()
-        outcome, _ = await asyncio.gather(pumping, watching, return_exceptions=True)
-    if isinstance(outcome, Exception):
-        raise outcome
-    if client_gone:
-        log.info("client disconnected while %s was answering: upstream request closed", name)
+
+async def _read_body(scope: dict[str, Any], receive: Any) -> bytes | None:
+    """The whole body, refusing more than :data:`MAX_BODY_BYTES` before reading past the limit."""
+    limit = MAX_BODY_BYTES
+    too_large = ApiError(
+        413,
+        "INVALID_ARGUMENT",
+        f"request body larger than {limit} bytes: dedicated endpoints accept at most 10 MB",
+    )
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                raise ApiError.invalid(f"bad Content-Length {value!r}") from None
+            if declared > limit:
+                raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _disconnected(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _deadline_exceeded(what: str, target: Target) -> ApiError:
+    return ApiError(
+        504,
+        "DEADLINE_EXCEEDED",
+        f"{what} within the endpoint's inference timeout ({target.timeout:g} s)",
+    )
 
 
 async def _send_error(send: Any, error: ApiError) -> None:

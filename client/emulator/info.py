@@ -59,10 +59,6 @@ class EmulatorInfo(msgspec.Struct, frozen=True, kw_only=True):
         pinned = f"/deployedModels/{deployed_model_id}" if deployed_model_id else ""
         return f"{self.data_plane_url}/v1/{self.endpoint}{pinned}/invoke{path}"
 
-    def name_of(self, deployed_model_id: str) -> str:
-        """The deployed model name for an id (``KeyError`` if it is not one of ours)."""
-        return {v: k for k, v in self.deployed_models.items()}[deployed_model_id]
-
     def env(self) -> dict[str, str]:
         """Environment for SDK callers: trust the emulator's certificate, never proxy loopback."""
         return {"REQUESTS_CA_BUNDLE": self.ca_cert, "NO_PROXY": NO_PROXY, "no_proxy": NO_PROXY}

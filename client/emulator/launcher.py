@@ -2,12 +2,16 @@
 
 It runs ``python -m client.emulator`` as a subprocess rather than in-process, so the emulator owns
 its signals and children exactly as on the command line, and a test can SIGTERM or SIGKILL it.
+The emulator's temp dir (certificate and private key) is made inside the launcher's work dir, so
+:meth:`Emulator.cleanup` removes it even after a SIGKILL; and on Linux the emulator is killed if
+the process that started it dies (start it from the main thread: the signal follows the thread).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +23,11 @@ from types import TracebackType
 
 from client.emulator.config import EmulatorConfig
 from client.emulator.info import EmulatorInfo
+from client.emulator.processes import die_with_me
+
+# Beyond the emulator's own startup timeout: its imports, certificate and sockets. The emulator
+# gives up first, with a better message (the failing server's log tail).
+STARTUP_GRACE_S = 30.0
 
 
 class EmulatorError(RuntimeError):
@@ -30,7 +39,9 @@ class Emulator:
 
     Give a ``config`` (passed as a JSON config file) and/or raw CLI ``args`` (applied on top,
     e.g. ``["--deploy", "shapes-a=80", ...]``); neither means the demo at 50/50. ``env`` is added
-    to this process's environment for the emulator, which passes it on to every server.
+    to this process's environment for the emulator, which passes it on to every server (but
+    ``AIP_*``). ``workdir`` holds its output, info file and temp dir (default: a temp dir).
+    ``startup_timeout`` is the emulator's ``--startup-timeout`` (default: the config's, 300 s).
 
     Example:
         with Emulator(args=["--deploy", "shapes-a=80", "--deploy", "shapes-b=20"]) as info:
@@ -46,11 +57,12 @@ class Emulator:
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         workdir: str | os.PathLike[str] | None = None,
-        startup_timeout: float = 300.0,
+        startup_timeout: float | None = None,
     ) -> None:
         self.config, self.args, self.env = config, list(args), dict(env or {})
         self.startup_timeout = startup_timeout
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._state: Path | None = None
         self.workdir = Path(workdir) if workdir else None
         self.proc: subprocess.Popen[bytes] | None = None
         self.info: EmulatorInfo | None = None
@@ -76,7 +88,13 @@ class Emulator:
         self.workdir.mkdir(parents=True, exist_ok=True)
         info_file = self.workdir / "info.json"
         info_file.unlink(missing_ok=True)  # a stale one would read as ready at once
+        self._state = Path(tempfile.mkdtemp(prefix="state-", dir=self.workdir))
         argv = [sys.executable, "-m", "client.emulator", "--info-file", str(info_file)]
+        argv += ["--work-dir", str(self._state)]
+        wait = (self.config or EmulatorConfig()).startup_timeout
+        if self.startup_timeout is not None:
+            wait = self.startup_timeout
+            argv += ["--startup-timeout", str(wait)]
         if self.config is not None:
             config_file = self.workdir / "config.json"
             config_file.write_text(json.dumps(self.config.to_dict()))
@@ -88,8 +106,9 @@ class Emulator:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                preexec_fn=die_with_me(),
             )
-        deadline = time.monotonic() + self.startup_timeout
+        deadline = time.monotonic() + wait + STARTUP_GRACE_S
         while not info_file.exists():
             if self.proc.poll() is not None:
                 raise EmulatorError(
@@ -116,7 +135,11 @@ class Emulator:
         return self.proc.returncode
 
     def cleanup(self) -> None:
-        """Remove the temp dir made by :meth:`start` (its output log included)."""
+        """Remove the emulator's temp dir, and the work dir if :meth:`start` made it (its output
+        log included)."""
+        if self._state is not None:
+            shutil.rmtree(self._state, ignore_errors=True)
+            self._state = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -27,6 +27,9 @@ import httpx
 
 log = logging.getLogger("client.emulator")
 PR_SET_PDEATHSIG = 1
+# Looked up here, not in the forked child: between fork and exec only async-signal-safe work is
+# sound, and loading a library (dlopen, malloc) is not.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 class StartupError(RuntimeError):
@@ -41,17 +44,29 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def _die_with_parent(parent: int) -> None:
-    """Runs in the child before exec: ask Linux to SIGKILL it when the emulator dies."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the emulator died before prctl took effect
+    """Runs in the child before exec: ask Linux to SIGKILL it when its parent dies.
+
+    Linux ties the signal to the parent *thread*: start children from a thread that lives as
+    long as they should (the main thread).
+    """
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
+
+
+def die_with_me() -> functools.partial[None]:
+    """A ``preexec_fn`` for ``Popen``: the child is SIGKILLed when this process dies (Linux)."""
+    return functools.partial(_die_with_parent, os.getpid())
 
 
 @dataclass
 class ModelServer:
-    """One deployed model's server process, listening on ``127.0.0.1:port``."""
+    """One deployed model's server process, listening on ``127.0.0.1:port``.
+
+    ``env`` is its whole environment (:func:`client.emulator.config.container_env`), which
+    gives it ``port`` as ``AIP_HTTP_PORT``.
+    """
 
     name: str
     deployed_model_id: str
@@ -85,12 +100,12 @@ class ModelServer:
             try:
                 self.proc = subprocess.Popen(
                     self.command,
-                    env={**self.env, "AIP_HTTP_PORT": str(self.port)},
+                    env=dict(self.env),
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
-                    preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+                    preexec_fn=die_with_me(),
                 )
             except OSError as exc:
                 raise StartupError(
@@ -164,10 +179,14 @@ class Fleet:
             server.start()
 
     async def wait_healthy(self, timeout: float) -> None:
-        """Wait for every server at once; the first failure stops the wait."""
+        """Wait for every server at once; the first failure cancels the other waits."""
         deadline = time.monotonic() + timeout
-        async with httpx.AsyncClient(trust_env=False) as client:
-            await asyncio.gather(*(s.wait_healthy(client, deadline) for s in self.servers.values()))
+        try:
+            async with httpx.AsyncClient(trust_env=False) as client, asyncio.TaskGroup() as tasks:
+                for server in self.servers.values():
+                    tasks.create_task(server.wait_healthy(client, deadline))
+        except* StartupError as failures:
+            raise failures.exceptions[0] from None
 
     async def watch(self, interval: float = 0.2) -> None:
         """Log each server that exits (the data plane then answers 503 for it). Runs until cancelled."""
@@ -179,19 +198,34 @@ class Fleet:
             await asyncio.sleep(interval)
 
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM every server, SIGKILL what is left after ``grace`` seconds, and reap them all."""
-        for server in self.servers.values():
-            if server.running:
-                server.exit_reported = True
-                server.signal(signal.SIGTERM)
+        """SIGTERM every server, SIGKILL what is left after ``grace`` seconds, and reap them all.
+
+        The SIGKILL goes to the whole group (anything the server spawned and left behind) while
+        the server is not yet reaped: its pid, and so its group id, cannot be reused until then.
+        A server reaped earlier (it died on its own) is not signalled at all.
+        """
+        live = [
+            s for s in self.servers.values() if s.proc is not None and s.proc.returncode is None
+        ]
+        for server in live:
+            server.exit_reported = True
+            server.signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
-        for server in self.servers.values():
-            if server.proc is None:
-                continue
-            try:
-                server.proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+        for server in live:
+            assert server.proc is not None
+            while not _exited(server.proc) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not _exited(server.proc):
                 log.warning("%s did not stop in %s s: SIGKILL", server.name, grace)
-            # Also reaches anything the server spawned into its group and left behind.
             server.signal(signal.SIGKILL)
             server.proc.wait()
+
+
+def _exited(proc: subprocess.Popen) -> bool:
+    """Whether ``proc`` has exited, without reaping it (it stays a zombie, holding its ids)."""
+    if proc.returncode is not None:
+        return True
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True

@@ -147,6 +147,12 @@ class Endpoint(_Wire, frozen=True, kw_only=True):
     def id(self) -> str:
         return self.name.rsplit("/", 1)[-1]
 
+    @property
+    def inference_timeout_s(self) -> float:
+        """The total time a request may take (Vertex's default when none is configured: 600 s)."""
+        config = self.client_connection_config
+        return float(config.inference_timeout.removesuffix("s")) if config else 600.0
+
 
 class EndpointPatch(_Wire, frozen=True, kw_only=True):
     """The fields of an ``endpoints.patch`` body the emulator can change (the SDK sends them all)."""

@@ -4,8 +4,9 @@ Everything runs in one asyncio loop on the main thread: the control plane (HTTP)
 plane (HTTPS) are two uvicorn servers on sockets bound up front (so port 0 resolves before any
 URL is printed), and the deployed models' servers are child processes (see ``processes``).
 SIGINT, SIGTERM and SIGHUP stop it cleanly: both planes close, every child gets SIGTERM then
-SIGKILL after a grace period, the info file and the temp directory (certificate, default log
-dir) are removed.
+SIGKILL after a grace period, the info file and the temp directory (certificate and its key,
+default log dir) are removed. A SIGKILL leaves the temp directory behind: give ``--work-dir`` a
+directory its launcher removes (:class:`client.emulator.Emulator` does).
 """
 
 from __future__ import annotations
@@ -27,17 +28,22 @@ from typing import Any
 import httpx
 import uvicorn
 
-from client.emulator.config import EmulatorConfig
+from client.emulator.config import EmulatorConfig, container_env
 from client.emulator.control import create_control_app
 from client.emulator.dataplane import DataPlane
 from client.emulator.info import NO_PROXY, EmulatorInfo
-from client.emulator.processes import Fleet, ModelServer, StartupError
+from client.emulator.processes import Fleet, ModelServer, StartupError, free_port
 from client.emulator.resources import ContainerSpec, EnvVar, Port, Store, new_id
 from client.emulator.tls import write_self_signed
 
 log = logging.getLogger("client.emulator")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 CHILD_GRACE_S = 10.0
+# Callers' idle connections stay open longer than the servers' (uvicorn's default 5 s), and the
+# proxy drops its idle ones to servers well before they do: a request is never sent on a
+# connection the other side is closing at that moment (see also the retry in the data plane).
+KEEP_ALIVE_S = 75
+UPSTREAM_KEEP_ALIVE_S = 2.0
 
 
 class _Server(uvicorn.Server):
@@ -112,15 +118,14 @@ class Emulation:
             )
             deployed = self.store.deploy(self.endpoint_id, model.id, spec.id or new_id(), spec.name)
             split[deployed.id] = spec.percent or 0
-            env = {"SERVE_HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1", **os.environ, **extra}
-            env.update(  # what Vertex sets in a container (AIP_HTTP_PORT: set at start)
-                AIP_HEALTH_ROUTE=spec.health_route,
-                AIP_DEPLOYED_MODEL_ID=deployed.id,
-                AIP_ENDPOINT_ID=self.endpoint_id,
-                AIP_PROJECT_NUMBER=self.number,
-                AIP_MODE="PREDICTION",
-                AIP_FRAMEWORK="CUSTOM_CONTAINER",
-                AIP_MACHINE_TYPE="local",
+            port = free_port()
+            env = container_env(
+                spec,
+                port=port,
+                deployed_model_id=deployed.id,
+                endpoint_id=self.endpoint_id,
+                project_number=self.number,
+                inherited=os.environ,
             )
             self.fleet.add(
                 ModelServer(
@@ -130,6 +135,7 @@ class Emulation:
                     env=env,
                     health_route=spec.health_route,
                     log_path=log_dir / f"{spec.name}.log",
+                    port=port,
                 )
             )
         self.store.set_traffic_split(self.endpoint_id, split)
@@ -181,13 +187,18 @@ class Emulation:
         return "\n".join(lines)
 
 
-def _proxy_client(config: EmulatorConfig) -> httpx.AsyncClient:
-    """The data plane's client to the servers: no proxies from the environment, Vertex's request
-    timeout, and only the caller's headers (httpx's defaults removed)."""
+def _proxy_client() -> httpx.AsyncClient:
+    """The data plane's client to the servers: no proxies from the environment, no timeout but
+    for connecting (the data plane enforces the endpoint's total inference timeout), and only
+    the caller's headers (httpx's defaults removed)."""
     client = httpx.AsyncClient(
         trust_env=False,
-        timeout=httpx.Timeout(config.inference_timeout, connect=5.0),
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+        timeout=httpx.Timeout(None, connect=5.0),
+        limits=httpx.Limits(
+            max_connections=None,
+            max_keepalive_connections=64,
+            keepalive_expiry=UPSTREAM_KEEP_ALIVE_S,
+        ),
     )
     for default in ("accept", "accept-encoding", "user-agent"):
         del client.headers[default]
@@ -201,7 +212,12 @@ def _planes(emulation: Emulation, proxy: httpx.AsyncClient) -> list[tuple[_Serve
         (create_control_app(emulation.store), emulation.control_sock, {}),
         (DataPlane(emulation.store, emulation.fleet, proxy), emulation.data_sock, tls),
     ]
-    common = {"lifespan": "off", "log_level": "warning", "access_log": False}
+    common = {
+        "lifespan": "off",
+        "log_level": "warning",
+        "access_log": False,
+        "timeout_keep_alive": KEEP_ALIVE_S,
+    }
     # A short graceful shutdown: open streams are cut rather than waited for.
     return [
         (_Server(uvicorn.Config(app, timeout_graceful_shutdown=2, **common, **extra)), sock)
@@ -226,17 +242,28 @@ async def _until(stop: asyncio.Event, planes: list[asyncio.Task[None]], work: An
             task.cancel()
 
 
-async def serve(config: EmulatorConfig, info_file: Path | None = None) -> int:
-    """Run until SIGINT/SIGTERM/SIGHUP: 0 after a clean stop, 1 if it could not start or broke."""
+async def serve(
+    config: EmulatorConfig, info_file: Path | None = None, work_dir: Path | None = None
+) -> int:
+    """Run until SIGINT/SIGTERM/SIGHUP: 0 after a clean stop, 1 if it could not start or broke.
+
+    Its temp directory is made in ``work_dir`` (default: the system's temp dir).
+    """
+    try:
+        if work_dir is not None:
+            work_dir.mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix="vertex-emulator-", dir=work_dir))
+    except OSError as exc:
+        log.error("cannot make a temp dir in %s: %s", work_dir or tempfile.gettempdir(), exc)
+        return 1
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
-    workdir = Path(tempfile.mkdtemp(prefix="vertex-emulator-"))
     emulation: Emulation | None = None
     servers: list[tuple[_Server, asyncio.Task[None]]] = []
     wrote_info = False
-    proxy = _proxy_client(config)
+    proxy = _proxy_client()
     try:
         emulation = Emulation(config, workdir)
         for server, sock in _planes(emulation, proxy):
@@ -258,6 +285,9 @@ async def serve(config: EmulatorConfig, info_file: Path | None = None) -> int:
     except StartupError as exc:
         log.error("%s", exc)
         return 1
+    except OSError as exc:  # a log dir, the certificate or the info file could not be written
+        log.error("cannot run the emulator: %s", exc)
+        return 1
     finally:
         for server, _ in servers:
             server.should_exit = True
@@ -275,8 +305,8 @@ async def serve(config: EmulatorConfig, info_file: Path | None = None) -> int:
             loop.remove_signal_handler(sig)
 
 
-def run(config: EmulatorConfig, info_file: Path | None = None) -> int:
+def run(config: EmulatorConfig, info_file: Path | None = None, work_dir: Path | None = None) -> int:
     """:func:`serve` in a fresh event loop (call from the main thread)."""
     if sys.platform == "win32":  # pragma: no cover
         raise SystemExit("the emulator needs a POSIX system (signals, process groups)")
-    return asyncio.run(serve(config, info_file))
+    return asyncio.run(serve(config, info_file, work_dir))
