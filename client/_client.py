@@ -19,7 +19,7 @@ import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, TypedDict, TypeVar, Unpack, overload
 from urllib.parse import urlencode
 
 import msgspec
@@ -70,6 +70,34 @@ class Annotation(msgspec.Struct, frozen=True, kw_only=True):
     def save(self, path: str | os.PathLike) -> None:
         with open(path, "wb") as f:
             f.write(self.image)
+
+
+class ImageParams(TypedDict, total=False):
+    """Inference parameters as keyword arguments (``client.schema.Parameters``); any not given
+    takes the server's default. Checked against the contract before anything is sent."""
+
+    model: str
+    conf: float
+    iou: float
+    max_det: int
+    classes: list[int | str] | int | str
+    imgsz: int
+
+
+class SegmentParams(ImageParams, total=False):
+    rle: bool
+
+
+class AnnotateParams(ImageParams, total=False):
+    format: Literal["jpeg", "png"]
+
+
+class StreamParams(ImageParams, total=False):
+    """``/stream``'s parameters (``client.schema.StreamParameters``)."""
+
+    track: Tracker
+    vid_stride: int
+    max_frames: int
 
 
 @dataclass
@@ -407,46 +435,35 @@ class Client(_Base):
         return self._run(self._models_call(deployed_model_id))
 
     def detect(
-        self,
-        images: Any,
-        *,
-        deployed_model_id: str | None = None,
-        model: str | None = None,
-        conf: float | None = None,
-        iou: float | None = None,
-        max_det: int | None = None,
-        classes: list[int | str] | int | str | None = None,
-        imgsz: int | None = None,
+        self, images: Any, *, deployed_model_id: str | None = None, **params: Unpack[ImageParams]
     ) -> InferenceResponse:
         """Detect objects in one image or a list of images (one result per image, in order)."""
-        params = dict(
-            model=model, conf=conf, iou=iou, max_det=max_det, classes=classes, imgsz=imgsz
-        )
         return self._run(self._images_call("/detect", images, params, deployed_model_id))
 
     def segment(
-        self,
-        images: Any,
-        *,
-        deployed_model_id: str | None = None,
-        model: str | None = None,
-        conf: float | None = None,
-        iou: float | None = None,
-        max_det: int | None = None,
-        classes: list[int | str] | int | str | None = None,
-        imgsz: int | None = None,
-        rle: bool | None = None,
+        self, images: Any, *, deployed_model_id: str | None = None, **params: Unpack[SegmentParams]
     ) -> InferenceResponse:
         """Instance masks (polygons; COCO RLE too with ``rle=True``). Needs a segment model."""
-        params = dict(
-            model=model, conf=conf, iou=iou, max_det=max_det, classes=classes, imgsz=imgsz, rle=rle
-        )
         return self._run(self._images_call("/segment", images, params, deployed_model_id))
 
     @overload
-    def annotate(self, image: Any, *, json: Literal[False] = ..., **kw: Any) -> Annotation: ...
+    def annotate(
+        self,
+        image: Any,
+        *,
+        json: Literal[False] = ...,
+        deployed_model_id: str | None = None,
+        **params: Unpack[AnnotateParams],
+    ) -> Annotation: ...
     @overload
-    def annotate(self, image: Any, *, json: Literal[True], **kw: Any) -> AnnotateResponse: ...
+    def annotate(
+        self,
+        image: Any,
+        *,
+        json: Literal[True],
+        deployed_model_id: str | None = None,
+        **params: Unpack[AnnotateParams],
+    ) -> AnnotateResponse: ...
 
     def annotate(
         self,
@@ -454,58 +471,20 @@ class Client(_Base):
         *,
         json: bool = False,
         deployed_model_id: str | None = None,
-        model: str | None = None,
-        conf: float | None = None,
-        iou: float | None = None,
-        max_det: int | None = None,
-        classes: list[int | str] | int | str | None = None,
-        imgsz: int | None = None,
-        format: Literal["jpeg", "png"] | None = None,
+        **params: Unpack[AnnotateParams],
     ) -> Annotation | AnnotateResponse:
         """The image with its detections drawn: an :class:`Annotation` (image bytes and
         detection count), or with ``json=True`` the JSON form (several images allowed)."""
-        params = dict(
-            model=model,
-            conf=conf,
-            iou=iou,
-            max_det=max_det,
-            classes=classes,
-            imgsz=imgsz,
-            format=format,
-        )
         return self._run(self._annotate_call(image, json, params, deployed_model_id))
 
     def stream(
-        self,
-        source: Any,
-        *,
-        deployed_model_id: str | None = None,
-        model: str | None = None,
-        conf: float | None = None,
-        iou: float | None = None,
-        max_det: int | None = None,
-        classes: list[int | str] | int | str | None = None,
-        imgsz: int | None = None,
-        track: Tracker | None = None,
-        vid_stride: int | None = None,
-        max_frames: int | None = None,
+        self, source: Any, *, deployed_model_id: str | None = None, **params: Unpack[StreamParams]
     ) -> Stream:
         """Run a video (path or bytes) or a list of frames (images) through ``/stream``.
 
         Opens the stream and reads its ``start`` event (retrying like any call until then;
         never after), and returns the :class:`Stream` to iterate.
         """
-        params = dict(
-            model=model,
-            conf=conf,
-            iou=iou,
-            max_det=max_det,
-            classes=classes,
-            imgsz=imgsz,
-            track=track,
-            vid_stride=vid_stride,
-            max_frames=max_frames,
-        )
         request = self._stream_request(source, params, deployed_model_id)
         for attempt in retrying(self.retries):
             with attempt:
@@ -616,39 +595,33 @@ class AsyncClient(_Base):
         return await self._run(self._models_call(deployed_model_id))
 
     async def detect(
-        self,
-        images: Any,
-        *,
-        deployed_model_id: str | None = None,
-        model: str | None = None,
-        conf: float | None = None,
-        iou: float | None = None,
-        max_det: int | None = None,
-        classes: list[int | str] | int | str | None = None,
-        imgsz: int | None = None,
+        self, images: Any, *, deployed_model_id: str | None = None, **params: Unpack[ImageParams]
     ) -> InferenceResponse:
-        params = dict(
-            model=model, conf=conf, iou=iou, max_det=max_det, classes=classes, imgsz=imgsz
-        )
         return await self._run(self._images_call("/detect", images, params, deployed_model_id))
 
     async def segment(
-        self,
-        images: Any,
-        *,
-        deployed_model_id: str | None = None,
-        model: str | None = None,
-        conf: float | None = None,
-        iou: float | None = None,
-        max_det: int | None = None,
-        classes: list[int | str] | int | str | None = None,
-        imgsz: int | None = None,
-        rle: bool | None = None,
+        self, images: Any, *, deployed_model_id: str | None = None, **params: Unpack[SegmentParams]
     ) -> InferenceResponse:
-        params = dict(
-            model=model, conf=conf, iou=iou, max_det=max_det, classes=classes, imgsz=imgsz, rle=rle
-        )
         return await self._run(self._images_call("/segment", images, params, deployed_model_id))
+
+    @overload
+    async def annotate(
+        self,
+        image: Any,
+        *,
+        json: Literal[False] = ...,
+        deployed_model_id: str | None = None,
+        **params: Unpack[AnnotateParams],
+    ) -> Annotation: ...
+    @overload
+    async def annotate(
+        self,
+        image: Any,
+        *,
+        json: Literal[True],
+        deployed_model_id: str | None = None,
+        **params: Unpack[AnnotateParams],
+    ) -> AnnotateResponse: ...
 
     async def annotate(
         self,
@@ -656,51 +629,13 @@ class AsyncClient(_Base):
         *,
         json: bool = False,
         deployed_model_id: str | None = None,
-        model: str | None = None,
-        conf: float | None = None,
-        iou: float | None = None,
-        max_det: int | None = None,
-        classes: list[int | str] | int | str | None = None,
-        imgsz: int | None = None,
-        format: Literal["jpeg", "png"] | None = None,
+        **params: Unpack[AnnotateParams],
     ) -> Annotation | AnnotateResponse:
-        params = dict(
-            model=model,
-            conf=conf,
-            iou=iou,
-            max_det=max_det,
-            classes=classes,
-            imgsz=imgsz,
-            format=format,
-        )
         return await self._run(self._annotate_call(image, json, params, deployed_model_id))
 
     async def stream(
-        self,
-        source: Any,
-        *,
-        deployed_model_id: str | None = None,
-        model: str | None = None,
-        conf: float | None = None,
-        iou: float | None = None,
-        max_det: int | None = None,
-        classes: list[int | str] | int | str | None = None,
-        imgsz: int | None = None,
-        track: Tracker | None = None,
-        vid_stride: int | None = None,
-        max_frames: int | None = None,
+        self, source: Any, *, deployed_model_id: str | None = None, **params: Unpack[StreamParams]
     ) -> AsyncStream:
-        params = dict(
-            model=model,
-            conf=conf,
-            iou=iou,
-            max_det=max_det,
-            classes=classes,
-            imgsz=imgsz,
-            track=track,
-            vid_stride=vid_stride,
-            max_frames=max_frames,
-        )
         request = self._stream_request(source, params, deployed_model_id)
         async for attempt in async_retrying(self.retries):
             with attempt:

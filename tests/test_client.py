@@ -279,6 +279,11 @@ def test_bad_inputs_fail_before_sending(tmp_path):
         AsyncClient(HttpTransport("http://127.0.0.1:1"))
     with pytest.raises(TypeError, match="verify"):
         AsyncClient(AsyncHttpTransport("http://127.0.0.1:1"), verify=False)
+    offline = Client.from_url("http://127.0.0.1:1", retries=NO_RETRIES)
+    with pytest.raises(ParameterError, match="unknown field `colour`"):
+        offline.detect(b"x", colour="red")  # keyword parameters are checked, not forwarded
+    with pytest.raises(ParameterError, match="track"):
+        offline.stream(b"x", track="deepsort")
 
 
 # --- Client.from_url against the real server ---------------------------------------------------
