@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 DEMO_WEIGHTS = Path(__file__).parent / "demo" / "weights"
 DEMO_MODELS = (
@@ -20,6 +21,7 @@ DEMO_MODELS = (
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 WEIGHT_SUFFIXES = (".pt", ".yaml", ".yml")
 MB = 1024 * 1024
+N = TypeVar("N", int, float)
 
 
 class SettingsError(ValueError):
@@ -73,31 +75,24 @@ class Settings:
             value = env.get(name)
             return value.strip() if value is not None and value.strip() else None
 
-        def integer(name: str, default: int, low: int, high: int) -> int:
+        def ranged(name: str, default: N, low: N, high: N, kind: type[N], noun: str) -> N:
             raw = get(name)
             if raw is None:
                 return default
             try:
-                value = int(raw)
+                value = kind(raw)
             except ValueError:
-                errors.append(f"{name}={raw!r} is not an integer")
-                return default
-            if not low <= value <= high:
-                errors.append(f"{name}={value} is out of range [{low}, {high}]")
-            return value
-
-        def number(name: str, default: float, low: float, high: float) -> float:
-            raw = get(name)
-            if raw is None:
-                return default
-            try:
-                value = float(raw)
-            except ValueError:
-                errors.append(f"{name}={raw!r} is not a number")
+                errors.append(f"{name}={raw!r} is not {noun}")
                 return default
             if not low <= value <= high:
                 errors.append(f"{name}={value:g} is out of range [{low:g}, {high:g}]")
             return value
+
+        def integer(name: str, default: int, low: int, high: int) -> int:
+            return ranged(name, default, low, high, int, "an integer")
+
+        def number(name: str, default: float, low: float, high: float) -> float:
+            return ranged(name, default, low, high, float, "a number")
 
         def boolean(name: str, default: bool) -> bool:
             raw = get(name)

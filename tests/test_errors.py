@@ -187,3 +187,17 @@ def test_error_does_not_break_the_next_request(client):
     png_post(client, data=b"garbage")
     r = png_post(client)
     assert r.status_code == 200 and np.asarray(r.json()["results"][0]["width"]) == RGB.shape[1]
+
+
+def test_every_response_says_which_deployed_model_answered(client):
+    """Vertex does not say which deployed model answered an /invoke call: the server does, on
+    successes, errors and unknown routes alike; /models answers POST (invoke only POSTs)."""
+    responses = [
+        client.post("/models"),
+        client.get("/health"),
+        client.post("/detect", content=b"not an image", headers={"Content-Type": "image/png"}),
+        client.post("/no-such-route"),
+    ]
+    assert [r.status_code for r in responses] == [200, 200, 400, 404]
+    assert all(r.headers["x-deployed-model-id"] == "dm-test-1" for r in responses)
+    assert responses[0].json()["deployed_model_id"] == "dm-test-1"
