@@ -3,7 +3,9 @@
 ``python -m client.emulator`` (see ``__main__``) or, from Python, :class:`Emulator`:
 
 - a REST control plane over HTTP (``aiplatform.init(api_endpoint=..., api_transport="rest")``):
-  read endpoints and models, ``endpoint.update(traffic_split=...)``;
+  read endpoints and models, ``endpoint.update(traffic_split=...)``, and the deploy flow
+  (``Model.upload``, ``Endpoint.create``, ``endpoint.deploy``/``undeploy`` as long-running
+  operations; ``--empty`` starts with nothing deployed, see ``deployments``);
 - an HTTPS data plane with a throwaway certificate (``REQUESTS_CA_BUNDLE``) serving
   ``Endpoint.invoke``: ``.../invoke/{path}`` by traffic split or pinned to a deployed model,
   streamed through to the model's server;

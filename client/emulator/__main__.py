@@ -9,6 +9,7 @@ Examples:
     python -m client.emulator --info-file /tmp/emulator.json
     python -m client.emulator --deploy shapes-a=80 --deploy shapes-b=20
     python -m client.emulator --deploy mine --env mine:SERVE_MODELS=yolo=/w/yolo11n.pt
+    python -m client.emulator --empty --gcs-dir /srv/fake-gcs   # then: python -m client deploy
 """
 
 from __future__ import annotations
@@ -43,6 +44,18 @@ def parser() -> argparse.ArgumentParser:
         "shapes-a and shapes-b at 50/50.",
     )
     p.add_argument("--config", type=Path, help="TOML (or .json) file declaring the deployment")
+    p.add_argument(
+        "--empty",
+        action="store_true",
+        help="start with no endpoint and no model: create them with the SDK (python -m client "
+        "deploy ...); the info file follows the first endpoint created",
+    )
+    p.add_argument(
+        "--gcs-dir",
+        metavar="DIR",
+        help="a local directory standing in for Cloud Storage: a model's artifact "
+        "gs://BUCKET/PATH deploys from DIR/BUCKET/PATH (its AIP_STORAGE_URI)",
+    )
     p.add_argument(
         "--deploy",
         action="append",
@@ -116,13 +129,19 @@ TOP_FLAGS = (
     "startup_timeout",
     "inference_timeout",
     "log_dir",
+    "gcs_dir",
 )
 
 
 def build_config(args: argparse.Namespace) -> EmulatorConfig:
     """The validated config from ``--config`` (or the demo) and the flags on top of it."""
-    base = read(args.config) if args.config else EmulatorConfig.demo()
     errors: list[str] = []
+    if args.empty:
+        base = replace(read(args.config) if args.config else EmulatorConfig(), empty=True)
+        if args.deploy:
+            errors.append("--empty deploys nothing at start: drop --deploy")
+    else:
+        base = read(args.config) if args.config else EmulatorConfig.demo()
     models: dict[str, DeployedModelConfig] = {m.name: m for m in base.deployed_models}
     if args.deploy:
         chosen: dict[str, DeployedModelConfig] = {}

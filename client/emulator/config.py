@@ -21,6 +21,11 @@ A config file looks like::
     # command = ["python", "-m", "app"]    (the default: this interpreter, -m app)
     # models = { yolo11n = "/weights/yolo11n.pt" }   (sugar for SERVE_MODELS)
     # storage_uri = "/path/to/artifacts"   (AIP_STORAGE_URI)
+
+``empty = true`` (``--empty``) starts with no endpoint and no model: the SDK then uploads models,
+creates endpoints and deploys through the control plane (``python -m client deploy ...``).
+``gcs_dir`` (``--gcs-dir``) is a local directory standing in for Cloud Storage: a model's
+``gs://BUCKET/PATH`` artifact is deployed from ``GCS_DIR/BUCKET/PATH``.
 """
 
 from __future__ import annotations
@@ -131,7 +136,7 @@ class EmulatorConfig:
     """The whole emulator: where it listens, the endpoint and what is deployed on it.
 
     Ports 0 pick free ports. ``startup_timeout`` bounds the wait for every server to answer its
-    health route. ``inference_timeout`` is the endpoint's total time per request, as Vertex's
+    health route (and a runtime deploy's, unless its model sets a deployment timeout). ``inference_timeout`` is the endpoint's total time per request, as Vertex's
     (default 600 s, at most 3600 s): a request with no response headers by then gets 504, and a
     streamed answer still running then is cut.
     """
@@ -148,6 +153,8 @@ class EmulatorConfig:
     startup_timeout: float = 300.0
     inference_timeout: float = 600.0
     log_dir: str | None = None
+    empty: bool = False
+    gcs_dir: str | None = None
 
     @classmethod
     def demo(cls, **overrides: Any) -> EmulatorConfig:
@@ -232,6 +239,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "data_port": (int,),
     "startup_timeout": (int, float),
     "inference_timeout": (int, float),
+    "empty": (bool,),
     "command": (list,),
     "env": (dict,),
     "models": (dict,),
@@ -240,6 +248,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
 _TYPE_NAMES = {
     int: "an integer",
     float: "a number",
+    bool: "a boolean",
     str: "a string",
     list: "an array",
     dict: "a table",
@@ -257,7 +266,7 @@ def _typed(raw: Mapping[str, Any], keys: set[str], where: str, errors: list[str]
             out[key] = value
             continue
         expected = _TYPES.get(key, (str,))
-        if isinstance(value, bool) or not isinstance(value, expected):
+        if (isinstance(value, bool) and bool not in expected) or not isinstance(value, expected):
             names = " or ".join(_TYPE_NAMES[t] for t in expected)
             errors.append(f"{where}.{key} must be {names}, not {value!r}")
             continue
@@ -296,8 +305,10 @@ def validate(config: EmulatorConfig) -> EmulatorConfig:
     """Check every value; return the config with an even split filled in when none was given."""
     errors: list[str] = []
     models = config.deployed_models
-    if not models:
-        errors.append("declare at least one deployed model")
+    if not models and not config.empty:
+        errors.append("declare at least one deployed model (or start empty: --empty)")
+    if models and config.empty:
+        errors.append(f"an empty emulator deploys nothing at start: drop {len(models)} model(s)")
     names = [m.name for m in models]
     for name in sorted({n for n in names if names.count(n) > 1}):
         errors.append(f"deployed model name {name!r} is used twice")
@@ -359,6 +370,8 @@ def validate(config: EmulatorConfig) -> EmulatorConfig:
         errors.append("host is empty")
     if config.log_dir and (problem := unwritable(Path(config.log_dir), "log_dir")):
         errors.append(problem)
+    if config.gcs_dir is not None and not Path(config.gcs_dir).is_dir():
+        errors.append(f"gcs_dir {config.gcs_dir!r} is not a directory")
     if not config.startup_timeout > 0:
         errors.append("startup_timeout must be positive")
     if not 0 < config.inference_timeout <= MAX_INFERENCE_TIMEOUT:

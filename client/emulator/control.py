@@ -3,8 +3,16 @@
 Plain HTTP (point ``aiplatform.init(api_endpoint="http://127.0.0.1:PORT")`` at it). Served:
 
 - ``GET  /v1/projects/P/locations/L/endpoints`` and ``.../endpoints/E``
+- ``POST .../endpoints[?endpointId=E]`` (``Endpoint.create(dedicated_endpoint_enabled=True)``)
 - ``PATCH .../endpoints/E?updateMask=trafficSplit`` (``endpoint.update(traffic_split=...)``)
+- ``POST .../endpoints/E:deployModel`` and ``.../endpoints/E:undeployModel``
 - ``GET  /v1/projects/P/locations/L/models`` and ``.../models/M`` (also ``M@1``)
+- ``POST .../models:upload`` (``Model.upload``)
+- ``GET  /ui/projects/P/locations/L/operations/N`` (where the SDK polls an operation; also
+  under ``/v1/``)
+
+Upload, create, deploy and undeploy answer long-running operations; a deploy's stays not done
+until its server is healthy (see :mod:`client.emulator.deployments`).
 
 Every error, unknown paths included, is Google's JSON error shape. The SDK's ``$alt`` query
 parameter is accepted and ignored (the answers are always JSON with integer enums).
@@ -12,15 +20,28 @@ parameter is accepted and ignored (the answers are always JSON with integer enum
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Any, TypeVar
 
 import msgspec
-from litestar import Controller, Litestar, Request, Response, get, patch
+from litestar import Controller, Litestar, Request, Response, get, patch, post
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.params import Parameter
 
-from client.emulator.resources import ApiError, Endpoint, EndpointPatch, Model, Store
+from client.emulator.deployments import Deployments
+from client.emulator.resources import (
+    ApiError,
+    DeployModelRequest,
+    Endpoint,
+    EndpointPatch,
+    Model,
+    NewEndpoint,
+    Operation,
+    Store,
+    UndeployModelRequest,
+    UploadModelRequest,
+)
 
 STATUS_NAMES = {
     400: "INVALID_ARGUMENT",
@@ -38,6 +59,16 @@ class ModelList(msgspec.Struct, kw_only=True):
     models: list[Model]
 
 
+T = TypeVar("T")
+
+
+def _decode(body: bytes, into: type[T], what: str) -> T:
+    try:
+        return msgspec.json.decode(body, type=into)
+    except msgspec.DecodeError as exc:
+        raise ApiError.invalid(f"invalid {what} in the request body: {exc}") from None
+
+
 class LocationController(Controller):
     """Resources under ``projects/P/locations/L``; the path must name this emulator's."""
 
@@ -52,6 +83,46 @@ class LocationController(Controller):
     def list_endpoints(self, store: Store, project: str, location: str) -> EndpointList:
         store = self._store(store, project, location)
         return EndpointList(endpoints=list(store.endpoints.values()))
+
+    @post("/endpoints", status_code=200, sync_to_thread=False)
+    def create_endpoint(
+        self,
+        store: Store,
+        deployments: Deployments,
+        project: str,
+        location: str,
+        body: bytes,
+        endpoint_id: str | None = Parameter(query="endpointId", default=None),
+    ) -> Operation:
+        self._store(store, project, location)
+        return deployments.create_endpoint(endpoint_id, _decode(body, NewEndpoint, "Endpoint"))
+
+    @post("/endpoints/{endpoint_id:str}", status_code=200)
+    async def endpoint_method(
+        self,
+        store: Store,
+        deployments: Deployments,
+        project: str,
+        location: str,
+        endpoint_id: str,
+        body: bytes,
+    ) -> Operation:
+        """``E:deployModel`` and ``E:undeployModel`` (a custom method after a colon)."""
+        self._store(store, project, location)
+        endpoint_id, _, method = endpoint_id.replace("%3A", ":").partition(":")
+        if method == "deployModel":
+            return deployments.deploy(
+                endpoint_id, _decode(body, DeployModelRequest, "DeployModelRequest")
+            )
+        if method == "undeployModel":
+            request = _decode(body, UndeployModelRequest, "UndeployModelRequest")
+            return await deployments.undeploy(endpoint_id, request)
+        raise ApiError(
+            405,
+            "UNIMPLEMENTED",
+            f"POST endpoints/{endpoint_id}:{method} is not served here (deployModel, "
+            "undeployModel are)",
+        )
 
     @get("/endpoints/{endpoint_id:str}", sync_to_thread=False)
     def get_endpoint(self, store: Store, project: str, location: str, endpoint_id: str) -> Endpoint:
@@ -68,10 +139,7 @@ class LocationController(Controller):
         update_mask: str | None = Parameter(query="updateMask", default=None),
     ) -> Endpoint:
         store = self._store(store, project, location)
-        try:
-            changes = msgspec.json.decode(body, type=EndpointPatch)
-        except msgspec.DecodeError as exc:
-            raise ApiError.invalid(f"invalid Endpoint in the request body: {exc}") from None
+        changes = _decode(body, EndpointPatch, "Endpoint")
         return store.update_endpoint(endpoint_id, changes, update_mask or "")
 
     @get("/models", sync_to_thread=False)
@@ -83,6 +151,31 @@ class LocationController(Controller):
     def get_model(self, store: Store, project: str, location: str, model_id: str) -> Model:
         return self._store(store, project, location).model(model_id.replace("%40", "@"))
 
+    @post("/models:upload", status_code=200, sync_to_thread=False)
+    def upload_model(
+        self, store: Store, deployments: Deployments, project: str, location: str, body: bytes
+    ) -> Operation:
+        self._store(store, project, location)
+        return deployments.upload(_decode(body, UploadModelRequest, "UploadModelRequest"))
+
+
+OPERATION = "/projects/{project:str}/locations/{location:str}/operations/{number:str}"
+# A poll of an operation in progress waits this long for it to finish (a long poll). The answer
+# is Vertex's; only sooner: the SDK's backoff between polls grows to 20 s, and without the wait
+# a deploy would look finished up to that long after its server became healthy.
+LONG_POLL_S = 10.0
+
+
+@get(["/ui" + OPERATION, "/v1" + OPERATION])
+async def get_operation(store: Store, project: str, location: str, number: str) -> Operation:
+    """Where the SDK polls a long-running operation (``/ui/`` + its name)."""
+    store.check_parent(project, location)
+    operation = store.operation(f"{store.parent}/operations/{number}")
+    deadline = asyncio.get_running_loop().time() + LONG_POLL_S
+    while not operation.done and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
+    return operation
+
 
 def _error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """Every failure in Google's error shape: ours, Litestar's (404, 405, bad parameters), bugs."""
@@ -93,7 +186,8 @@ def _error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
             if code in (404, 405):
                 message = (
                     f"{request.method} {request.url.path} is not served by this emulator's "
-                    "control plane (it serves endpoints get/list/patch and models get/list)"
+                    "control plane (it serves endpoints get/list/create/patch/deployModel/"
+                    "undeployModel, models get/list/upload and operations get)"
                 )
             exc = ApiError(code, STATUS_NAMES.get(code, "UNKNOWN"), message)
         else:
@@ -101,11 +195,14 @@ def _error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     return Response(exc.body(), status_code=exc.code, media_type="application/json")
 
 
-def create_control_app(store: Store) -> Litestar:
-    """The control plane ASGI app over ``store``."""
+def create_control_app(store: Store, deployments: Deployments) -> Litestar:
+    """The control plane ASGI app over ``store``, running servers through ``deployments``."""
     return Litestar(
-        route_handlers=[LocationController],
-        dependencies={"store": Provide(lambda: store, sync_to_thread=False)},
+        route_handlers=[LocationController, get_operation],
+        dependencies={
+            "store": Provide(lambda: store, sync_to_thread=False),
+            "deployments": Provide(lambda: deployments, sync_to_thread=False),
+        },
         exception_handlers={Exception: _error},
         openapi_config=None,
         logging_config=None,

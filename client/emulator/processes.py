@@ -171,6 +171,10 @@ class Fleet:
     def add(self, server: ModelServer) -> None:
         self.servers[server.deployed_model_id] = server
 
+    def remove(self, deployed_model_id: str) -> ModelServer | None:
+        """Take a server out of the fleet (stop it with :func:`stop_servers`)."""
+        return self.servers.pop(deployed_model_id, None)
+
     def get(self, deployed_model_id: str) -> ModelServer | None:
         return self.servers.get(deployed_model_id)
 
@@ -198,27 +202,30 @@ class Fleet:
             await asyncio.sleep(interval)
 
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM every server, SIGKILL what is left after ``grace`` seconds, and reap them all.
+        """Stop every server (:func:`stop_servers`)."""
+        stop_servers(list(self.servers.values()), grace)
 
-        The SIGKILL goes to the whole group (anything the server spawned and left behind) while
-        the server is not yet reaped: its pid, and so its group id, cannot be reused until then.
-        A server reaped earlier (it died on its own) is not signalled at all.
-        """
-        live = [
-            s for s in self.servers.values() if s.proc is not None and s.proc.returncode is None
-        ]
-        for server in live:
-            server.exit_reported = True
-            server.signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for server in live:
-            assert server.proc is not None
-            while not _exited(server.proc) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if not _exited(server.proc):
-                log.warning("%s did not stop in %s s: SIGKILL", server.name, grace)
-            server.signal(signal.SIGKILL)
-            server.proc.wait()
+
+def stop_servers(servers: list[ModelServer], grace: float = 10.0) -> None:
+    """SIGTERM each server, SIGKILL what is left after ``grace`` seconds, and reap them all.
+
+    The SIGKILL goes to the whole group (anything the server spawned and left behind) while
+    the server is not yet reaped: its pid, and so its group id, cannot be reused until then.
+    A server reaped earlier (it died on its own) is not signalled at all.
+    """
+    live = [s for s in servers if s.proc is not None and s.proc.returncode is None]
+    for server in live:
+        server.exit_reported = True
+        server.signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for server in live:
+        assert server.proc is not None
+        while not _exited(server.proc) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not _exited(server.proc):
+            log.warning("%s did not stop in %s s: SIGKILL", server.name, grace)
+        server.signal(signal.SIGKILL)
+        server.proc.wait()
 
 
 def _exited(proc: subprocess.Popen) -> bool:

@@ -2,9 +2,9 @@
 
 The Structs are the REST wire shapes (camelCase, as the SDK's ``api_transport="rest"`` reads them),
 so the control plane encodes them as they are. The store is the single place state changes: the
-control plane reads and updates through it and the data plane picks deployed models from it. It is
-plain data, so creating models and endpoints or (un)deploying later means adding methods here, not
-reshaping it.
+control plane reads and updates through it (upload, create, deploy, split, undeploy, long-running
+operations) and the data plane picks deployed models from it. Server processes are not its
+business: :mod:`client.emulator.deployments` starts and stops them around the store's changes.
 
 Errors are :class:`ApiError`, which both planes answer in Google's shape
 ``{"error": {"code": 404, "message": ..., "status": "NOT_FOUND"}}`` (never 401: the SDK's
@@ -14,8 +14,11 @@ anonymous credentials would try to refresh and raise).
 from __future__ import annotations
 
 import datetime
+import itertools
 import random
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
 
 import msgspec
 from msgspec import Struct
@@ -49,6 +52,10 @@ class ApiError(Exception):
     def unavailable(cls, message: str) -> ApiError:
         return cls(503, "UNAVAILABLE", message)
 
+    @classmethod
+    def exists(cls, message: str) -> ApiError:
+        return cls(409, "ALREADY_EXISTS", message)
+
 
 def now() -> str:
     """An RFC 3339 timestamp, the form protobuf's JSON mapping uses."""
@@ -75,14 +82,22 @@ class Port(_Wire, frozen=True, kw_only=True):
 
 
 class ContainerSpec(_Wire, frozen=True, kw_only=True):
-    """How the model's server runs. ``command`` is the local process, not an image entrypoint."""
+    """How the model's server runs (``Model.upload``'s ``serving_container_*`` arguments).
+
+    For a model the emulator declares at start, ``command`` is the local process it runs.
+    """
 
     image_uri: str
     command: list[str] = []
+    args: list[str] = []
     env: list[EnvVar] = []
     ports: list[Port] = []
-    health_route: str
-    invoke_route_prefix: str  # "/*", the only value Vertex allows
+    health_route: str = ""
+    invoke_route_prefix: str = ""  # "/*", the only value Vertex allows
+    deployment_timeout: str | None = None  # a protobuf Duration: "1800s"
+
+    def env_dict(self) -> dict[str, str]:
+        return {e.name: e.value for e in self.env}
 
 
 class Model(_Wire, frozen=True, kw_only=True):
@@ -104,7 +119,10 @@ class Model(_Wire, frozen=True, kw_only=True):
 
 
 class MachineSpec(_Wire, frozen=True, kw_only=True):
-    machine_type: str
+    machine_type: str = ""
+    # An enum: the SDK's REST transport sends (and reads) its number, e.g. 11 for NVIDIA_L4.
+    accelerator_type: int | str | None = None
+    accelerator_count: int | None = None
 
 
 class DedicatedResources(_Wire, frozen=True, kw_only=True):
@@ -154,6 +172,65 @@ class Endpoint(_Wire, frozen=True, kw_only=True):
         return float(config.inference_timeout.removesuffix("s")) if config else 600.0
 
 
+class UploadedModel(_Wire, frozen=True, kw_only=True):
+    """The ``model`` of a ``models:upload`` request (fields the emulator uses; others ignored)."""
+
+    display_name: str = ""
+    container_spec: ContainerSpec | None = None
+    artifact_uri: str | None = None
+
+
+class UploadModelRequest(_Wire, frozen=True, kw_only=True):
+    model: UploadedModel
+    model_id: str | None = None
+
+
+class NewEndpoint(_Wire, frozen=True, kw_only=True):
+    """The body of ``endpoints.create`` (``Endpoint.create(dedicated_endpoint_enabled=True)``)."""
+
+    display_name: str = ""
+    dedicated_endpoint_enabled: bool = False
+    client_connection_config: ClientConnectionConfig | None = None
+
+
+class DeployedModelRequest(_Wire, frozen=True, kw_only=True):
+    model: str
+    display_name: str = ""
+    dedicated_resources: DedicatedResources | None = None
+
+
+class DeployModelRequest(_Wire, frozen=True, kw_only=True):
+    """The body of ``endpoints.deployModel``; in ``traffic_split`` the new model is ``"0"``."""
+
+    deployed_model: DeployedModelRequest
+    traffic_split: dict[str, int] = {}
+
+
+class UndeployModelRequest(_Wire, frozen=True, kw_only=True):
+    """The body of ``endpoints.undeployModel``; ``traffic_split``, if given, replaces the split."""
+
+    deployed_model_id: str
+    traffic_split: dict[str, int] | None = None
+
+
+class Operation(_Wire, kw_only=True):
+    """A long-running operation (``google.longrunning.Operation``).
+
+    ``response`` carries its ``@type`` (the SDK needs it to parse the result); ``error`` is a
+    ``google.rpc.Status`` (``{"code": 9, "message": ...}``, gRPC codes).
+    """
+
+    name: str
+    done: bool = False
+    response: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+TYPE_PREFIX = "type.googleapis.com/google.cloud.aiplatform.v1."
+GRPC_CODES = {"INVALID_ARGUMENT": 3, "NOT_FOUND": 5, "FAILED_PRECONDITION": 9, "INTERNAL": 13}
+ID = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
 class EndpointPatch(_Wire, frozen=True, kw_only=True):
     """The fields of an ``endpoints.patch`` body the emulator can change (the SDK sends them all)."""
 
@@ -175,8 +252,10 @@ class Store:
         self.project, self.project_number, self.location = project, project_number, location
         self.models: dict[str, Model] = {}
         self.endpoints: dict[str, Endpoint] = {}
+        self.operations: dict[str, Operation] = {}
         self.on_change: list[Callable[[Endpoint], None]] = []
         self._rng = random.Random()
+        self._operation_numbers = itertools.count(1)
 
     @property
     def parent(self) -> str:
@@ -214,6 +293,58 @@ class Store:
         self.models[model_id] = model
         return model
 
+    def upload(self, request: UploadModelRequest) -> Model:
+        """``models.upload``: check the container spec and register the model (version 1)."""
+        model, spec = request.model, request.model.container_spec
+        if spec is None or not spec.image_uri:
+            raise ApiError.invalid("model.containerSpec.imageUri is required")
+        if spec.invoke_route_prefix not in ("", "/*"):
+            raise ApiError.invalid(
+                f'containerSpec.invokeRoutePrefix must be "/*", not {spec.invoke_route_prefix!r}'
+            )
+        if spec.health_route and not spec.health_route.startswith("/"):
+            raise ApiError.invalid(f"containerSpec.healthRoute {spec.health_route!r} is not a path")
+        if (
+            spec.deployment_timeout is not None
+            and duration_seconds(spec.deployment_timeout) is None
+        ):
+            raise ApiError.invalid(
+                f"containerSpec.deploymentTimeout {spec.deployment_timeout!r} is not a duration "
+                'such as "1800s"'
+            )
+        model_id = request.model_id or new_id(self._rng)
+        if not ID.fullmatch(model_id):
+            raise ApiError.invalid(f"modelId {model_id!r} must match {ID.pattern}")
+        if model_id in self.models:
+            raise ApiError.exists(f"Model {self.parent}/models/{model_id} already exists")
+        return self.add_model(model_id, model.display_name, spec, model.artifact_uri)
+
+    def create_endpoint(self, endpoint_id: str | None, request: NewEndpoint, dns: str) -> Endpoint:
+        """``endpoints.create``; dedicated endpoints only (invoke needs one)."""
+        if not request.dedicated_endpoint_enabled:
+            raise ApiError.invalid(
+                "this emulator serves dedicated endpoints only: create it with "
+                "dedicated_endpoint_enabled=True (invoke needs a dedicated endpoint)"
+            )
+        timeout = 600.0
+        if request.client_connection_config is not None:
+            seconds = duration_seconds(request.client_connection_config.inference_timeout)
+            if seconds is None or not 0 < seconds <= 3600:
+                raise ApiError.invalid(
+                    "clientConnectionConfig.inferenceTimeout must be a duration in (0, 3600] "
+                    f"seconds, not {request.client_connection_config.inference_timeout!r}"
+                )
+            timeout = seconds
+        endpoint_id = endpoint_id or new_id(self._rng)
+        if not ID.fullmatch(endpoint_id):
+            raise ApiError.invalid(f"endpointId {endpoint_id!r} must match {ID.pattern}")
+        if endpoint_id in self.endpoints:
+            raise ApiError.exists(f"Endpoint {self.parent}/endpoints/{endpoint_id} already exists")
+        endpoint = self.add_endpoint(endpoint_id, request.display_name, dns, timeout)
+        for callback in self.on_change:
+            callback(endpoint)
+        return endpoint
+
     def add_endpoint(
         self, endpoint_id: str, display_name: str, dns: str, inference_timeout: float
     ) -> Endpoint:
@@ -235,25 +366,106 @@ class Store:
         return endpoint
 
     def deploy(
-        self, endpoint_id: str, model_id: str, deployed_model_id: str, display_name: str
+        self,
+        endpoint_id: str,
+        model_id: str,
+        deployed_model_id: str,
+        display_name: str,
+        resources: DedicatedResources = LOCAL_RESOURCES,
+        traffic_split: Mapping[str, int] | None = None,
     ) -> DeployedModel:
-        """Add a deployed model with no traffic (set the split with :meth:`set_traffic_split`)."""
+        """Add a deployed model. ``traffic_split`` (the new one keyed ``"0"``) replaces the split
+        if given and non-empty (:meth:`check_deploy_split`); else the new model gets 0 %."""
         endpoint, model = self.endpoint(endpoint_id), self.model(model_id)
+        if traffic_split:
+            self.check_deploy_split(endpoint_id, traffic_split)
         deployed = DeployedModel(
             id=deployed_model_id,
             model=model.name,
             model_version_id=model.version_id,
             display_name=display_name,
             create_time=now(),
-            dedicated_resources=LOCAL_RESOURCES,
+            dedicated_resources=resources,
         )
         split = {**endpoint.traffic_split, deployed.id: 0}
+        if traffic_split:
+            split = {(deployed.id if k == "0" else k): v for k, v in traffic_split.items()}
         self._replace(
             endpoint,
             deployed_models=[*endpoint.deployed_models, deployed],
             traffic_split=split,
         )
         return deployed
+
+    def check_deploy_split(self, endpoint_id: str, split: Mapping[str, int]) -> None:
+        """A deploy's split: the deployed models plus ``"0"`` (the one being deployed), 100 %."""
+        endpoint = self.endpoint(endpoint_id)
+        self._checked_split(endpoint, split, extra={"0"})
+
+    def undeploy(
+        self, endpoint_id: str, deployed_model_id: str, split: Mapping[str, int] | None
+    ) -> DeployedModel:
+        """Remove a deployed model, by Vertex's rule: it must have no traffic left, unless the
+        request's ``split`` (then the new split, over the others) takes it away. The last one
+        leaves an empty split."""
+        endpoint = self.endpoint(endpoint_id)
+        deployed = self.deployed_model(endpoint_id, deployed_model_id)
+        rest = [d for d in endpoint.deployed_models if d.id != deployed.id]
+        if split is not None:
+            if deployed.id in split and split[deployed.id] != 0:
+                raise ApiError.invalid(
+                    f"trafficSplit gives {split[deployed.id]}% to {deployed.id}, the deployed "
+                    "model being undeployed"
+                )
+            new = {k: v for k, v in split.items() if k != deployed.id}
+            remaining = replace_models(endpoint, rest)
+            new = self._checked_split(remaining, new) if rest else {}
+        elif endpoint.traffic_split.get(deployed.id, 0) and rest:
+            raise ApiError.precondition(
+                f"deployed model {deployed.id} still takes {endpoint.traffic_split[deployed.id]}% "
+                "of the traffic: give a trafficSplit over the other deployed models (the SDK's "
+                "endpoint.undeploy does) or update the split first"
+            )
+        else:
+            new = {k: v for k, v in endpoint.traffic_split.items() if k != deployed.id}
+        self._replace(endpoint, deployed_models=rest, traffic_split=new)
+        return deployed
+
+    # -- long-running operations -------------------------------------------------------------
+
+    def start_operation(self) -> Operation:
+        """A new operation, not done (finish it with :meth:`finish`)."""
+        number = next(self._operation_numbers)
+        operation = Operation(name=f"{self.parent}/operations/{number}")
+        self.operations[operation.name] = operation
+        return operation
+
+    def finish(
+        self,
+        operation: Operation,
+        response_type: str,
+        response: Mapping[str, Any] | Struct | None = None,
+        error: ApiError | None = None,
+    ) -> Operation:
+        """Mark ``operation`` done with a ``response`` of ``response_type`` (e.g. ``Endpoint``)
+        or an ``error`` (its gRPC code and message, as Vertex's failed operations carry)."""
+        operation.done = True
+        if error is not None:
+            operation.error = {"code": GRPC_CODES.get(error.status, 2), "message": error.message}
+        else:
+            data = msgspec.to_builtins(response) if response is not None else {}
+            operation.response = {"@type": TYPE_PREFIX + response_type, **data}
+        return operation
+
+    def done(self, response_type: str, response: Mapping[str, Any] | Struct | None) -> Operation:
+        """An operation finished at once."""
+        return self.finish(self.start_operation(), response_type, response)
+
+    def operation(self, name: str) -> Operation:
+        try:
+            return self.operations[name]
+        except KeyError:
+            raise ApiError.not_found(f"Operation {name} not found") from None
 
     def endpoint(self, endpoint_id: str) -> Endpoint:
         try:
@@ -319,8 +531,10 @@ class Store:
         endpoint = self.endpoint(endpoint_id)
         return self._replace(endpoint, traffic_split=self._checked_split(endpoint, split))
 
-    def _checked_split(self, endpoint: Endpoint, split: Mapping[str, int]) -> dict[str, int]:
-        known = {d.id for d in endpoint.deployed_models}
+    def _checked_split(
+        self, endpoint: Endpoint, split: Mapping[str, int], extra: Collection[str] = ()
+    ) -> dict[str, int]:
+        known = {d.id for d in endpoint.deployed_models} | set(extra)
         unknown = sorted(set(split) - known)
         if unknown:
             raise ApiError.invalid(
@@ -343,3 +557,14 @@ class Store:
         for callback in self.on_change:
             callback(updated)
         return updated
+
+
+def replace_models(endpoint: Endpoint, models: list[DeployedModel]) -> Endpoint:
+    """``endpoint`` with other deployed models (not stored: for checking a split against)."""
+    return msgspec.structs.replace(endpoint, deployed_models=models)
+
+
+def duration_seconds(duration: str) -> float | None:
+    """The seconds of a protobuf Duration string (``"600s"``, ``"1.5s"``), or None."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)s", duration)
+    return float(match[1]) if match else None

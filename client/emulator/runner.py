@@ -28,12 +28,13 @@ from typing import Any
 import httpx
 import uvicorn
 
-from client.emulator.config import EmulatorConfig, container_env
+from client.emulator.config import EmulatorConfig
 from client.emulator.control import create_control_app
 from client.emulator.dataplane import DataPlane
+from client.emulator.deployments import Deployments
 from client.emulator.info import NO_PROXY, EmulatorInfo
-from client.emulator.processes import Fleet, ModelServer, StartupError, free_port
-from client.emulator.resources import ContainerSpec, EnvVar, Port, Store, new_id
+from client.emulator.processes import Fleet, StartupError
+from client.emulator.resources import ContainerSpec, Endpoint, EnvVar, Port, Store, new_id
 from client.emulator.tls import write_self_signed
 
 log = logging.getLogger("client.emulator")
@@ -94,12 +95,26 @@ class Emulation:
         host = _url_host(config.host)
         self.control_url = f"http://{host}:{self.control_sock.getsockname()[1]}"
         self.dns = f"{host}:{self.data_sock.getsockname()[1]}"
+        log_dir = Path(config.log_dir) if config.log_dir else workdir
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.deployments = Deployments(
+            self.store,
+            self.fleet,
+            dns=self.dns,
+            log_dir=log_dir,
+            startup_timeout=config.startup_timeout,
+            grace=CHILD_GRACE_S,
+            gcs_dir=config.gcs_dir,
+        )
+        # The endpoint the info file describes: the declared one, or (--empty) the first created.
+        self.endpoint_id: str | None = None
+        if config.empty:
+            self.store.on_change.append(self._adopt)
+            return
         self.endpoint_id = config.endpoint_id or new_id()
         self.store.add_endpoint(
             self.endpoint_id, config.display_name, self.dns, config.inference_timeout
         )
-        log_dir = Path(config.log_dir) if config.log_dir else workdir
-        log_dir.mkdir(parents=True, exist_ok=True)
         split: dict[str, int] = {}
         for spec in config.deployed_models:
             extra = spec.server_env()
@@ -116,43 +131,30 @@ class Emulation:
                 ),
                 artifact_uri=spec.storage_uri,
             )
+            self.deployments.commands[model.id] = spec.command
             deployed = self.store.deploy(self.endpoint_id, model.id, spec.id or new_id(), spec.name)
             split[deployed.id] = spec.percent or 0
-            port = free_port()
-            env = container_env(
-                spec,
-                port=port,
-                deployed_model_id=deployed.id,
-                endpoint_id=self.endpoint_id,
-                project_number=self.number,
-                inherited=os.environ,
-            )
-            self.fleet.add(
-                ModelServer(
-                    name=spec.name,
-                    deployed_model_id=deployed.id,
-                    command=spec.command,
-                    env=env,
-                    health_route=spec.health_route,
-                    log_path=log_dir / f"{spec.name}.log",
-                    port=port,
-                )
-            )
+            self.fleet.add(self.deployments.server(spec, deployed.id, self.endpoint_id, spec.name))
         self.store.set_traffic_split(self.endpoint_id, split)
 
+    def _adopt(self, endpoint: Endpoint) -> None:
+        if self.endpoint_id is None:
+            self.endpoint_id = endpoint.id
+
     def info(self) -> EmulatorInfo:
-        endpoint = self.store.endpoint(self.endpoint_id)
+        endpoint = self.store.endpoint(self.endpoint_id) if self.endpoint_id else None
+        deployed = endpoint.deployed_models if endpoint else []
         servers = self.fleet.servers.values()
         return EmulatorInfo(
             project=self.config.project,
             location=self.config.location,
-            endpoint_id=self.endpoint_id,
-            endpoint=endpoint.name,
+            endpoint_id=endpoint.id if endpoint else "",
+            endpoint=endpoint.name if endpoint else "",
             control_plane_url=self.control_url,
             dedicated_endpoint_dns=self.dns,
             ca_cert=str(self.cert),
-            deployed_models={d.display_name: d.id for d in endpoint.deployed_models},
-            traffic_split=dict(endpoint.traffic_split),
+            deployed_models={d.display_name: d.id for d in deployed},
+            traffic_split=dict(endpoint.traffic_split) if endpoint else {},
             pid=os.getpid(),
             project_number=self.number,
             servers={s.name: s.url for s in servers},
@@ -164,7 +166,7 @@ class Emulation:
         info = self.info()
         lines = [
             f"Vertex AI dedicated endpoint emulator ready (pid {info.pid})",
-            f"  endpoint       {info.endpoint}",
+            f"  endpoint       {info.endpoint or '(none yet: create one with the SDK)'}",
             f"  control plane  {info.control_plane_url}   (REST, plain HTTP)",
             f"  data plane     {info.data_plane_url}   (HTTPS, CA certificate {info.ca_cert})",
         ]
@@ -180,7 +182,7 @@ class Emulation:
             f'  aiplatform.init(project="{info.project}", location="{info.location}", '
             f'api_endpoint="{info.control_plane_url}", api_transport="rest", '
             "credentials=AnonymousCredentials())",
-            f'  endpoint = aiplatform.Endpoint("{info.endpoint_id}")',
+            f'  endpoint = aiplatform.Endpoint("{info.endpoint_id or "ENDPOINT_ID"}")',
             '  endpoint.invoke("/detect", image_bytes, {"Content-Type": "image/jpeg"})',
             "Ctrl-C (or SIGTERM) stops it and its servers.",
         ]
@@ -209,7 +211,11 @@ def _planes(emulation: Emulation, proxy: httpx.AsyncClient) -> list[tuple[_Serve
     """The control plane (HTTP) and the data plane (HTTPS) as uvicorn servers on their sockets."""
     tls = {"ssl_certfile": str(emulation.cert), "ssl_keyfile": str(emulation.key)}
     apps: list[tuple[Any, socket.socket, dict[str, Any]]] = [
-        (create_control_app(emulation.store), emulation.control_sock, {}),
+        (
+            create_control_app(emulation.store, emulation.deployments),
+            emulation.control_sock,
+            {},
+        ),
         (DataPlane(emulation.store, emulation.fleet, proxy), emulation.data_sock, tls),
     ]
     common = {
@@ -294,6 +300,7 @@ async def serve(
         if servers:
             await asyncio.gather(*(task for _, task in servers), return_exceptions=True)
         if emulation is not None:
+            emulation.deployments.cancel()
             emulation.fleet.stop(CHILD_GRACE_S)
             emulation.control_sock.close()
             emulation.data_sock.close()

@@ -1,0 +1,287 @@
+"""``python -m client deploy`` end to end against an emulator started empty: upload, create a
+dedicated endpoint, deploy two models, split, undeploy, through the real SDK and real servers
+(the deploy commands run in-process through ``client.cli.main``)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from google.cloud import aiplatform
+
+from client import cli
+from client.emulator import ConfigError, Emulator, EmulatorInfo
+from client.emulator.resources import ApiError, ContainerSpec, Store
+from conftest import ROOT, free_port, pid_alive
+
+WEIGHTS = ROOT / "app" / "demo" / "weights"
+IMAGE = "us-docker.pkg.dev/local-project/vertex-yolo/server:test"
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Emulator, EmulatorInfo]]:
+    """An empty emulator whose stand-in Cloud Storage holds gs://weights/a (the detector) and
+    gs://weights/b (the segmenter)."""
+    workdir = tmp_path_factory.mktemp("deploy")
+    for folder, weights in (("a", "shapes-detect.pt"), ("b", "shapes-segment.pt")):
+        (workdir / "gcs" / "weights" / folder).mkdir(parents=True)
+        shutil.copy(WEIGHTS / weights, workdir / "gcs" / "weights" / folder / weights)
+    emulator = Emulator(
+        args=["--empty", "--gcs-dir", str(workdir / "gcs"), "--log-dir", str(workdir / "logs")],
+        env={"YOLO_CONFIG_DIR": str(workdir / "yolo-config"), "PYTHONUNBUFFERED": "1"},
+        workdir=workdir,
+        startup_timeout=240,
+    )
+    with emulator as info:
+        yield emulator, info
+    assert emulator.proc is not None and emulator.proc.returncode == 0, emulator.output()
+
+
+@pytest.fixture
+def info(emu: tuple[Emulator, EmulatorInfo], monkeypatch: pytest.MonkeyPatch) -> EmulatorInfo:
+    for key, value in emu[1].env().items():
+        monkeypatch.setenv(key, value)
+    return emu[1]
+
+
+def info_file(emu: tuple[Emulator, EmulatorInfo]) -> Path:
+    assert emu[0].workdir is not None
+    return emu[0].workdir / "info.json"
+
+
+@pytest.fixture
+def run(
+    emu: tuple[Emulator, EmulatorInfo], info: EmulatorInfo, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., tuple[int, str, str]]:
+    """Run ``python -m client deploy ...`` against the emulator: (exit code, stdout, stderr)."""
+
+    def call(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = cli.main(["deploy", *args, "--emulator-info", str(info_file(emu))])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return call
+
+
+def test_dry_run_makes_no_call(capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing listens at the control plane given: a call would fail (after the SDK's retries)."""
+    nowhere = ["--project", "p", "--location", "us-central1"]
+    nowhere += ["--api-endpoint", f"http://127.0.0.1:{free_port()}", "--dry-run"]
+    commands = [
+        ["upload", "--display-name", "m", "--image-uri", IMAGE, "--artifact-uri", "gs://b/w"],
+        ["create-endpoint", "--display-name", "e", "--inference-timeout", "900"],
+        ["deploy", "--endpoint", "1", "--model", "2", "--traffic-percentage", "20"],
+        ["split", "--endpoint", "1", "3=50", "4=50"],
+        ["undeploy", "--endpoint", "1", "3"],
+        ["status", "--endpoint", "1"],
+    ]
+    for command in commands:
+        assert cli.main(["deploy", *command, *nowhere]) == 0, command
+    out = capsys.readouterr().out
+    assert out.count("aiplatform.init(project='p', location='us-central1'") == 6
+    for expected in (
+        "serving_container_invoke_route_prefix='/*'",
+        "serving_container_health_route='/health'",
+        "artifact_uri='gs://b/w'",
+        "aiplatform.Endpoint.create(display_name='e', dedicated_endpoint_enabled=True, "
+        "inference_timeout=900)",
+        "endpoint.deploy(model=model, traffic_percentage=20, machine_type='n1-standard-4'",
+        "endpoint.update(traffic_split={'3': 50, '4': 50})",
+        "endpoint.undeploy(deployed_model_id='3')",
+        "endpoint = aiplatform.Endpoint('1')",
+    ):
+        assert expected in out
+    # Against Vertex (no --api-endpoint): no credentials are needed to print the calls.
+    assert cli.main(["deploy", "status", "--endpoint", "1", "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "aiplatform.init()"
+
+
+def answers(endpoint: aiplatform.Endpoint, deployed_model_id: str | None = None) -> tuple:
+    """Who answers ``/models``: (header deployed model id, body deployed model id, models)."""
+    response = endpoint.invoke("/models", b"", {}, deployed_model_id=deployed_model_id)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    names = sorted(m["name"] for m in body["models"])
+    return response.headers["X-Deployed-Model-Id"], body["deployed_model_id"], names
+
+
+def test_deploy_flow(run, info: EmulatorInfo, emu: tuple[Emulator, EmulatorInfo]) -> None:
+    code, out, err = run(
+        *("upload", "--display-name", "shapes-a", "--image-uri", IMAGE, "--json"),
+        *("--artifact-uri", "gs://weights/a", "--env", "SERVE_WORKERS=1"),
+    )
+    assert code == 0, err
+    model_a = json.loads(out)
+    assert model_a["resource_name"].startswith(f"projects/{info.project}/locations/")
+    assert model_a["version_id"] == "1"
+    code, out, err = run(
+        *("upload", "--display-name", "shapes-b", "--image-uri", IMAGE),
+        *("--artifact-uri", "gs://weights/b", "--deployment-timeout", "240"),
+    )
+    assert code == 0, err
+    model_b = out.split()[1]  # "model projects/.../models/ID (version 1)"
+    assert model_b.startswith("projects/") and "(version 1)" in out
+
+    code, out, err = run(
+        "create-endpoint", "--display-name", "flow", "--inference-timeout", "300", "--json"
+    )
+    assert code == 0, err
+    created = json.loads(out)
+    endpoint_id = created["endpoint_id"]
+    assert created["dedicated_endpoint_enabled"] is True
+    assert created["dedicated_endpoint_dns"] == info.dedicated_endpoint_dns
+    assert created["inference_timeout_s"] == 300 and created["deployed_models"] == []
+    # The emulator started empty: its info file now follows this endpoint.
+    assert EmulatorInfo.load(info_file(emu)).endpoint_id == endpoint_id
+
+    code, out, err = run(
+        *("deploy", "--model", model_a["model_id"], "--traffic-percentage", "100", "--json"),
+        *("--machine-type", "n1-standard-8", "--max-replicas", "2"),
+    )
+    assert code == 0, err
+    deployed = json.loads(out)
+    a = deployed["deployed_model_id"]
+    assert deployed["endpoint"]["traffic_split"] == {a: 100}
+    (status_a,) = deployed["endpoint"]["deployed_models"]
+    assert (status_a["display_name"], status_a["machine_type"]) == ("shapes-a", "n1-standard-8")
+    assert status_a["max_replica_count"] == 2
+    assert status_a["model"].split("/")[-1].startswith(model_a["model_id"])
+
+    code, out, err = run(
+        "deploy", "--endpoint", endpoint_id, "--model", model_b, "--traffic-percentage", "20"
+    )
+    assert code == 0, err
+    b = out.split()[2]  # "deployed model ID"
+    endpoint = aiplatform.Endpoint(endpoint_id)
+    assert endpoint.traffic_split == {a: 80, b: 20}
+
+    code, out, err = run("split", f"{a}=60", f"{b}=60")
+    assert code == cli.EXIT_API and "must sum to 100" in err, err
+    code, out, err = run("split", f"{a}=50", f"{b}=50")
+    assert code == 0, err
+    assert aiplatform.Endpoint(endpoint_id).traffic_split == {a: 50, b: 50}
+
+    # Pinned calls reach the model pinned; each served the weights its artifact held.
+    assert answers(endpoint, a) == (a, a, ["shapes-detect"])
+    assert answers(endpoint, b) == (b, b, ["shapes-segment"])
+    seen = Counter(answers(endpoint)[0] for _ in range(30))
+    assert set(seen) == {a, b}, seen
+
+    code, out, err = run("status")
+    assert code == 0, err
+    assert (
+        f"endpoint projects/{info.project}/locations/{info.location}/endpoints/{endpoint_id}" in out
+    )
+    assert f"dedicated DNS     {info.dedicated_endpoint_dns}" in out
+    assert f"{a}   50%  shapes-a" in out and f"{b}   50%  shapes-b" in out
+
+    pids = EmulatorInfo.load(info_file(emu)).server_pids
+    code, out, err = run("undeploy", a)
+    assert code == 0, err
+    assert not pid_alive(pids["shapes-a"]) and pid_alive(pids["shapes-b"])
+    assert aiplatform.Endpoint(endpoint_id).traffic_split == {b: 100}
+    gone = requests.post(info.invoke_url("/models", a), data=b"", timeout=30)
+    assert gone.status_code == 404 and a in gone.json()["error"]["message"]
+    assert answers(aiplatform.Endpoint(endpoint_id)) == (b, b, ["shapes-segment"])
+
+    # The last one: the split ends empty, no server is left.
+    code, out, err = run("undeploy", b, "--json")
+    assert code == 0, err
+    assert json.loads(out)["deployed_models"] == [] and json.loads(out)["traffic_split"] == {}
+    assert not pid_alive(pids["shapes-b"])
+    assert EmulatorInfo.load(info_file(emu)).server_pids == {}
+
+
+def test_bad_inputs(run, info: EmulatorInfo, emu: tuple[Emulator, EmulatorInfo]) -> None:
+    code, out, err = run("create-endpoint", "--display-name", "bad", "--json")
+    assert code == 0, err
+    endpoint_id = json.loads(out)["endpoint_id"]
+    target = ("--endpoint", endpoint_id)
+
+    code, _, err = run("deploy", *target, "--model", "123")
+    assert code == cli.EXIT_API and "NotFound" in err and "models/123" in err, err
+    code, _, err = run("split", *target, "42=100")
+    assert code == cli.EXIT_API and "not deployed" in err, err
+    code, _, err = run("split", *target, "42=half")
+    assert code == cli.EXIT_USAGE and "must be an integer" in err, err
+    code, _, err = run("undeploy", *target, "42")
+    assert code == cli.EXIT_API and "42 not found" in err, err
+    code, _, err = run("create-endpoint", "--display-name", "x", "--inference-timeout", "4000")
+    assert code == cli.EXIT_API and "inferenceTimeout" in err, err
+    code, _, err = run(
+        "upload", "--display-name", "x", "--image-uri", IMAGE, "--artifact-uri", "/w"
+    )
+    assert code == cli.EXIT_USAGE and "must be a gs:// URI" in err, err
+
+    # An artifact the stand-in Cloud Storage does not hold: the deploy fails, nothing starts.
+    code, out, _ = run(
+        "upload",
+        "--display-name",
+        "lost",
+        "--image-uri",
+        IMAGE,
+        "--json",
+        "--artifact-uri",
+        "gs://weights/missing",
+    )
+    code, _, err = run("deploy", *target, "--model", json.loads(out)["model_id"])
+    assert code == cli.EXIT_API and "gs://weights/missing" in err, err
+
+    # A container that cannot start: the deploy operation fails with its log's tail.
+    code, out, err = run(
+        "upload",
+        "--display-name",
+        "broken",
+        "--image-uri",
+        IMAGE,
+        "--json",
+        "--env",
+        "SERVE_MODELS=no-equals-sign",
+    )
+    assert code == 0, err
+    code, _, err = run("deploy", *target, "--model", json.loads(out)["model_id"])
+    assert code == cli.EXIT_API, err
+    assert "FailedPrecondition" in err and "exited with code 2" in err, err
+    assert "SERVE_MODELS entry 'no-equals-sign' must look like name=source" in err, err
+    assert aiplatform.Endpoint(endpoint_id).list_models() == []
+    assert "broken" not in EmulatorInfo.load(info_file(emu)).server_pids
+
+
+def test_store_split_rules() -> None:
+    """Vertex's rules, on the store alone: the "0" key, undeploying a model that has traffic."""
+    store = Store("p-project", "1", "us-central1")
+    store.add_endpoint("e", "e", "127.0.0.1:1", 600)
+    spec = ContainerSpec(image_uri=IMAGE, health_route="/health", invoke_route_prefix="/*")
+    store.add_model("m", "m", spec)
+    store.deploy("e", "m", "1", "one", traffic_split={"0": 100})
+    with pytest.raises(ApiError, match="must sum to 100"):
+        store.check_deploy_split("e", {"0": 30, "1": 30})
+    with pytest.raises(ApiError, match=r"\['7'\].*not deployed"):
+        store.check_deploy_split("e", {"0": 50, "7": 50})
+    store.deploy("e", "m@1", "2", "two", traffic_split={"0": 20, "1": 80})
+    assert store.endpoint("e").traffic_split == {"1": 80, "2": 20}
+    with pytest.raises(ApiError, match="still takes 80% of the traffic") as failure:
+        store.undeploy("e", "1", None)
+    assert failure.value.status == "FAILED_PRECONDITION"
+    with pytest.raises(ApiError, match="gives 10% to 1"):
+        store.undeploy("e", "1", {"1": 10, "2": 90})
+    store.undeploy("e", "1", {"2": 100})
+    assert store.endpoint("e").traffic_split == {"2": 100}
+    store.undeploy("e", "2", None)  # the last one may take its traffic with it
+    assert store.endpoint("e").traffic_split == {} and store.endpoint("e").deployed_models == []
+
+
+def test_empty_flag_excludes_deployments() -> None:
+    from client.emulator.__main__ import build_config, parser
+
+    assert build_config(parser().parse_args(["--empty"])).deployed_models == ()
+    with pytest.raises(ConfigError, match="--empty deploys nothing at start"):
+        build_config(parser().parse_args(["--empty", "--deploy", "a"]))
+    with pytest.raises(ConfigError, match="gcs_dir '/no/such/dir' is not a directory"):
+        build_config(parser().parse_args(["--empty", "--gcs-dir", "/no/such/dir"]))
