@@ -1,0 +1,500 @@
+"""Benchmark P1-P5: the server (``python -m app``) against Ultralytics in process, one machine.
+
+* P1 per-request overhead: ``/detect`` p50 for one 640x480 JPEG at concurrency 1 (raw body),
+  minus the in-process ``predict`` p50 on the same decoded image. Target <= 2 ms.
+* P2 throughput: ``/detect`` requests/s at concurrency 8 over in-process sequential ``predict``
+  images/s. Target >= 0.95x.
+* P3 ``/stream`` frames/s over in-process ``predict(source=video, stream=True)`` on the same
+  video. Target >= 0.9x.
+* P4 request bytes per image: the Vertex-style base64 JSON body over the raw JPEG body.
+* P5 cold start: ``Popen`` to ``/health`` 200 against a fresh process that imports Ultralytics,
+  loads the model and runs one warm-up predict (both from process start).
+
+Fair by construction: the same model file, device, input size and torch thread count on both
+sides, and the server and the in-process baseline never run at the same time. HTTP load goes
+through :func:`client.bench.run_level` (the ``python -m client bench`` core) over plain httpx, so
+this runs where only the server's dependencies are installed (a GPU box). A benchmark: it prints
+figures and a pass/fail per target, and always exits 0 once measured. Run::
+
+    .venv/bin/python tests/bench/perf.py [--short] [--model yolo11n.yaml] [--device cuda]
+        [--server-env SERVE_WORKERS=2] [--json perf.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import httpx
+import msgspec
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from app.demo.shapes import draw_scene, moving_shape_frames, write_video  # noqa: E402
+from app.offline import configure_ultralytics  # noqa: E402
+from client.bench import Level, Reply, percentile, run_level  # noqa: E402
+from client.schema import CommonParameters, StreamFrame  # noqa: E402
+from client.sse import StreamDecoder, iter_lines  # noqa: E402
+
+DEMO_MODEL = ROOT / "app/demo/weights/shapes-detect.pt"
+WIDTH, HEIGHT = 640, 480
+CONCURRENCY = 8
+
+# A fresh process: import, load, one warm-up predict (what the server does before /health is 200).
+COLD_START = """
+import sys
+from app.offline import configure_ultralytics, disable_sync
+configure_ultralytics()
+import numpy as np
+from ultralytics import YOLO
+disable_sync()
+model = YOLO(sys.argv[1])
+imgsz = model.overrides.get("imgsz", 640)
+imgsz = int(max(imgsz) if isinstance(imgsz, (list, tuple)) else imgsz)
+model.predict(np.zeros((imgsz, imgsz, 3), np.uint8), device=sys.argv[2], verbose=False)
+print("ready", flush=True)
+"""
+
+
+class Figure(msgspec.Struct, kw_only=True):
+    """One P-figure: the served ``measured`` against the in-process ``baseline``."""
+
+    what: str
+    unit: str
+    measured: float
+    baseline: float
+    figure: float  # measured - baseline, or measured / baseline
+    compare: str  # "difference" or "ratio"
+    target: str | None = None
+    passed: bool | None = None
+
+
+class Report(msgspec.Struct, kw_only=True):
+    machine: str
+    model: str
+    device: str
+    imgsz: int
+    threads: int
+    command: str
+    figures: dict[str, Figure]
+    details: dict[str, Any]
+
+
+def say(text: str) -> None:
+    """Progress, on stderr (the table goes to stdout)."""
+    print(f"[perf] {text}", file=sys.stderr, flush=True)
+
+
+# -- the server -------------------------------------------------------------------------------
+
+
+class Server:
+    """A ``python -m app`` child; ``started`` is when it was spawned (perf_counter)."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = workdir / f"server-{port}.log"
+        full = {**os.environ, **env, "AIP_HTTP_PORT": str(port), "SERVE_HOST": "127.0.0.1"}
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app"],
+            cwd=ROOT,
+            env=full,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_healthy(self, timeout: float = 600.0) -> float:
+        """Seconds from spawn to the first ``/health`` 200 (polled every 20 ms)."""
+        deadline = self.started + timeout
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited:\n{self.log.read_text(errors='replace')}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return time.perf_counter() - self.started
+            except httpx.TransportError:
+                pass
+            time.sleep(0.02)
+        raise TimeoutError(f"server not healthy:\n{self.log.read_text(errors='replace')}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def cold_start(model: str, device: str, env: dict[str, str]) -> float:
+    """Seconds from spawn until a fresh process has loaded ``model`` and predicted once."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", COLD_START, model, device],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    line = proc.stdout.readline() if proc.stdout else ""
+    elapsed = time.perf_counter() - started
+    proc.wait()
+    if line.strip() != "ready":
+        raise RuntimeError(f"the cold-start process failed (exit {proc.returncode})")
+    return elapsed
+
+
+async def detect_load(url: str, query: str, body: bytes, concurrency: int, args: Any) -> Level:
+    """``/detect`` with a raw JPEG body, ``concurrency`` in flight, via the bench core."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as http:
+        headers = {"Content-Type": "image/jpeg", "Accept": "application/json"}
+
+        async def send() -> Reply:
+            r = await http.post("/detect" + query, content=body, headers=headers)
+            error = None if r.status_code == 200 else f"HTTP {r.status_code}: {r.text[:300]}"
+            return Reply(r.status_code, {k.lower(): v for k, v in r.headers.items()}, error)
+
+        return await run_level(
+            send, concurrency, requests=args.requests, warmup=args.warmup * concurrency
+        )
+
+
+def stream_fps(url: str, query: str, video: bytes, frames: int) -> float:
+    """Frames per second of one ``/stream`` of the video, SSE decoded as the client does."""
+    started = time.perf_counter()
+    n = 0
+    with (
+        httpx.Client(base_url=url, timeout=600) as http,
+        http.stream(
+            "POST", "/stream" + query, content=video, headers={"Content-Type": "video/mp4"}
+        ) as response,
+    ):
+        response.raise_for_status()
+        decoder = StreamDecoder(status=response.status_code)
+        for line in iter_lines(response.iter_bytes()):
+            n += isinstance(decoder.feed(line), StreamFrame)
+    if n != frames:
+        raise RuntimeError(f"/stream sent {n} frames of {frames}")
+    return n / (time.perf_counter() - started)
+
+
+def serve_phase(args: Any, workdir: Path, env: dict[str, str], inputs: dict[str, Any]) -> dict:
+    """P1-P5 on the served side; the server is stopped when this returns."""
+    out: dict[str, Any] = {"cold_start_s": []}
+    query = f"?imgsz={args.imgsz}" if args.imgsz else ""
+    stream_query = query + ("&" if query else "?") + f"track={args.track}"
+    for round_ in range(args.rounds):
+        server = Server(workdir, env)
+        try:
+            out["cold_start_s"].append(server.wait_healthy())
+            say(f"server healthy after {out['cold_start_s'][-1]:.2f} s")
+            if round_:
+                continue
+            jpeg = inputs["jpeg"]
+            p1 = asyncio.run(detect_load(server.url, query, jpeg, 1, args))
+            p2 = asyncio.run(detect_load(server.url, query, jpeg, CONCURRENCY, args))
+            for level in (p1, p2):
+                if level.errors:
+                    raise RuntimeError(f"/detect errors: {level.first_errors}")
+            out["p1"], out["p2"] = p1, p2
+            say(
+                f"/detect: {p1.throughput:.1f} req/s at c=1, {p2.throughput:.1f} at c={CONCURRENCY}"
+            )
+            stream_fps(server.url, stream_query, inputs["video"], args.frames)  # warm-up
+            out["stream_fps"] = [
+                stream_fps(server.url, stream_query, inputs["video"], args.frames)
+                for _ in range(args.rounds)
+            ]
+            say(f"/stream: {max(out['stream_fps']):.1f} frames/s")
+            with httpx.Client(base_url=server.url, timeout=120) as http:  # P4: both bodies work
+                raw = http.post(
+                    "/detect" + query, content=jpeg, headers={"Content-Type": "image/jpeg"}
+                )
+                js = http.post(
+                    "/detect" + query,
+                    content=inputs["json_body"],
+                    headers={"Content-Type": "application/json"},
+                )
+            if (
+                raw.status_code != 200
+                or js.status_code != 200
+                or raw.json()["results"] != js.json()["results"]
+            ):
+                raise RuntimeError(
+                    f"raw and JSON bodies disagree: {raw.text[:200]} / {js.text[:200]}"
+                )
+        finally:
+            server.stop()
+    return out
+
+
+# -- in process -----------------------------------------------------------------------------
+
+
+def local_phase(args: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The in-process baselines: the same model, device, imgsz and torch threads."""
+    import torch
+    from ultralytics import YOLO
+
+    from app.offline import disable_sync
+
+    disable_sync()
+    p = CommonParameters()
+    model = YOLO(args.model)
+    kwargs = dict(
+        conf=p.conf, iou=p.iou, max_det=p.max_det, imgsz=args.imgsz, device=args.device,
+        verbose=False,
+    )  # fmt: skip
+    image = cv2.imdecode(np.frombuffer(inputs["jpeg"], np.uint8), cv2.IMREAD_COLOR)
+    model.predict(image, **kwargs)
+    torch.set_num_threads(args.threads)  # after the first predict, as the server does
+    for _ in range(args.warmup):
+        model.predict(image, **kwargs)
+    latencies = []
+    started = time.perf_counter()
+    for _ in range(args.requests):
+        t = time.perf_counter()
+        model.predict(image, **kwargs)
+        latencies.append((time.perf_counter() - t) * 1000)
+    rate = args.requests / (time.perf_counter() - started)
+    latencies.sort()
+    say(f"in process: predict p50 {percentile(latencies, 50):.2f} ms, {rate:.1f} img/s")
+
+    def stream() -> float:
+        started = time.perf_counter()
+        if args.track == "none":
+            run = model.predict(source=inputs["video_path"], stream=True, **kwargs)
+        else:
+            run = model.track(
+                source=inputs["video_path"], stream=True, tracker=f"{args.track}.yaml", **kwargs
+            )
+        n = sum(1 for _ in run)
+        if n != args.frames:
+            raise RuntimeError(f"in-process streaming gave {n} frames of {args.frames}")
+        return n / (time.perf_counter() - started)
+
+    stream()  # warm-up (opens the video reader once)
+    fps = [stream() for _ in range(args.rounds)]
+    say(f"in process: streaming {max(fps):.1f} frames/s")
+    cold = [cold_start(args.model, args.device, inputs["env"]) for _ in range(args.rounds)]
+    return {
+        "p50_ms": percentile(latencies, 50),
+        "p90_ms": percentile(latencies, 90),
+        "rate": rate,
+        "stream_fps": fps,
+        "cold_start_s": cold,
+    }
+
+
+# -- putting it together --------------------------------------------------------------------
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def figures(served: dict[str, Any], local: dict[str, Any], inputs: dict[str, Any]) -> dict:
+    p1, p2 = served["p1"], served["p2"]
+    assert p1.latency_ms is not None
+    f: dict[str, Figure] = {}
+    diff = p1.latency_ms.p50 - local["p50_ms"]
+    f["P1"] = Figure(
+        what="/detect p50 - predict p50, 640x480 JPEG, c=1",
+        unit="ms",
+        measured=p1.latency_ms.p50,
+        baseline=local["p50_ms"],
+        figure=diff,
+        compare="difference",
+        target="<= 2 ms",
+        passed=diff <= 2.0,
+    )
+    ratio = p2.throughput / local["rate"]
+    f["P2"] = Figure(
+        what=f"/detect req/s at c={CONCURRENCY} / sequential predict img/s",
+        unit="1/s",
+        measured=p2.throughput,
+        baseline=local["rate"],
+        figure=ratio,
+        compare="ratio",
+        target=">= 0.95x",
+        passed=ratio >= 0.95,
+    )
+    hi, lo = max(served["stream_fps"]), max(local["stream_fps"])
+    f["P3"] = Figure(
+        what="/stream fps / in-process stream fps (best of rounds)",
+        unit="frames/s",
+        measured=hi,
+        baseline=lo,
+        figure=hi / lo,
+        compare="ratio",
+        target=">= 0.9x",
+        passed=hi / lo >= 0.9,
+    )
+    raw, js = len(inputs["jpeg"]), len(inputs["json_body"])
+    f["P4"] = Figure(
+        what="request bytes per image: base64 JSON / raw JPEG",
+        unit="bytes",
+        measured=js,
+        baseline=raw,
+        figure=js / raw,
+        compare="ratio",
+    )
+    up, load = statistics.median(served["cold_start_s"]), statistics.median(local["cold_start_s"])
+    f["P5"] = Figure(
+        what="cold start: spawn to /health 200 - spawn to loaded+warm",
+        unit="s",
+        measured=up,
+        baseline=load,
+        figure=up - load,
+        compare="difference",
+    )
+    return f
+
+
+def table(report: Report) -> str:
+    lines = [
+        f"{report.machine}; model {report.model}, device {report.device}, imgsz {report.imgsz}, "
+        f"{report.threads} torch threads",
+        f"{'':3}{'what':58} {'served':>10} {'in-proc':>10} {'figure':>10} {'target':>9} {'result':>6}",
+    ]
+    for key, fig in report.figures.items():
+        shown = (
+            f"{fig.figure:+.2f} {fig.unit}" if fig.compare == "difference" else f"{fig.figure:.3f}x"
+        )
+        result = "-" if fig.passed is None else ("pass" if fig.passed else "FAIL")
+        lines.append(
+            f"{key:3}{fig.what + ' (' + fig.unit + ')':58} {fig.measured:>10.2f} "
+            f"{fig.baseline:>10.2f} {shown:>10} {fig.target or '-':>9} {result:>6}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--short", action="store_true", help="small counts (CI; under a minute)")
+    parser.add_argument(
+        "--model", default=str(DEMO_MODEL), help="weights or a config such as yolo11n.yaml"
+    )
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if present")
+    parser.add_argument("--imgsz", type=int, help="inference size (default: the model's)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    parser.add_argument("--requests", type=int, help="requests per /detect figure (default 200)")
+    parser.add_argument("--frames", type=int, help="frames of the P3 video (default 300)")
+    parser.add_argument("--rounds", type=int, help="P3 best of / P5 median of (default 3)")
+    parser.add_argument("--warmup", type=int, default=5, help="warm-up requests per in-flight slot")
+    parser.add_argument("--track", choices=["none", "bytetrack", "botsort"], default="none")
+    parser.add_argument(
+        "--server-env", action="append", default=[], metavar="KEY=VALUE",
+        help="an environment variable for the server (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    args = parser.parse_args(argv)
+    short = args.short
+    args.requests = args.requests or (30 if short else 200)
+    args.frames = args.frames or (60 if short else 300)
+    args.rounds = args.rounds or (1 if short else 3)
+    if Path(args.model).is_file():
+        args.model = str(Path(args.model).resolve())
+
+    with tempfile.TemporaryDirectory(prefix="perf-") as tmp:
+        workdir = Path(tmp)
+        env = {"YOLO_CONFIG_DIR": str(workdir / "yolo-config"), "PYTHONUNBUFFERED": "1"}
+        os.environ.update(env)
+        configure_ultralytics()
+        import torch
+
+        args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if args.imgsz is None:
+            from ultralytics import YOLO
+
+            size = YOLO(args.model).overrides.get("imgsz", 640)
+            args.imgsz = int(max(size) if isinstance(size, list | tuple) else size)
+
+        rng = np.random.default_rng(7)
+        rgb, _ = draw_scene(rng, WIDTH, HEIGHT)
+        jpeg = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+        json_body = msgspec.json.encode({"instances": [{"image": base64.b64encode(jpeg).decode()}]})
+        video_path = workdir / "moving.mp4"
+        write_video(video_path, moving_shape_frames(args.frames, WIDTH, HEIGHT)[0], fps=30)
+        inputs = {
+            "jpeg": jpeg,
+            "json_body": json_body,
+            "video": video_path.read_bytes(),
+            "video_path": str(video_path),
+            "env": env,
+        }
+        server_env = {
+            **env,
+            "SERVE_MODELS": f"bench={args.model}",
+            "SERVE_DEVICE": args.device,
+            "SERVE_TORCH_THREADS": str(args.threads),
+            "SERVE_LOG_LEVEL": "warning",
+        }
+        for item in args.server_env:
+            key, sep, value = item.partition("=")
+            if not sep:
+                parser.error(f"--server-env {item!r} must look like KEY=VALUE")
+            server_env[key] = value
+        # Warm the file cache (torch, ultralytics, the server's imports) before timing starts.
+        subprocess.run(
+            [sys.executable, "-c", "import torch, ultralytics, litestar, uvicorn"],
+            cwd=ROOT, check=True,
+        )  # fmt: skip
+        served = serve_phase(args, workdir, server_env, inputs)
+        local = local_phase(args, inputs)
+
+    report = Report(
+        machine=machine(),
+        model=Path(args.model).name,
+        device=args.device,
+        imgsz=args.imgsz,
+        threads=args.threads,
+        command=" ".join([Path(sys.executable).name, *sys.argv]),
+        figures=figures(served, local, inputs),
+        details={"served": served, "in_process": local},
+    )
+    print(table(report))
+    if any(not math.isfinite(f.figure) for f in report.figures.values()):
+        print("warning: a figure is not finite", file=sys.stderr)
+    if args.json:
+        Path(args.json).write_bytes(msgspec.json.format(msgspec.json.encode(report), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
