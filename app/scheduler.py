@@ -1,0 +1,254 @@
+"""Per-model scheduling: admission (a bounded queue), dynamic batching and the instance pool.
+
+Every route goes through its model's :class:`Scheduler`:
+
+* :meth:`Scheduler.admit` takes a place in the model's queue before any work is done for a
+  request (decoding included) and gives it back when the request's inference is over. When
+  ``SERVE_QUEUE_SIZE`` places are taken it raises :class:`~app.errors.Overloaded` (429 with
+  ``Retry-After``), so memory is bounded by the queue, not by the offered load. A ``/stream``
+  frame takes a place while it is in flight but is never refused (the stream was admitted when
+  it started).
+* :meth:`Scheduler.predict` runs one work item (a request's images, or a frame) on an instance
+  from the pool, in a worker thread. With batching off that is one ``predict`` per item, as soon
+  as an instance is free. With batching on, a batcher task gathers items whose ``key`` is equal
+  (same predict arguments, so one ``predict`` call serves them all) up to ``max_size`` images or
+  ``max_delay`` after the oldest one arrived, runs them as one ``predict`` and hands each item its
+  own slice of the results, in order. It waits only while another admitted request is still
+  being decoded (nothing else can join a batch sooner), so a lone request is never delayed. If
+  a batched call raises, each of its items runs again alone: a bad input fails only its own
+  request.
+
+A worker thread cannot be interrupted, so an instance goes back to the pool only when its thread
+is done with it: calls run in their own tasks, which a cancelled caller (a client gone from a
+stream) does not cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from app.errors import Overloaded
+from app.metrics import BATCH_SIZE, QUEUE_DEPTH
+
+log = logging.getLogger("app.scheduler")
+
+# fn(instance, images) -> one result per image, in order
+PredictFn = Callable[[Any, list[Any]], list[Any]]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How one model schedules its work (built from the settings and the model's device)."""
+
+    batching: bool = False
+    max_size: int = 8  # images per batched predict
+    max_delay: float = 0.005  # seconds the oldest item may wait for others
+    queue_size: int = 64  # requests waiting for or in inference
+    retry_after: int = 1  # seconds, in the 429's Retry-After
+
+
+@dataclass(eq=False)
+class _Item:
+    """One request's (or frame's) images, waiting for a batch."""
+
+    images: list[Any]
+    key: Hashable
+    fn: PredictFn
+    arrived: float
+    future: asyncio.Future[list[Any]] = field(repr=False)
+
+
+class Scheduler:
+    """Admission, batching and the instance pool of one model.
+
+    Create it and call :meth:`start` inside the running event loop.
+    """
+
+    def __init__(
+        self, name: str, instances: list[Any], policy: Policy, limiter: anyio.CapacityLimiter
+    ) -> None:
+        self.name, self.policy, self.limiter = name, policy, limiter
+        self._instances = instances
+        self._pool: asyncio.Queue[Any] = asyncio.Queue()
+        self._depth = 0  # admitted and not yet done
+        self._items = 0  # submitted to predict and not yet done
+        self._pending: deque[_Item] = deque()
+        self._changed = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def depth(self) -> int:
+        """Requests (and stream frames) waiting for or in inference."""
+        return self._depth
+
+    def start(self) -> None:
+        for instance in self._instances:
+            self._pool.put_nowait(instance)
+        QUEUE_DEPTH.labels(self.name).set(0)
+        if self.policy.batching:
+            self._spawn(self._batch_forever())
+
+    def ensure_room(self) -> None:
+        """Raise :class:`Overloaded` when the queue is full."""
+        if self._depth >= self.policy.queue_size:
+            raise Overloaded(
+                f"model {self.name!r} is at capacity: {self._depth} requests are waiting for or "
+                f"in inference (limit {self.policy.queue_size}); retry after "
+                f"{self.policy.retry_after} s",
+                retry_after=self.policy.retry_after,
+            )
+
+    @contextlib.contextmanager
+    def admit(self, force: bool = False) -> Iterator[None]:
+        """Hold a place in the queue for the block; refused (429) when full unless ``force``."""
+        if not force:
+            self.ensure_room()
+        self._depth += 1
+        QUEUE_DEPTH.labels(self.name).set(self._depth)
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            QUEUE_DEPTH.labels(self.name).set(self._depth)
+            self._changed.set()  # the batcher may stop waiting for this request
+
+    async def predict(self, images: list[Any], key: Hashable, fn: PredictFn) -> list[Any]:
+        """``fn(instance, images)`` in a worker thread, maybe batched with other equal-key items.
+
+        Items with equal keys promise that one ``fn`` serves them all: the batch runs the
+        first item's ``fn`` over every item's images.
+        """
+        if not self.policy.batching:
+            instance = await self._pool.get()
+            return await asyncio.shield(self._spawn(self._use(instance, fn, images)))
+        loop = asyncio.get_running_loop()
+        item = _Item(images, key, fn, loop.time(), loop.create_future())
+        self._pending.append(item)
+        self._items += 1
+        self._changed.set()
+        try:
+            return await item.future  # a cancelled caller cancels the future: the batch skips it
+        finally:
+            self._items -= 1
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _call(self, instance: Any, fn: PredictFn, images: list[Any]) -> list[Any]:
+        BATCH_SIZE.labels(self.name).observe(len(images))
+        return await anyio.to_thread.run_sync(fn, instance, images, limiter=self.limiter)
+
+    async def _use(self, instance: Any, fn: PredictFn, images: list[Any]) -> list[Any]:
+        """One call on ``instance`` (in its own task), which then goes back to the pool."""
+        try:
+            return await self._call(instance, fn, images)
+        finally:
+            self._pool.put_nowait(instance)
+
+    async def _batch_forever(self) -> None:
+        while True:
+            while not self._pending:
+                self._changed.clear()
+                await self._changed.wait()
+            instance = await self._pool.get()
+            try:
+                batch = await self._gather()
+            except Exception:  # a bug here must not stop every later request of the model
+                log.exception("model %s: the batcher failed; going on", self.name)
+                batch = []
+            except BaseException:
+                self._pool.put_nowait(instance)
+                raise
+            if batch:
+                self._spawn(self._run_batch(instance, batch))
+            else:
+                self._pool.put_nowait(instance)
+
+    def _expecting(self) -> bool:
+        """Whether an admitted request is still on its way (decoding) to :meth:`predict`."""
+        return self._depth > self._items
+
+    async def _gather(self) -> list[_Item]:
+        """The next batch: the oldest item and the equal-key items after it, in order."""
+        loop = asyncio.get_running_loop()
+        policy = self.policy
+        while True:
+            while self._pending and self._pending[0].future.done():
+                self._pending.popleft()  # its caller went away
+            if not self._pending:
+                return []
+            first = self._pending[0]
+            batch, size, full = [], 0, False
+            for item in self._pending:
+                if item.key != first.key or item.future.done():
+                    continue
+                if batch and size + len(item.images) > policy.max_size:
+                    full = True
+                    break
+                batch.append(item)
+                size += len(item.images)
+            full = full or size >= policy.max_size
+            wait = first.arrived + policy.max_delay - loop.time()
+            if full or wait <= 0 or not self._expecting():
+                taken = set(map(id, batch))
+                self._pending = deque(i for i in self._pending if id(i) not in taken)
+                return batch
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), wait)
+
+    async def _run_batch(self, instance: Any, batch: list[_Item]) -> None:
+        """Run a batch on ``instance`` (its own task) and hand each item its results."""
+        try:
+            batch = [item for item in batch if not item.future.done()]
+            if not batch:
+                return
+            images = [image for item in batch for image in item.images]
+            try:
+                results = await self._call(instance, batch[0].fn, images)
+            except Exception as exc:
+                if len(batch) == 1:
+                    _settle(batch[0], exc=exc)
+                    return
+                log.warning(
+                    "model %s: a batch of %d requests failed (%s: %s); running each alone",
+                    self.name, len(batch), type(exc).__name__, exc,
+                )  # fmt: skip
+                for item in batch:
+                    if item.future.done():
+                        continue
+                    try:
+                        _settle(item, await self._call(instance, item.fn, item.images))
+                    except Exception as alone:
+                        _settle(item, exc=alone)
+                return
+            start = 0
+            for item in batch:
+                _settle(item, results[start : start + len(item.images)])
+                start += len(item.images)
+        finally:
+            self._pool.put_nowait(instance)
+
+
+def _settle(
+    item: _Item, results: list[Any] | None = None, exc: BaseException | None = None
+) -> None:
+    if item.future.done():
+        return
+    if exc is not None:
+        item.future.set_exception(exc)
+    else:
+        item.future.set_result(results)
