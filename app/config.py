@@ -19,7 +19,9 @@ DEMO_MODELS = (
     ("shapes-segment", str(DEMO_WEIGHTS / "shapes-segment.pt")),
 )
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-WEIGHT_SUFFIXES = (".pt", ".yaml", ".yml")
+# PyTorch weights, model configs, and exports (ONNX files, OpenVINO directories)
+WEIGHT_SUFFIXES = (".pt", ".yaml", ".yml", ".onnx", "_openvino_model")
+DIRECTORY_SUFFIXES = ("_openvino_model",)
 MB = 1024 * 1024
 N = TypeVar("N", int, float)
 
@@ -51,11 +53,15 @@ class Settings:
     max_body_bytes: int = 10 * MB
     max_pixels: int = 25_000_000
     max_images: int = 16
+    jpeg_draft: bool = True
     workers: int = 1
     torch_threads: int = 0  # 0: every core
     device: str = "auto"
     log_level: str = "info"
+    log_format: str = "json"
     metrics: bool = False
+    openapi: bool = True
+    shutdown_seconds: float = 25.0
     cache_dir: Path = Path("/tmp/vertex-yolo/models")
     tmp_dir: Path | None = None  # None: the system's temp dir
     stream_max_frames: int = 10_000
@@ -64,6 +70,10 @@ class Settings:
     stream_ping_seconds: float = 15.0
     stream_send_timeout: float = 30.0
     stream_queue: int = 4
+    batching: str = "auto"  # auto: on for CUDA devices
+    batch_max_size: int = 8
+    batch_max_delay_ms: float = 5.0
+    queue_size: int = 64
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -127,6 +137,14 @@ class Settings:
         if log_level not in ("critical", "error", "warning", "info", "debug"):
             errors.append(f"SERVE_LOG_LEVEL={log_level!r} must be one of debug/info/warning/error")
 
+        batching = (get("SERVE_BATCHING") or "auto").lower()
+        if batching not in ("auto", "on", "off"):
+            errors.append(f"SERVE_BATCHING={batching!r} must be auto, on or off")
+
+        log_format = (get("SERVE_LOG_FORMAT") or "json").lower()
+        if log_format not in ("json", "text"):
+            errors.append(f"SERVE_LOG_FORMAT={log_format!r} must be json or text")
+
         tmp_dir = get("SERVE_TMP_DIR")
         if tmp_dir and not Path(tmp_dir).is_dir():
             errors.append(f"SERVE_TMP_DIR={tmp_dir!r} is not a directory")
@@ -143,11 +161,15 @@ class Settings:
             max_body_bytes=integer("SERVE_MAX_BODY_BYTES", 10 * MB, 1024, 1024 * MB),
             max_pixels=integer("SERVE_MAX_PIXELS", 25_000_000, 1024, 500_000_000),
             max_images=integer("SERVE_MAX_IMAGES", 16, 1, 256),
+            jpeg_draft=boolean("SERVE_JPEG_DRAFT", True),
             workers=integer("SERVE_WORKERS", 1, 1, 64),
             torch_threads=integer("SERVE_TORCH_THREADS", 0, 0, 256),
             device=device,
             log_level=log_level,
+            log_format=log_format,
             metrics=boolean("SERVE_METRICS", False),
+            openapi=boolean("SERVE_OPENAPI", True),
+            shutdown_seconds=number("SERVE_SHUTDOWN_SECONDS", 25.0, 0.0, 3600.0),
             cache_dir=Path(get("SERVE_CACHE_DIR") or "/tmp/vertex-yolo/models"),
             tmp_dir=Path(tmp_dir) if tmp_dir else None,
             stream_max_frames=integer("SERVE_STREAM_MAX_FRAMES", 10_000, 1, 10_000_000),
@@ -156,6 +178,10 @@ class Settings:
             stream_ping_seconds=number("SERVE_STREAM_PING_SECONDS", 15.0, 0.1, 3600.0),
             stream_send_timeout=number("SERVE_STREAM_SEND_TIMEOUT", 30.0, 0.1, 3600.0),
             stream_queue=integer("SERVE_STREAM_QUEUE", 4, 1, 1024),
+            batching=batching,
+            batch_max_size=integer("SERVE_BATCH_MAX_SIZE", 8, 1, 256),
+            batch_max_delay_ms=number("SERVE_BATCH_MAX_DELAY_MS", 5.0, 0.0, 1000.0),
+            queue_size=integer("SERVE_QUEUE_SIZE", 64, 1, 100_000),
         )
         if errors:
             raise SettingsError("invalid configuration:\n  - " + "\n  - ".join(errors))
@@ -186,11 +212,15 @@ def _parse_models(raw: str | None, storage: str | None, errors: list[str]) -> tu
             errors.append(f"SERVE_MODELS name {name!r} must match {MODEL_NAME.pattern}")
         if any(spec.name == name for spec in specs):
             errors.append(f"SERVE_MODELS names {name!r} twice")
+        if source.rstrip("/").endswith(DIRECTORY_SUFFIXES):
+            source = source.rstrip("/")
         if not source.endswith(WEIGHT_SUFFIXES):
             errors.append(f"SERVE_MODELS source {source!r} must end with one of {WEIGHT_SUFFIXES}")
         is_path = "/" in source and not source.startswith("gs://")
-        if is_path and not Path(source).is_file():
-            errors.append(f"SERVE_MODELS source {source!r} is not a file")
+        is_dir = source.endswith(DIRECTORY_SUFFIXES)
+        if is_path and not (Path(source).is_dir() if is_dir else Path(source).is_file()):
+            kind = "directory" if is_dir else "file"
+            errors.append(f"SERVE_MODELS source {source!r} is not a {kind}")
         specs.append(ModelSpec(name, source))
     if not specs:
         errors.append("SERVE_MODELS names no model")

@@ -11,7 +11,8 @@ Exception tree (status, ``code``)::
     ├── UnknownModel                  404 unknown-model
     ├── PayloadTooLarge               413 payload-too-large
     ├── UnsupportedMediaType          415 unsupported-media-type
-    └── NotReady                      503 not-ready
+    ├── Overloaded                    429 overloaded (Retry-After)
+    └── NotReady                      503 not-ready (Retry-After)
 
 Litestar's own HTTP exceptions (unknown route, wrong method, body over the limit) get the same
 treatment; anything else is logged with its traceback and answered with a bare 500.
@@ -39,6 +40,7 @@ class ServingError(Exception):
     status = 500
     code = "internal"
     title = "Internal Server Error"
+    headers: dict[str, str] | None = None  # extra response headers
 
     def __init__(
         self, detail: str, *, field: str | None = None, allowed: list[str] | None = None
@@ -81,16 +83,30 @@ class UnsupportedMediaType(ServingError):
     status, code, title = 415, "unsupported-media-type", "Unsupported media type"
 
 
+class Overloaded(ServingError):
+    """The model's queue is full (``SERVE_QUEUE_SIZE``); nothing was done for the request."""
+
+    status, code, title = 429, "overloaded", "Overloaded"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 class NotReady(ServingError):
     status, code, title = 503, "not-ready", "Not ready"
 
 
 class HttpProblem(ServingError):
-    """A framework-level HTTP error (unknown route, wrong method, body too large)."""
+    """A framework-level HTTP error (unknown route, wrong method, body too large), with the
+    headers the framework gave it (``Allow`` on a 405)."""
 
-    def __init__(self, status: int, code: str, title: str, detail: str) -> None:
+    def __init__(
+        self, status: int, code: str, title: str, detail: str, headers: dict[str, str] | None
+    ) -> None:
         super().__init__(detail)
         self.status, self.code, self.title = status, code, title
+        self.headers = headers
 
 
 _HTTP_CODES = {
@@ -119,7 +135,9 @@ def problem(request: Request | None, exc: ServingError) -> Problem:
 
 def problem_response(exc: ServingError, request: Request | None = None) -> Response[Problem]:
     ERRORS.labels(exc.code).inc()
-    headers = {"Retry-After": "5"} if exc.status == 503 else None
+    headers = dict(exc.headers or {})
+    if exc.status == 503:
+        headers["Retry-After"] = "5"
     return Response(
         problem(request, exc), status_code=exc.status, media_type=PROBLEM_JSON, headers=headers
     )
@@ -135,12 +153,13 @@ def _from_http_exception(request: Request, exc: HTTPException) -> ServingError:
         routes = ", ".join(sorted({r.path for r in request.app.routes}))
         detail = f"No route {request.method} {request.url.path}; the routes are {routes}."
     elif status == 405:
-        detail = f"{request.method} is not allowed on {request.url.path}."
+        allow = (exc.headers or {}).get("allow", "")
+        detail = f"{request.method} is not allowed on {request.url.path}; allowed: {allow}."
     elif isinstance(exc, ValidationException):
         detail = exc.detail or "The request could not be parsed."
     else:
         detail = exc.detail or title
-    return HttpProblem(status, code, title, detail)
+    return HttpProblem(status, code, title, detail, exc.headers)
 
 
 def handle_exception(request: Request, exc: Exception) -> Response[Any]:

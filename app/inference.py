@@ -15,6 +15,7 @@ from pycocotools import mask as coco_mask
 from client.schema import Box, CommonParameters, Detection, ImageResult, Mask, Rle
 
 MIN_CONTOUR_POINTS = 3
+RESCALABLE_TASKS = frozenset({"detect", "segment"})  # see restore_size
 JPEG_QUALITY = 90
 
 
@@ -33,6 +34,26 @@ def predict(
         device=device,
         verbose=False,
     )
+
+
+def restore_size(result: Any, width: int, height: int) -> Any:
+    """Put a result on a draft-decoded (reduced) image back in full-size coordinates.
+
+    Boxes are scaled; masks stay at inference resolution and are mapped to ``orig_shape`` when
+    encoded, so changing ``orig_shape`` is all they need. Detect and segment results only.
+    """
+    h, w = result.orig_shape
+    if (h, w) == (height, width):
+        return result
+    result.orig_shape = (height, width)
+    if result.boxes is not None:
+        data = result.boxes.data.clone()
+        data[:, [0, 2]] *= width / w
+        data[:, [1, 3]] *= height / h
+        result.update(boxes=data)
+    if result.masks is not None:
+        result.update(masks=result.masks.data)
+    return result
 
 
 def _mask_polygons(mask: np.ndarray, orig_shape: tuple[int, int]) -> list[list[list[float]]]:

@@ -7,22 +7,24 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from litestar import Litestar
+from litestar import Litestar, Response, Router
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.exceptions import NotFoundException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
 from app.config import Settings
 from app.errors import handle_exception
-from app.metrics import metrics_handler
-from app.middleware import identify
+from app.metrics import MetricsController, prometheus_config
+from app.middleware import identify, log_requests
 from app.offline import configure_ultralytics
 from app.registry import Registry
 from app.routes.health import health_handler
 from app.routes.inference import InferenceController
 from app.routes.models import ModelsController
 from app.routes.stream import stream_handler
+from app.shutdown import Shutdown
 
 log = logging.getLogger("app")
 VERSION = "0.1.0"
@@ -35,10 +37,14 @@ def create_app(
 
     ``on_fatal`` is called if loading fails (``python -m app`` uses it to stop the server and
     exit non-zero, so Vertex sees a failed container rather than one that never gets healthy).
+    The routes served besides inference (``/openapi...``, ``/metrics``) follow ``SERVE_OPENAPI``
+    and ``SERVE_METRICS``; README's "Routes served" table lists them all (a test compares).
+    ``app.state.shutdown`` is marked by ``python -m app`` when a shutdown signal arrives.
     """
     settings = settings or Settings.from_env()
     configure_ultralytics()  # environment only: Ultralytics is imported by the loader thread
     registry = Registry(settings)
+    shutdown = Shutdown()
 
     @asynccontextmanager
     async def load_models(_: Litestar) -> AsyncIterator[None]:
@@ -62,26 +68,48 @@ def create_app(
         ModelsController,
         health_handler(settings.health_route),
     ]
+    middleware = []
     if settings.metrics:
-        handlers.append(metrics_handler)
-    return Litestar(
+        handlers.append(MetricsController)
+        middleware.append(prometheus_config(settings.health_route).middleware)
+    openapi = None
+    if settings.openapi:
+        openapi = OpenAPIConfig(
+            title="vertex-yolo",
+            version=VERSION,
+            description="Ultralytics YOLO behind a Vertex AI dedicated endpoint (/invoke/*).",
+            render_plugins=[JsonRenderPlugin()],
+            openapi_router=Router(
+                "/openapi", route_handlers=[], include_in_schema=False, after_request=_not_found
+            ),
+        )
+    app = Litestar(
         route_handlers=handlers,
         dependencies={
             "registry": Provide(lambda: registry, sync_to_thread=False),
             "settings": Provide(lambda: settings, sync_to_thread=False),
+            "shutdown": Provide(lambda: shutdown, sync_to_thread=False),
         },
         lifespan=[load_models],
-        state=State({"registry": registry, "settings": settings}),
+        state=State({"registry": registry, "settings": settings, "shutdown": shutdown}),
         exception_handlers={Exception: handle_exception},
         before_send=[identify(settings.deployed_model_id)],
+        middleware=middleware,
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=OpenAPIConfig(
-            title="vertex-yolo",
-            version=VERSION,
-            description="Ultralytics YOLO behind a Vertex AI dedicated endpoint (/invoke/*).",
-            path="/openapi",
-            render_plugins=[JsonRenderPlugin()],
-        ),
+        openapi_config=openapi,
         logging_config=None,
         debug=False,
     )
+    # Outermost, so unknown routes and errors get their log line too.
+    app.asgi_handler = log_requests(
+        app.asgi_handler, settings.health_route, settings.deployed_model_id
+    )
+    return app
+
+
+async def _not_found(response: Response) -> Response:
+    """Litestar answers an unknown ``/openapi/<name>`` with an HTML page; make it the usual
+    404 problem document instead."""
+    if response.status_code == 404:
+        raise NotFoundException()
+    return response

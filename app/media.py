@@ -16,16 +16,20 @@ import base64
 import binascii
 import contextlib
 import io
+import math
 import sys
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
+import cv2
 import msgspec
 import numpy as np
 from litestar import Request
 from litestar.datastructures import UploadFile
+from litestar.exceptions import ClientException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from app.errors import (
@@ -35,7 +39,7 @@ from app.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from client.schema import B64, Parameters, decode_predict_request
+from client.schema import B64, Parameters, Tracker, decode_predict_request
 
 P = TypeVar("P", bound=msgspec.Struct)
 T = TypeVar("T")
@@ -46,7 +50,11 @@ RAW_IMAGE_TYPES = frozenset(
 )
 OCTET_STREAM = "application/octet-stream"
 LIST_PARAMETERS = frozenset({"classes"})
-ALLOWED_VALUES = {"format": "jpeg, png", "rle": "true, false"}
+ALLOWED_VALUES = {
+    "format": "jpeg, png",
+    "rle": "true, false",
+    "track": ", ".join(get_args(Tracker)),
+}
 ORIENTATION_TAG = 0x0112
 JSON_SHAPE = '{"instances": [{"image": "<base64>"}], "parameters": {...}}'
 
@@ -77,11 +85,19 @@ class Inputs:
 
 @dataclass
 class DecodedImage:
-    """A decoded image as Ultralytics wants it: BGR, HxWx3 uint8."""
+    """A decoded image as Ultralytics wants it: BGR, HxWx3 uint8.
+
+    ``width`` and ``height`` are the image's own (EXIF-oriented) size. A JPEG decoded in draft
+    mode has a smaller ``bgr``; results on it are scaled back to ``width`` x ``height``.
+    """
 
     bgr: np.ndarray
     width: int
     height: int
+
+    @property
+    def reduced(self) -> bool:
+        return self.bgr.shape[:2] != (self.height, self.width)
 
 
 def collect_params(items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
@@ -122,7 +138,19 @@ async def read_multipart(
 ) -> list[bytes]:
     """The files of a multipart body, in order (at most ``limit``); its fields go to ``params``,
     where they win over the query string."""
-    form = await request.form()
+    try:
+        form = await request.form()
+    except RequestEntityTooLarge:
+        raise
+    except ClientException as exc:
+        if exc.detail == "Request Entity Too Large":  # Litestar's words for its part limit
+            raise PayloadTooLarge(
+                f"the multipart body has more than {request.app.multipart_form_part_limit} parts"
+            ) from None
+        raise BadRequest(
+            f"the multipart/form-data body cannot be read ({exc.detail}): check its boundary "
+            "and that it is complete"
+        ) from None
     blobs: list[bytes] = []
     fields: list[tuple[str, Any]] = []
     for key, value in form.multi_items():
@@ -175,24 +203,37 @@ async def read_inputs(request: Request, max_images: int) -> Inputs:
 def parse_parameters(
     raw: dict[str, Any], aliases: dict[str, str] | None = None, kind: type[P] = Parameters
 ) -> P:
-    """Validate parameters; a bad one is a 400 that names the field and its allowed range."""
-    if aliases:
-        raw = {aliases.get(k, k): v for k, v in raw.items()}
+    """Validate parameters; a bad one is a 400 that names the field (as the request spelled
+    it) and its allowed range. Unknown parameters are refused, wherever they came from."""
+    aliases = aliases or {}
+    spelled = {aliases[k]: k for k in raw if k in aliases}
+    raw = {aliases.get(k, k): v for k, v in raw.items()}
     if isinstance(raw.get("classes"), str | int):  # JSON may give "circle,square" or 2
         raw = {**raw, "classes": [c.strip() for c in str(raw["classes"]).split(",") if c.strip()]}
     try:
-        return msgspec.convert(raw, kind, strict=False)
+        params = msgspec.convert(raw, kind, strict=False)
     except msgspec.ValidationError as exc:
         message = str(exc)
         field = (
             message.rsplit("`$.", 1)[1].split("`")[0].split("[")[0] if "`$." in message else None
         )
+        if field in spelled:
+            message = message.replace(f"`$.{field}", f"`$.{spelled[field]}")
+            field = spelled[field]
         if field in ALLOWED_VALUES:
             message += f"; allowed: {ALLOWED_VALUES[field]}"
         if "unknown field" in message:
             field = message.split("`")[1]
-            message += f"; known parameters: {', '.join(kind.__struct_fields__)}"
+            known = [*kind.__struct_fields__, *aliases]
+            message += f"; known parameters: {', '.join(known)}"
         raise InvalidParameter(f"invalid parameter: {message}", field=field) from None
+    if getattr(params, "classes", None) == []:
+        raise InvalidParameter(
+            "invalid parameter: classes is empty; name at least one class (names or ids), or "
+            "leave it out for every class",
+            field="classes",
+        )
+    return params
 
 
 def open_image(blob: bytes, label: str, max_pixels: int) -> Image.Image:
@@ -233,27 +274,55 @@ def oriented_size(image: Image.Image) -> tuple[int, int]:
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
-def to_bgr(image: Image.Image, label: str) -> DecodedImage:
-    """Decode an opened image, apply its EXIF orientation, and convert it to BGR."""
+def draft_size(size: tuple[int, int], imgsz: int) -> tuple[int, int]:
+    """The smallest decoded size that loses nothing to the model's letterbox resize to ``imgsz``
+    (the longer side scaled to ``imgsz``, the aspect ratio kept)."""
+    w, h = size
+    scale = imgsz / max(w, h)
+    return max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))
+
+
+def to_bgr(image: Image.Image, label: str, draft_to: int | None = None) -> DecodedImage:
+    """Decode an opened image, apply its EXIF orientation, and convert it to BGR.
+
+    ``draft_to``: the model's input size. A JPEG at least twice that size per side is decoded
+    by libjpeg at 1/2, 1/4 or 1/8 scale (Pillow's draft mode), never below what the letterbox
+    resize to ``draft_to`` keeps; the result still reports the full size. Pixels are copied
+    once out of Pillow and once by the colour conversion, nothing more.
+    """
+    full_size = oriented_size(image)  # a JPEG's EXIF block is in its header
+    stored_size = image.size
+    if draft_to is not None and image.format == "JPEG":
+        image.draft("RGB", draft_size(stored_size, draft_to))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             image.load()
-            rgb = ImageOps.exif_transpose(image).convert("RGB")
+            drafted = image.size != stored_size
+            if image.getexif().get(ORIENTATION_TAG, 1) != 1:
+                image = ImageOps.exif_transpose(image)
+            if image.mode != "RGB":
+                image = image.convert("RGB")
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise InvalidImage(f"{label} is corrupt or truncated: {exc}") from None
-    bgr = np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])
-    return DecodedImage(bgr, rgb.width, rgb.height)
+    bgr = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR)
+    width, height = full_size if drafted else image.size
+    return DecodedImage(bgr, width, height)
 
 
 def image_label(index: int, count: int, noun: str = "image") -> str:
     return f"{noun} {index}" if count > 1 else f"the {noun}"
 
 
-def decode_images(blobs: list[bytes], max_pixels: int) -> list[DecodedImage]:
-    """Decode every image, after checking every header against the limits first."""
+def decode_images(
+    blobs: list[bytes], max_pixels: int, draft_to: int | None = None
+) -> list[DecodedImage]:
+    """Decode every image, after checking every header against the limits first.
+
+    ``draft_to``: see :func:`to_bgr`; None decodes every image at full size.
+    """
     labels = [image_label(i, len(blobs)) for i in range(len(blobs))]
     opened = [
         open_image(blob, label, max_pixels) for blob, label in zip(blobs, labels, strict=True)
     ]
-    return [to_bgr(image, label) for image, label in zip(opened, labels, strict=True)]
+    return [to_bgr(image, label, draft_to) for image, label in zip(opened, labels, strict=True)]

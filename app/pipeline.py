@@ -15,7 +15,7 @@ from litestar import Request
 
 from app.config import Settings
 from app.errors import BadRequest
-from app.inference import predict
+from app.inference import RESCALABLE_TASKS, restore_size
 from app.media import decode_images, parse_parameters, read_inputs
 from app.metrics import IMAGES, INFERENCE_SECONDS
 from app.registry import LoadedModel, Registry
@@ -59,10 +59,13 @@ async def infer(
     task: str | None = None,
     aliases: dict[str, str] | None = None,
     one_image: str | None = None,
+    draft: bool = True,
 ) -> Inferred:
-    """Read, validate and decode the request, then run one batched predict.
+    """Read and validate the request, take a place in the model's queue, decode, predict.
 
     ``one_image``: the route answers a single image; this is the 400's hint when there are more.
+    ``draft``: a JPEG much larger than the model's input may be decoded reduced (results are
+    scaled back to full size); a route that draws on the image turns it off.
     """
     started = time.perf_counter()
     inputs = await read_inputs(request, settings.max_images)
@@ -73,16 +76,17 @@ async def infer(
     params = parse_parameters(inputs.params, aliases)
     model = registry.get(params.model, task=task, route=route)
     class_ids = model.class_ids(params.classes)
-    images = await anyio.to_thread.run_sync(decode_images, inputs.blobs, settings.max_pixels)
-    decoded = time.perf_counter()
-
-    def run(yolo: Any) -> list[Any]:
-        return predict(
-            yolo, [im.bgr for im in images], params, class_ids, model.imgsz, model.device
+    imgsz = model.input_size(params.imgsz)  # 400 when a static export is asked for another size
+    draft_to = imgsz if draft and settings.jpeg_draft and model.task in RESCALABLE_TASKS else None
+    with model.admit():  # 429 before any work when the model's queue is full
+        images = await anyio.to_thread.run_sync(
+            decode_images, inputs.blobs, settings.max_pixels, draft_to
         )
-
-    assert registry.limiter is not None
-    results = await model.run(run, registry.limiter)
+        decoded = time.perf_counter()
+        results = await model.predict([im.bgr for im in images], params, class_ids)
+    for result, image in zip(results, images, strict=True):
+        if image.reduced:
+            restore_size(result, image.width, image.height)
     done = time.perf_counter()
     INFERENCE_SECONDS.labels(model.name, route).observe(done - decoded)
     IMAGES.labels(model.name, route).inc(len(images))

@@ -8,25 +8,30 @@ Ultralytics' predictor keeps per-call state, so each model holds a small pool of
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
+import importlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import numpy as np
 
-from app.config import ModelSpec, Settings
+from app.config import DIRECTORY_SUFFIXES, ModelSpec, Settings
 from app.errors import InvalidParameter, NotReady, UnknownModel, WrongTask
+from app.inference import predict
 from app.offline import disable_sync
-from client.schema import ModelInfo, ModelList
+from app.scheduler import Policy, Scheduler
+from client.schema import CommonParameters, ModelInfo, ModelList
 
 log = logging.getLogger("app.registry")
-T = TypeVar("T")
+# Modules an export needs at run time (the `export` extra); Ultralytics never installs them here.
+EXPORT_RUNTIMES = {"onnx": ("onnx", "onnxruntime"), "openvino": ("openvino",)}
+DISCOVERED_SUFFIXES = (".pt", ".onnx", *DIRECTORY_SUFFIXES)
+FORMAT_ORDER = ("pt", "onnx", "openvino")
 
 
 def sha256_file(path: Path) -> str:
@@ -37,17 +42,61 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def sha256_path(path: Path) -> str:
+    """A file's sha256; for a directory (an OpenVINO export), the sha256 of its sorted listing
+    of ``<relative path> <sha256>`` lines, so the same files give the same version anywhere."""
+    if path.is_file():
+        return sha256_file(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    listing = "".join(f"{p.relative_to(path).as_posix()} {sha256_file(p)}\n" for p in files)
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def model_format(source: str) -> str:
+    """``onnx``, ``openvino`` or ``pt`` (PyTorch weights or a model config), by name."""
+    name = source.rstrip("/")
+    if name.endswith(".onnx"):
+        return "onnx"
+    if name.endswith(DIRECTORY_SUFFIXES):
+        return "openvino"
+    return "pt"
+
+
+def check_runtime(fmt: str, model_name: str) -> None:
+    """Fail with a clear message when an export's runtime is not installed (Ultralytics'
+    auto-install is off, so it would otherwise fail deep inside with an ImportError)."""
+    for module in EXPORT_RUNTIMES.get(fmt, ()):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise RuntimeError(
+                f"model {model_name!r} is an {fmt} export, which needs the {module!r} package "
+                f"({exc}); install the server's `export` extra: pip install '.[server,export]'"
+            ) from None
+
+
 def _split_gs(uri: str) -> tuple[str, str]:
     bucket, _, path = uri[len("gs://") :].partition("/")
     return bucket, path
 
 
 def _download_gs(uri: str, cache_dir: Path) -> Path:
-    """Copy a gs:// object into the cache (Application Default Credentials)."""
+    """Copy a gs:// object (or, for an OpenVINO export, every object under that "directory")
+    into the cache (Application Default Credentials)."""
     from google.cloud import storage  # imported only when a gs:// source is used
 
-    bucket, path = _split_gs(uri)
+    bucket, path = _split_gs(uri.rstrip("/"))
     target = cache_dir / bucket / path
+    if model_format(path) == "openvino":
+        if not target.is_dir():
+            partial = target.with_name(target.name + ".partial")
+            for blob in storage.Client().list_blobs(bucket, prefix=path + "/"):
+                if not blob.name.endswith("/"):
+                    local = partial / blob.name[len(path) + 1 :]
+                    local.parent.mkdir(parents=True, exist_ok=True)
+                    blob.download_to_filename(str(local))
+            partial.rename(target)
+        return target
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(target.suffix + ".partial")
@@ -56,49 +105,77 @@ def _download_gs(uri: str, cache_dir: Path) -> Path:
     return target
 
 
+def _stem(name: str) -> str:
+    stem = Path(name).stem
+    return stem.removesuffix(DIRECTORY_SUFFIXES[0]) if name.endswith(DIRECTORY_SUFFIXES) else stem
+
+
 def discover_storage_models(storage_uri: str) -> list[ModelSpec]:
-    """Every ``*.pt`` directly under AIP_STORAGE_URI, named after its file stem."""
+    """Every model directly under AIP_STORAGE_URI (``*.pt``, ``*.onnx`` files and
+    ``*_openvino_model`` directories), named after its file stem (``x_openvino_model``: ``x``);
+    a stem that two formats share names the PyTorch one, the others get ``-onnx``/``-openvino``.
+    """
     if storage_uri.startswith("gs://"):
         from google.cloud import storage
 
         bucket, prefix = _split_gs(storage_uri.rstrip("/") + "/")
-        names = [
-            b.name[len(prefix) :]
-            for b in storage.Client().list_blobs(bucket, prefix=prefix, delimiter="/")
-        ]
+        blobs = storage.Client().list_blobs(bucket, prefix=prefix, delimiter="/")
+        names = [b.name[len(prefix) :] for b in blobs]
+        names += [p[len(prefix) :].rstrip("/") for p in blobs.prefixes]  # "directories"
     else:
-        names = [p.name for p in Path(storage_uri).iterdir() if p.is_file()]
-    specs = [
-        ModelSpec(re.sub(r"[^A-Za-z0-9._-]", "-", Path(n).stem), n)
-        for n in sorted(names)
-        if n.endswith(".pt")
-    ]
+        names = [
+            p.name for p in Path(storage_uri).iterdir() if p.is_file() or p.name.endswith("_model")
+        ]
+    found = sorted(
+        ((_stem(n), FORMAT_ORDER.index(model_format(n)), n) for n in names),
+        key=lambda item: item[:2],
+    )
+    specs: list[ModelSpec] = []
+    for stem, order, n in found:
+        if n.endswith(DISCOVERED_SUFFIXES):
+            name = re.sub(r"[^A-Za-z0-9._-]", "-", stem)
+            if any(spec.name == name for spec in specs):  # shapes.pt and shapes.onnx side by side
+                name = f"{name}-{FORMAT_ORDER[order]}"
+            specs.append(ModelSpec(name, n))
     if not specs:
-        raise FileNotFoundError(f"no *.pt weights found under AIP_STORAGE_URI={storage_uri}")
+        raise FileNotFoundError(
+            f"no models ({', '.join('*' + s for s in DISCOVERED_SUFFIXES)}) found under "
+            f"AIP_STORAGE_URI={storage_uri}"
+        )
     return specs
 
 
 def resolve_source(
     source: str, storage_uri: str | None, cache_dir: Path
 ) -> tuple[str, Path | None]:
-    """Where to load ``source`` from, and the file whose sha256 is the model's version.
+    """Where to load ``source`` from, and the file (or export directory) whose sha256 is the
+    model's version.
 
-    A gs:// URI or a file under AIP_STORAGE_URI is copied locally; an existing path is used as
-    is; anything else is handed to Ultralytics (``yolo11n.pt`` is downloaded into the cache
-    when online, ``yolo11n.yaml`` builds a randomly initialised model).
+    A gs:// URI or a model under AIP_STORAGE_URI is copied locally; an existing path is used as
+    is; an export (``.onnx``, ``_openvino_model``) must be one of those; anything else is handed
+    to Ultralytics (``yolo11n.pt`` is downloaded into the cache when online, ``yolo11n.yaml``
+    builds a randomly initialised model).
     """
+    fmt = model_format(source)
+
+    def exists(path: Path) -> bool:
+        return path.is_dir() if fmt == "openvino" else path.is_file()
+
     if source.startswith("gs://"):
         path = _download_gs(source, cache_dir)
         return str(path), path
-    if Path(source).is_file():
+    if exists(Path(source)):
         return source, Path(source)
     if storage_uri:
         if storage_uri.startswith("gs://"):
             path = _download_gs(f"{storage_uri.rstrip('/')}/{source}", cache_dir)
             return str(path), path
         candidate = Path(storage_uri) / source
-        if candidate.is_file():
+        if exists(candidate):
             return str(candidate), candidate
+    if fmt != "pt":
+        where = f" (nor under AIP_STORAGE_URI={storage_uri})" if storage_uri else ""
+        raise FileNotFoundError(f"model source {source!r} does not exist{where}")
     if source.endswith(".pt") and "/" not in source:
         # Ultralytics downloads a bare name into the working directory, which a container's
         # unprivileged user may not be able to write; download it into the cache instead.
@@ -126,36 +203,85 @@ class LoadedModel:
         self.names: dict[int, str] = {int(k): str(v) for k, v in first.names.items()}
         imgsz = first.overrides.get("imgsz", 640)
         self.imgsz = int(max(imgsz) if isinstance(imgsz, list | tuple) else imgsz)
+        backend = first.predictor.model  # Ultralytics' AutoBackend, set up by the warm-up predict
+        self.format: str = backend.format  # pt, onnx, openvino
+        # A static export runs at its export size only (Ultralytics ignores any other imgsz).
+        self.fixed_imgsz = self.format != "pt" and not getattr(backend, "dynamic", False)
         self.sha256 = sha256
         self.version = sha256[:12]
         self.device = device
         self._instances = instances
-        self._pool: asyncio.Queue[Any] | None = None
+        self.scheduler: Scheduler | None = None
 
-    def start(self) -> None:
-        """Create the instance pool (needs the running event loop)."""
-        self._pool = asyncio.Queue()
-        for instance in self._instances:
-            self._pool.put_nowait(instance)
+    def start(self, settings: Settings, limiter: anyio.CapacityLimiter) -> None:
+        """Start the model's scheduler (needs the running event loop; see app/scheduler.py)."""
+        cuda = self.device.startswith("cuda") or self.device.isdigit()
+        batching = settings.batching == "on" or (settings.batching == "auto" and cuda)
+        policy = Policy(
+            batching=batching and settings.batch_max_size > 1,
+            max_size=settings.batch_max_size,
+            max_delay=settings.batch_max_delay_ms / 1000,
+            queue_size=settings.queue_size,
+        )
+        self.scheduler = Scheduler(self.name, self._instances, policy, limiter)
+        self.scheduler.start()
+        log.info(
+            "model %s: batching %s, queue %d",
+            self.name,
+            f"on (up to {policy.max_size} images, {settings.batch_max_delay_ms:g} ms)"
+            if policy.batching
+            else "off",
+            policy.queue_size,
+        )
 
-    async def run(self, fn: Callable[[Any], T], limiter: anyio.CapacityLimiter) -> T:
-        """Run ``fn(yolo_instance)`` in a worker thread, one caller per instance at a time.
+    def admit(self, force: bool = False) -> AbstractContextManager[None]:
+        """Hold a place in the model's queue for a block; 429 ``overloaded`` when it is full.
 
-        A thread cannot be interrupted, and asyncio's cancellation of the caller (a client gone
-        from a stream) does not wait for it: the call runs in its own task, shielded, which puts
-        the instance back only when the thread is done with it.
+        ``force``: never refused (a frame of a stream admitted at its start).
         """
-        assert self._pool is not None, "model pool not started"
-        pool = self._pool
-        instance = await pool.get()
+        assert self.scheduler is not None, "model not started"
+        return self.scheduler.admit(force)
 
-        async def call() -> T:
-            try:
-                return await anyio.to_thread.run_sync(fn, instance, limiter=limiter)
-            finally:
-                pool.put_nowait(instance)
+    def ensure_room(self) -> None:
+        """Raise 429 ``overloaded`` when the model's queue is full (a stream's admission)."""
+        assert self.scheduler is not None, "model not started"
+        self.scheduler.ensure_room()
 
-        return await asyncio.shield(asyncio.ensure_future(call()))
+    async def predict(
+        self, images: list[np.ndarray], params: CommonParameters, class_ids: list[int] | None
+    ) -> list[Any]:
+        """One predict over BGR images, maybe batched with other requests'; Results in order."""
+        assert self.scheduler is not None, "model not started"
+        # Only arguments that are equal can share a predict call. Ultralytics pads an image to
+        # its own rectangle when all images of a call have one size, and to a square otherwise,
+        # so one-size items batch only with the same size: batching never changes results.
+        shapes = {image.shape for image in images}
+        key = (
+            params.conf,
+            params.iou,
+            params.max_det,
+            None if class_ids is None else tuple(class_ids),
+            params.imgsz or self.imgsz,
+            shapes.pop() if len(shapes) == 1 else "mixed",
+        )
+
+        def fn(yolo: Any, batch: list[np.ndarray]) -> list[Any]:
+            return predict(yolo, batch, params, class_ids, self.imgsz, self.device)
+
+        return await self.scheduler.predict(images, key, fn)
+
+    def input_size(self, imgsz: int | None) -> int:
+        """The input size for a request's ``imgsz``: a static export refuses another (400)."""
+        if imgsz is None:
+            return self.imgsz
+        if self.fixed_imgsz and imgsz != self.imgsz:
+            raise InvalidParameter(
+                f"imgsz: model {self.name!r} is a {self.format} export with a fixed input size "
+                f"of {self.imgsz}; leave imgsz out or send {self.imgsz}",
+                field="imgsz",
+                allowed=[str(self.imgsz)],
+            )
+        return imgsz
 
     def class_ids(self, classes: list[int | str] | None) -> list[int] | None:
         """Class names or ids to ids; an unknown one is a 400 listing the model's classes."""
@@ -190,6 +316,7 @@ class LoadedModel:
             sha256=self.sha256,
             device=self.device,
             default=default,
+            format=self.format,
         )
 
 
@@ -220,7 +347,7 @@ class Registry:
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
             raise
         for model in loaded:
-            model.start()
+            model.start(self.settings, self.limiter)
             self.models[model.name] = model
         if self.default_name is None and loaded:
             self.default_name = loaded[0].name
@@ -245,22 +372,29 @@ class Registry:
 
         started = time.perf_counter()
         settings = self.settings
+        fmt = model_format(spec.source)
+        check_runtime(fmt, spec.name)
         where, weights = resolve_source(spec.source, settings.storage_uri, settings.cache_dir)
         instances = []
         for _ in range(settings.workers):
-            model = YOLO(where)
+            model = YOLO(where)  # an export's task, classes and input size come from its metadata
             imgsz = model.overrides.get("imgsz", 640)
             imgsz = int(max(imgsz) if isinstance(imgsz, list | tuple) else imgsz)
             model.predict(np.zeros((imgsz, imgsz, 3), np.uint8), device=device, verbose=False)
+            if fmt != "pt":
+                backend = model.predictor.model  # Ultralytics' AutoBackend, metadata applied
+                model.overrides["imgsz"] = backend.imgsz
+                device = str(backend.device)  # OpenVINO (and ONNX without a GPU runtime): cpu
             instances.append(model)
         if weights is None:
             ckpt = getattr(instances[0], "ckpt_path", None)
             weights = Path(ckpt) if ckpt and Path(ckpt).is_file() else None
-        sha = sha256_file(weights) if weights else hashlib.sha256(where.encode()).hexdigest()
+        sha = sha256_path(weights) if weights else hashlib.sha256(where.encode()).hexdigest()
         model = LoadedModel(spec, instances, sha, device)
         log.info(
-            "model %s ready: task=%s classes=%d imgsz=%d device=%s version=%s (%.1f s)",
-            model.name, model.task, len(model.names), model.imgsz, device, model.version,
+            "model %s ready: %s, task=%s classes=%d imgsz=%d%s device=%s version=%s (%.1f s)",
+            model.name, model.format, model.task, len(model.names), model.imgsz,
+            " (fixed)" if model.fixed_imgsz else "", device, model.version,
             time.perf_counter() - started,
         )  # fmt: skip
         return model

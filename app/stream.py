@@ -1,11 +1,11 @@
 """One ``/stream`` request: frames → model (→ tracker) → Server-Sent Events.
 
-A producer task runs each frame through :meth:`LoadedModel.run` (a worker thread, one frame per
-call, so ``/detect`` requests and other streams interleave with it frame by frame) and puts the
-encoded event into a bounded queue; the SSE generator sends from that queue. A slow client
-therefore holds at most ``SERVE_STREAM_QUEUE`` encoded frames, a client that disconnects cancels
-the producer (the frame in flight finishes, no new one starts), and the source is closed in
-every case.
+A producer task runs each frame through :meth:`LoadedModel.predict` (the model's scheduler: one
+frame per call, so ``/detect`` requests and other streams interleave with it frame by frame, and
+may share a batch with it), tracks and encodes it in a worker thread and puts the event into a
+bounded queue; the SSE generator sends from that queue. A slow client therefore holds at most
+``SERVE_STREAM_QUEUE`` encoded frames, a client that disconnects cancels the producer (the frame
+in flight finishes, no new one starts), and the source is closed in every case.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from sse_starlette import ServerSentEvent
 
 from app.config import Settings
 from app.errors import ServingError, problem
-from app.inference import detections, predict
+from app.inference import detections
 from app.metrics import STREAM_FRAMES, STREAMS_ACTIVE
 from app.registry import LoadedModel
+from app.shutdown import ShuttingDown
 from app.video import FrameSource
 from client.schema import (
     StreamEnd,
@@ -92,11 +93,14 @@ class StreamSession:
         self.model, self.source, self.params = model, source, params
         self.class_ids, self.settings, self.limiter = class_ids, settings, limiter
         self.request_id = request_id
+        model.ensure_room()  # a stream is admitted here (429 when full); its frames never refused
         self.tracker = make_tracker(params.track) if params.track != "none" else None
         self.with_masks = model.task == "segment"
         self.processed = 0
         self.class_counts: Counter[str] = Counter()
         self.track_ids: set[int] = set()
+        # Set by sse-starlette when the server starts shutting down (see app/shutdown.py).
+        self.shutdown = anyio.Event()
 
     def start_event(self) -> ServerSentEvent:
         src = self.source
@@ -116,12 +120,22 @@ class StreamSession:
             ),
         )
 
-    def infer(self, yolo: Any, item: tuple[int, float | None, Any]) -> ServerSentEvent:
-        """Infer, track and encode one frame (worker thread, holding a model instance)."""
-        index, timestamp, frame = item
+    async def infer(self, item: tuple[int, float | None, Any]) -> ServerSentEvent:
+        """Infer one frame (a place in the model's queue while it is in flight), then track and
+        encode it in a worker thread. ``inference_ms`` includes any wait for the model."""
         started = time.perf_counter()
+        with self.model.admit(force=True):
+            (result,) = await self.model.predict([item[2]], self.params, self.class_ids)
+        return await anyio.to_thread.run_sync(
+            partial(self.finish, item, result, started), limiter=self.limiter
+        )
+
+    def finish(
+        self, item: tuple[int, float | None, Any], result: Any, started: float
+    ) -> ServerSentEvent:
+        """Track and encode one inferred frame (worker thread)."""
+        index, timestamp, _ = item
         p = self.params
-        (result,) = predict(yolo, [frame], p, self.class_ids, self.model.imgsz, self.model.device)
         if self.tracker is not None:
             result = apply_tracker(self.tracker, result)
         inference_ms = (time.perf_counter() - started) * 1000
@@ -149,8 +163,14 @@ class StreamSession:
         try:
             pending = read_next()
             while (item := await pending) is not None:
+                if self.shutdown.is_set():
+                    raise ShuttingDown(
+                        f"The server is shutting down; this stream stopped after "
+                        f"{self.processed} frames. Send the frames after the last event id again "
+                        "(another replica takes them)."
+                    )
                 pending = read_next()
-                frame = await self.model.run(partial(self.infer, item=item), self.limiter)
+                frame = await self.infer(item)
                 STREAM_FRAMES.labels(self.model.name).inc()
                 await queue.put(frame)
             elapsed = time.perf_counter() - started
@@ -170,7 +190,8 @@ class StreamSession:
             await queue.put(event("error", problem(None, failure)))
 
     async def events(self) -> AsyncIterator[ServerSentEvent]:
-        """The SSE events: start, frames as they are computed, then end (or error).
+        """The SSE events: start, frames as they are computed, then end (or error; on server
+        shutdown, after the frames already computed, the error ``shutting-down``).
 
         On a client that goes away (or a send timeout) this generator is cancelled: the producer
         is cancelled with it, so no new frame starts, and the source is closed (its lock waits

@@ -25,6 +25,9 @@ import msgspec
 
 from client import errors
 from client._client import Annotation, Client
+from client.ab import add as add_ab
+from client.bench import add as add_bench
+from client.deploy import add as add_deploy
 from client.schema import StreamEnd, StreamFrame, StreamStart
 
 EXIT_USAGE, EXIT_API, EXIT_CONNECTION, EXIT_STREAM = 2, 3, 4, 5
@@ -332,6 +335,9 @@ COMMANDS: list[Callable[[Any], None]] = [
     add_segment,
     add_annotate,
     add_stream,
+    add_ab,
+    add_bench,
+    add_deploy,
 ]
 
 

@@ -100,6 +100,7 @@ class ModelInfo(Struct, frozen=True, kw_only=True):
     sha256: str
     device: str
     default: bool
+    format: str = "pt"  # pt (PyTorch weights or a model config), onnx, openvino
 
 
 class ModelList(Struct, frozen=True, kw_only=True):
@@ -109,9 +110,10 @@ class ModelList(Struct, frozen=True, kw_only=True):
 
 
 class Health(Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """``GET /health``: ``ok`` (200) once every model is warm, else ``loading``/``failed`` (503)."""
+    """``GET /health``: ``ok`` (200) once every model is warm, else ``loading``/``failed`` or
+    ``shutting-down`` (503)."""
 
-    status: Literal["ok", "loading", "failed"]
+    status: Literal["ok", "loading", "failed", "shutting-down"]
     deployed_model_id: str
     models: dict[str, bool]
     detail: str | None = None

@@ -387,10 +387,17 @@ def test_lines_survive_the_vertex_sdk_line_iterator(stream_server, tmp_path):
 def test_route_and_events_are_in_the_openapi_schema(http):
     schema = http.get("/openapi/openapi.json").json()
     ok = schema["paths"]["/stream"]["post"]["responses"]["200"]
+    event = ok["content"]["text/event-stream"]["schema"]  # one event: its name and JSON data
     refs = {
-        s["$ref"].rsplit("/", 1)[1] for s in ok["content"]["text/event-stream"]["schema"]["oneOf"]
+        e["properties"]["event"]["const"]: e["properties"]["data"]["contentSchema"]["$ref"]
+        for e in event["oneOf"]
     }
-    assert refs == {"StreamStart", "StreamFrame", "StreamEnd", "Problem"}
+    assert {name: ref.rsplit("/", 1)[1] for name, ref in refs.items()} == {
+        "start": "StreamStart",
+        "frame": "StreamFrame",
+        "end": "StreamEnd",
+        "error": "Problem",
+    }
     assert {"StreamStart", "StreamFrame", "StreamEnd"} <= set(schema["components"]["schemas"])
 
 

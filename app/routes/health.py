@@ -4,23 +4,36 @@ from __future__ import annotations
 
 from litestar import Response, get
 from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
 
 from app.config import Settings
 from app.registry import Registry
+from app.shutdown import Shutdown
 from client.schema import Health
 
 
 def health_handler(path: str) -> HTTPRouteHandler:
-    """A GET handler at ``path``: 200 once every model is warm, 503 before (or on failure)."""
+    """A GET handler at ``path``: 200 once every model is warm, 503 before (or on failure, or
+    once shutdown started)."""
 
-    @get(path, summary="Readiness", sync_to_thread=False, cache=False)
-    def health(registry: Registry, settings: Settings) -> Response[Health]:
+    @get(
+        path,
+        summary="Readiness",
+        sync_to_thread=False,
+        cache=False,
+        responses={
+            503: ResponseSpec(Health, description="Loading, loading failed, or shutting down")
+        },
+    )
+    def health(registry: Registry, settings: Settings, shutdown: Shutdown) -> Response[Health]:
+        ready = registry.ready and not shutdown.started
+        status = "shutting-down" if shutdown.started else "ok" if ready else registry.state
         body = Health(
-            status="ok" if registry.ready else registry.state,  # type: ignore[arg-type]
+            status=status,  # type: ignore[arg-type]
             deployed_model_id=settings.deployed_model_id,
             models={name: name in registry.models for name in registry.expected()},
             detail=registry.error,
         )
-        return Response(body, status_code=200 if registry.ready else 503)
+        return Response(body, status_code=200 if ready else 503)
 
     return health

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from litestar import Controller, Request, Response, post
-from litestar.openapi.spec import Example
+from litestar.openapi.datastructures import ResponseSpec
 
 from app.config import Settings
 from app.inference import b64, encode_image, image_result, render
+from app.media import OCTET_STREAM
 from app.pipeline import Inferred, infer
 from app.registry import Registry
+from app.routes.openapi import operation, problems
 from client.schema import (
     AnnotatedImage,
     AnnotateResponse,
@@ -26,6 +28,8 @@ INPUTS = (
     "iou, max_det, classes (names or ids), imgsz."
 )
 IMAGE_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
+RAW = ["image/jpeg", "image/png", "image/webp", "image/bmp", OCTET_STREAM]
+ERRORS = problems(400, 404, 413, 415, 429, 503)
 
 
 async def _results(
@@ -48,7 +52,14 @@ async def _results(
 class InferenceController(Controller):
     """Image inference routes. Every response carries the model and deployed-model headers."""
 
-    @post("/detect", status_code=200, summary="Detect objects", description=INPUTS)
+    @post(
+        "/detect",
+        status_code=200,
+        summary="Detect objects",
+        description=INPUTS,
+        responses=ERRORS,
+        operation_class=operation(RAW, "image"),
+    )
     async def detect(
         self, request: Request, registry: Registry, settings: Settings
     ) -> Response[InferenceResponse]:
@@ -60,6 +71,8 @@ class InferenceController(Controller):
         status_code=200,
         summary="Segment instances",
         description=INPUTS + " Add rle=true for COCO RLE masks. Needs a segmentation model.",
+        responses=ERRORS,
+        operation_class=operation(RAW, "image"),
     )
     async def segment(
         self, request: Request, registry: Registry, settings: Settings
@@ -75,7 +88,16 @@ class InferenceController(Controller):
         + " Answers the drawn image (JPEG by default; PNG by Accept: image/png or format=png) "
         "with its detection count in X-Detection-Count, or, with Accept: application/json, "
         "the detections and the image in base64.",
-        response_description="The annotated image",
+        responses={
+            200: ResponseSpec(
+                AnnotateResponse,
+                description="The annotated image (image/jpeg, image/png), or the detections "
+                "and the images in base64 (application/json)",
+                generate_examples=False,
+            ),
+            **ERRORS,
+        },
+        operation_class=operation(RAW, "image", extra_200=list(IMAGE_TYPES.values())),
     )
     async def annotate(self, request: Request, registry: Registry, settings: Settings) -> Response:
         accept = request.accept.best_match(
@@ -89,6 +111,7 @@ class InferenceController(Controller):
             one_image=None
             if accept == "application/json"
             else "send one image, or ask for Accept: application/json to get all of them",
+            draft=False,  # the drawing is the full-size image
         )
         fmt = inferred.params.format or ("png" if accept == "image/png" else "jpeg")
         if accept == "application/json":
@@ -129,9 +152,8 @@ class InferenceController(Controller):
         description='`{"instances": [{"image": "<base64>"}], "parameters": {"confidence": 0.5}}`'
         ' → `{"predictions": [{"detections": [...], "detection_count": N}], ...}`. '
         "Also accepts every input form of /detect.",
-        request_body_examples=[
-            Example(value={"instances": [{"image": "<base64>"}], "parameters": {"confidence": 0.5}})
-        ],
+        responses=ERRORS,
+        operation_class=operation(RAW, "image", aliases={"confidence": "conf"}),
     )
     async def predict(
         self, request: Request, registry: Registry, settings: Settings

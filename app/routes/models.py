@@ -5,6 +5,7 @@ from __future__ import annotations
 from litestar import Controller, HttpMethod, route
 
 from app.registry import Registry
+from app.routes.openapi import problems
 from client.schema import ModelInfo, ModelList
 
 
@@ -15,6 +16,7 @@ class ModelsController(Controller):
         http_method=[HttpMethod.GET, HttpMethod.POST],
         status_code=200,
         summary="List the served models",
+        responses=problems(503),
         sync_to_thread=False,
     )
     def list_models(self, registry: Registry) -> ModelList:
@@ -26,6 +28,7 @@ class ModelsController(Controller):
         http_method=[HttpMethod.GET, HttpMethod.POST],
         status_code=200,
         summary="Describe one model",
+        responses=problems(404, 503),
         sync_to_thread=False,
     )
     def get_model(self, registry: Registry, name: str) -> ModelInfo:

@@ -24,6 +24,7 @@ from app.errors import WrongTask
 from app.media import parse_parameters
 from app.middleware import request_id
 from app.registry import Registry
+from app.routes.openapi import operation, problems
 from app.stream import SSE_SEPARATOR, StreamSession
 from app.video import VIDEO_TYPES, open_source, read_stream_inputs
 from client.schema import Problem, StreamEnd, StreamFrame, StreamParameters, StreamStart
@@ -58,8 +59,20 @@ a video over the server's limits (frames, duration, resolution) is a 4xx problem
             generate_examples=False,
             description="Events `start` (StreamStart), `frame` (StreamFrame), `end` "
             "(StreamEnd), `error` (Problem); see client/schema.py",
-        )
+        ),
+        **problems(400, 404, 413, 415, 429, 503),
     },
+    operation_class=operation(
+        sorted(VIDEO_TYPES),
+        "frames",
+        StreamParameters,
+        events={
+            "start": "StreamStart",
+            "frame": "StreamFrame",
+            "end": "StreamEnd",
+            "error": "Problem",
+        },
+    ),
 )
 async def stream_handler(request: Request, registry: Registry, settings: Settings) -> ASGIApp:
     inputs = await read_stream_inputs(request, settings)
@@ -72,6 +85,7 @@ async def stream_handler(request: Request, registry: Registry, settings: Setting
             field="track",
         )
     class_ids = model.class_ids(params.classes)
+    model.input_size(params.imgsz)  # 400 when a static export is asked for another size
     source = await anyio.to_thread.run_sync(open_source, inputs, params, settings)
     try:
         assert registry.limiter is not None
@@ -88,6 +102,9 @@ async def stream_handler(request: Request, registry: Registry, settings: Setting
             ping=settings.stream_ping_seconds,
             sep=SSE_SEPARATOR,
             send_timeout=settings.stream_send_timeout,
+            # On shutdown: the frames computed, then an `error` event `shutting-down`.
+            shutdown_event=session.shutdown,
+            shutdown_grace_period=settings.shutdown_seconds,
         ),
         session.request_id,
         settings.stream_send_timeout,
