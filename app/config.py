@@ -70,7 +70,7 @@ class Settings:
     stream_ping_seconds: float = 15.0
     stream_send_timeout: float = 30.0
     stream_queue: int = 4
-    batching: str = "auto"  # auto: on for CUDA devices
+    batching: str = "auto"  # auto: on for PyTorch weights, off for static exports
     batch_max_size: int = 8
     batch_max_delay_ms: float = 5.0
     queue_size: int = 64

@@ -61,6 +61,7 @@ def create_app(
             yield
         finally:
             task.cancel()
+            registry.close()
 
     handlers = [
         InferenceController,

@@ -14,6 +14,7 @@ import logging
 import re
 import time
 from contextlib import AbstractContextManager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -215,15 +216,24 @@ class LoadedModel:
 
     def start(self, settings: Settings, limiter: anyio.CapacityLimiter) -> None:
         """Start the model's scheduler (needs the running event loop; see app/scheduler.py)."""
-        cuda = self.device.startswith("cuda") or self.device.isdigit()
-        batching = settings.batching == "on" or (settings.batching == "auto" and cuda)
+        # auto: on for PyTorch weights (measured faster under concurrency on CPU and CUDA alike:
+        # README "Benchmarks"); off for static exports, which Ultralytics runs once per image.
+        batching = settings.batching == "on" or (
+            settings.batching == "auto" and self.format == "pt"
+        )
         policy = Policy(
             batching=batching and settings.batch_max_size > 1,
             max_size=settings.batch_max_size,
             max_delay=settings.batch_max_delay_ms / 1000,
             queue_size=settings.queue_size,
         )
-        self.scheduler = Scheduler(self.name, self._instances, policy, limiter)
+        thread_init = None
+        if settings.torch_threads:
+            import torch
+
+            # in each inference thread itself: set from another thread it measured slower
+            thread_init = partial(torch.set_num_threads, settings.torch_threads)
+        self.scheduler = Scheduler(self.name, self._instances, policy, limiter, thread_init)
         self.scheduler.start()
         log.info(
             "model %s: batching %s, queue %d",
@@ -360,12 +370,7 @@ class Registry:
             specs = discover_storage_models(settings.storage_uri)
         device = resolve_device(settings.device)
         disable_sync()
-        loaded = [self._load_one(spec, device) for spec in specs]
-        if settings.torch_threads:
-            import torch
-
-            torch.set_num_threads(settings.torch_threads)  # after the first predict, so it sticks
-        return loaded
+        return [self._load_one(spec, device) for spec in specs]
 
     def _load_one(self, spec: ModelSpec, device: str) -> LoadedModel:
         from ultralytics import YOLO
@@ -398,6 +403,12 @@ class Registry:
             time.perf_counter() - started,
         )  # fmt: skip
         return model
+
+    def close(self) -> None:
+        """Let each model's inference threads end once idle (at shutdown; nothing waits here)."""
+        for model in self.models.values():
+            if model.scheduler is not None:
+                model.scheduler.close()
 
     def ensure_ready(self) -> None:
         """Raise :class:`NotReady` (503) unless every model is loaded and warm."""

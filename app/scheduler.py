@@ -30,6 +30,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,10 +74,22 @@ class Scheduler:
     """
 
     def __init__(
-        self, name: str, instances: list[Any], policy: Policy, limiter: anyio.CapacityLimiter
+        self,
+        name: str,
+        instances: list[Any],
+        policy: Policy,
+        limiter: anyio.CapacityLimiter,
+        thread_init: Callable[[], None] | None = None,
     ) -> None:
         self.name, self.policy, self.limiter = name, policy, limiter
         self._instances = instances
+        # One thread per instance, for its whole life: PyTorch's OpenMP keeps a team of threads
+        # per calling thread, so inference hopping across a pool of threads would wake (and spin)
+        # several teams on the same cores. ``thread_init`` runs first in each (torch threads).
+        self._threads = {
+            id(i): ThreadPoolExecutor(1, f"infer-{name}", initializer=thread_init)
+            for i in instances
+        }
         self._pool: asyncio.Queue[Any] = asyncio.Queue()
         self._depth = 0  # admitted and not yet done
         self._items = 0  # submitted to predict and not yet done
@@ -95,6 +108,11 @@ class Scheduler:
         QUEUE_DEPTH.labels(self.name).set(0)
         if self.policy.batching:
             self._spawn(self._batch_forever())
+
+    def close(self) -> None:
+        """End the inference threads once their current call (if any) is done; no new work."""
+        for executor in self._threads.values():
+            executor.shutdown(wait=False, cancel_futures=True)
 
     def ensure_room(self) -> None:
         """Raise :class:`Overloaded` when the queue is full."""
@@ -149,7 +167,9 @@ class Scheduler:
 
     async def _call(self, instance: Any, fn: PredictFn, images: list[Any]) -> list[Any]:
         BATCH_SIZE.labels(self.name).observe(len(images))
-        return await anyio.to_thread.run_sync(fn, instance, images, limiter=self.limiter)
+        async with self.limiter:  # SERVE_WORKERS inference calls at a time, across models
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._threads[id(instance)], fn, instance, images)
 
     async def _use(self, instance: Any, fn: PredictFn, images: list[Any]) -> list[Any]:
         """One call on ``instance`` (in its own task), which then goes back to the pool."""

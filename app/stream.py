@@ -11,6 +11,7 @@ in flight finishes, no new one starts), and the source is closed in every case.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -87,11 +88,10 @@ class StreamSession:
         params: StreamParameters,
         class_ids: list[int] | None,
         settings: Settings,
-        limiter: anyio.CapacityLimiter,
         request_id: str,
     ) -> None:
         self.model, self.source, self.params = model, source, params
-        self.class_ids, self.settings, self.limiter = class_ids, settings, limiter
+        self.class_ids, self.settings = class_ids, settings
         self.request_id = request_id
         model.ensure_room()  # a stream is admitted here (429 when full); its frames never refused
         self.tracker = make_tracker(params.track) if params.track != "none" else None
@@ -120,15 +120,11 @@ class StreamSession:
             ),
         )
 
-    async def infer(self, item: tuple[int, float | None, Any]) -> ServerSentEvent:
-        """Infer one frame (a place in the model's queue while it is in flight), then track and
-        encode it in a worker thread. ``inference_ms`` includes any wait for the model."""
-        started = time.perf_counter()
+    async def infer(self, item: tuple[int, float | None, Any]) -> Any:
+        """Infer one frame, holding a place in the model's queue while it is in flight."""
         with self.model.admit(force=True):
             (result,) = await self.model.predict([item[2]], self.params, self.class_ids)
-        return await anyio.to_thread.run_sync(
-            partial(self.finish, item, result, started), limiter=self.limiter
-        )
+        return result
 
     def finish(
         self, item: tuple[int, float | None, Any], result: Any, started: float
@@ -160,6 +156,22 @@ class StreamSession:
         def read_next() -> asyncio.Future[Any]:
             return asyncio.ensure_future(anyio.to_thread.run_sync(self.source.read))
 
+        async def finish_and_queue(item: Any, result: Any, t0: float) -> None:
+            # not under the inference limiter: it overlaps the next frame's inference
+            frame = await anyio.to_thread.run_sync(partial(self.finish, item, result, t0))
+            STREAM_FRAMES.labels(self.model.name).inc()
+            await queue.put(frame)
+
+        async def sent(finishing: asyncio.Future[None] | None) -> None:
+            """Before an error event: the frame already inferred goes out first (if it can)."""
+            if finishing is not None:
+                with contextlib.suppress(Exception):
+                    await finishing
+
+        # Frame k is tracked and encoded (a worker thread) while frame k+1 is inferred; frame k+1
+        # is finished only after frame k, so events stay in order and one thread at a time
+        # touches the tracker.
+        finishing: asyncio.Future[None] | None = None
         try:
             pending = read_next()
             while (item := await pending) is not None:
@@ -170,9 +182,13 @@ class StreamSession:
                         "(another replica takes them)."
                     )
                 pending = read_next()
-                frame = await self.infer(item)
-                STREAM_FRAMES.labels(self.model.name).inc()
-                await queue.put(frame)
+                t0 = time.perf_counter()
+                result = await self.infer(item)
+                if finishing is not None:
+                    await finishing
+                finishing = asyncio.ensure_future(finish_and_queue(item, result, t0))
+            if finishing is not None:
+                await finishing
             elapsed = time.perf_counter() - started
             end = StreamEnd(
                 frames=self.processed,
@@ -183,11 +199,16 @@ class StreamSession:
             )
             await queue.put(event("end", end))
         except ServingError as exc:
+            await sent(finishing)
             await queue.put(event("error", problem(None, exc)))
         except Exception:
+            await sent(finishing)
             log.exception("stream %s failed after %d frames", self.request_id, self.processed)
             failure = ServingError("the stream failed on the server; see its logs")
             await queue.put(event("error", problem(None, failure)))
+        finally:
+            if finishing is not None and not finishing.done():
+                finishing.cancel()  # no await here (see events()); its thread ends on its own
 
     async def events(self) -> AsyncIterator[ServerSentEvent]:
         """The SSE events: start, frames as they are computed, then end (or error; on server

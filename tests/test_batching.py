@@ -1,7 +1,7 @@
 """The per-model scheduler: dynamic batching, backpressure (429) and failures of one request.
 
 Three real servers: batching on (a long gathering delay, so batches form on this slow machine),
-the default (``SERVE_BATCHING=auto``, off on CPU) with a queue of one, and a batching server
+the default (``SERVE_BATCHING=auto``: on for these PyTorch weights) with a queue of one, and a batching server
 started by ``tests/fault_app.py``, whose models raise on one marked image (see that file: no
 request can make a real ``predict`` fail after decoding).
 """
@@ -23,7 +23,7 @@ from httpx_sse import connect_sse
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings, SettingsError
-from conftest import ROOT, Server, start_server
+from conftest import ROOT, Server, serving
 from helpers import b64, box_iou, det_box, encode, scenes
 
 PNG = {"Content-Type": "image/png"}
@@ -32,12 +32,8 @@ IMAGES = [encode(rgb) for rgb, _ in scenes(16)]  # three sizes: 160x160, 240x200
 
 
 def serve(factory: pytest.TempPathFactory, env: dict[str, str], cmd=None) -> Iterator[Server]:
-    srv = start_server(factory.mktemp("batching"), {"SERVE_METRICS": "true", **env}, cmd)
-    try:
-        srv.wait_healthy()
+    with serving(factory.mktemp("batching"), {"SERVE_METRICS": "true", **env}, cmd) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +44,7 @@ def batching(tmp_path_factory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def default(tmp_path_factory) -> Iterator[Server]:
-    """Batching auto (off on CPU) and room for one request per model."""
+    """Batching auto (on for the demo's PyTorch weights) and room for one request per model."""
     yield from serve(tmp_path_factory, {"SERVE_QUEUE_SIZE": "1"})
 
 
@@ -198,8 +194,8 @@ def test_mixed_parameters_each_get_their_own(batching, default):
     assert max(len(w) for (_, p), w in zip(jobs, want, strict=True) if not p) > 1
 
 
-def test_batching_is_off_on_cpu_by_default(default):
-    assert "model shapes-detect: batching off, queue 1" in default.logs()
+def test_batching_is_on_by_default_for_pytorch_weights(default):
+    assert "model shapes-detect: batching on (up to 8 images, 5 ms), queue 1" in default.logs()
     calls, multi, images = batches(default)
     assert detect(default.url, IMAGES[0]).status_code == 200
     assert batches(default) == (calls + 1, multi, images + 1)

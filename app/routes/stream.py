@@ -88,9 +88,8 @@ async def stream_handler(request: Request, registry: Registry, settings: Setting
     model.input_size(params.imgsz)  # 400 when a static export is asked for another size
     source = await anyio.to_thread.run_sync(open_source, inputs, params, settings)
     try:
-        assert registry.limiter is not None
         session = StreamSession(
-            model, source, params, class_ids, settings, registry.limiter, request_id(request.scope)
+            model, source, params, class_ids, settings, request_id(request.scope)
         )
     except BaseException:
         source.close()

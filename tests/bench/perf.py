@@ -42,13 +42,14 @@ import msgspec
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from app.demo.shapes import draw_scene, moving_shape_frames, write_video  # noqa: E402
 from app.offline import configure_ultralytics  # noqa: E402
 from client.bench import Level, Reply, percentile, run_level  # noqa: E402
 from client.schema import CommonParameters, StreamFrame  # noqa: E402
 from client.sse import StreamDecoder, iter_lines  # noqa: E402
+from servers import start_server  # noqa: E402
 
 DEMO_MODEL = ROOT / "app/demo/weights/shapes-detect.pt"
 WIDTH, HEIGHT = 640, 480
@@ -100,51 +101,6 @@ def say(text: str) -> None:
 
 
 # -- the server -------------------------------------------------------------------------------
-
-
-class Server:
-    """A ``python -m app`` child; ``started`` is when it was spawned (perf_counter)."""
-
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = workdir / f"server-{port}.log"
-        full = {**os.environ, **env, "AIP_HTTP_PORT": str(port), "SERVE_HOST": "127.0.0.1"}
-        self.started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app"],
-            cwd=ROOT,
-            env=full,
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_healthy(self, timeout: float = 600.0) -> float:
-        """Seconds from spawn to the first ``/health`` 200 (polled every 20 ms)."""
-        deadline = self.started + timeout
-        while time.perf_counter() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited:\n{self.log.read_text(errors='replace')}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return time.perf_counter() - self.started
-            except httpx.TransportError:
-                pass
-            time.sleep(0.02)
-        raise TimeoutError(f"server not healthy:\n{self.log.read_text(errors='replace')}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def cold_start(model: str, device: str, env: dict[str, str]) -> float:
@@ -206,9 +162,9 @@ def serve_phase(args: Any, workdir: Path, env: dict[str, str], inputs: dict[str,
     query = f"?imgsz={args.imgsz}" if args.imgsz else ""
     stream_query = query + ("&" if query else "?") + f"track={args.track}"
     for round_ in range(args.rounds):
-        server = Server(workdir, env)
-        try:
-            out["cold_start_s"].append(server.wait_healthy())
+        server = start_server(workdir, env)
+        try:  # seconds from spawn to the first /health 200, polled every 20 ms
+            out["cold_start_s"].append(server.wait_healthy(timeout=600, poll=0.02))
             say(f"server healthy after {out['cold_start_s'][-1]:.2f} s")
             if round_:
                 continue
@@ -269,7 +225,8 @@ def local_phase(args: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     )  # fmt: skip
     image = cv2.imdecode(np.frombuffer(inputs["jpeg"], np.uint8), cv2.IMREAD_COLOR)
     model.predict(image, **kwargs)
-    torch.set_num_threads(args.threads)  # after the first predict, as the server does
+    if args.threads:  # as the server does with SERVE_TORCH_THREADS: in the inference thread
+        torch.set_num_threads(args.threads)
     for _ in range(args.warmup):
         model.predict(image, **kwargs)
     latencies = []
@@ -412,7 +369,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if present")
     parser.add_argument("--imgsz", type=int, help="inference size (default: the model's)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads on both sides (default: torch's own; setting it, even to the same "
+        "number, turns off MKL's dynamic threads: measured slower in the server)",
+    )
     parser.add_argument("--requests", type=int, help="requests per /detect figure (default 200)")
     parser.add_argument("--frames", type=int, help="frames of the P3 video (default 300)")
     parser.add_argument("--rounds", type=int, help="P3 best of / P5 median of (default 3)")
@@ -462,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
             **env,
             "SERVE_MODELS": f"bench={args.model}",
             "SERVE_DEVICE": args.device,
-            "SERVE_TORCH_THREADS": str(args.threads),
+            **({"SERVE_TORCH_THREADS": str(args.threads)} if args.threads else {}),
             "SERVE_LOG_LEVEL": "warning",
         }
         for item in args.server_env:
@@ -483,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         model=Path(args.model).name,
         device=args.device,
         imgsz=args.imgsz,
-        threads=args.threads,
+        threads=args.threads or torch.get_num_threads(),
         command=" ".join([Path(sys.executable).name, *sys.argv]),
         figures=figures(served, local, inputs),
         details={"served": served, "in_process": local},
