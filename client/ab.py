@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from collections import Counter
@@ -44,6 +45,7 @@ import msgspec
 
 from client import errors
 from client._client import Client, ImageParams
+from client.bench import percentile
 from client.schema import Detection
 from client.transports import VertexTransport
 
@@ -315,16 +317,14 @@ def latency_stats(latencies_ms: Sequence[float]) -> LatencyStats:
         return LatencyStats(
             count=0, mean_ms=None, p50_ms=None, p95_ms=None, p99_ms=None, max_ms=None
         )
-    np = _needs("numpy")
-    values = np.asarray(latencies_ms, dtype=float)
-    p50, p95, p99 = (float(v) for v in np.percentile(values, [50, 95, 99]))
+    values = sorted(latencies_ms)
     return LatencyStats(
         count=len(values),
-        mean_ms=float(values.mean()),
-        p50_ms=p50,
-        p95_ms=p95,
-        p99_ms=p99,
-        max_ms=float(values.max()),
+        mean_ms=statistics.fmean(values),
+        p50_ms=percentile(values, 50),
+        p95_ms=percentile(values, 95),
+        p99_ms=percentile(values, 99),
+        max_ms=values[-1],
     )
 
 
@@ -333,7 +333,8 @@ def _confidence_stats(confidences: Sequence[float]) -> ConfidenceStats:
     histogram = np.histogram(confidences, bins=CONFIDENCE_BINS, range=(0.0, 1.0))[0]
     if not confidences:
         return ConfidenceStats(p10=None, p50=None, p90=None, histogram=histogram.tolist())
-    p10, p50, p90 = (float(v) for v in np.percentile(confidences, [10, 50, 90]))
+    values = sorted(confidences)
+    p10, p50, p90 = (percentile(values, q) for q in (10, 50, 90))
     return ConfidenceStats(p10=p10, p50=p50, p90=p90, histogram=histogram.tolist())
 
 
@@ -830,16 +831,12 @@ def _inputs(args: argparse.Namespace) -> list[Any] | None:
     return None
 
 
-def _write(path: str, data: bytes) -> None:
-    try:
-        Path(path).write_bytes(data)
-    except OSError as exc:
-        raise errors.ParameterError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
 def _output(args: argparse.Namespace, report: Report) -> None:
+    from client.cli import writing
+
     if args.report:
-        _write(args.report, encode_report(report))
+        with writing(args.report):
+            Path(args.report).write_bytes(encode_report(report))
     if args.figure:
         plot(report, args.figure)
     sys.stdout.write(encode_report(report).decode() if args.json else render_table(report) + "\n")

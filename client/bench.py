@@ -364,6 +364,7 @@ def _bodies(args: argparse.Namespace) -> list[tuple[bytes, str]]:
 def run(args: argparse.Namespace) -> int:
     """``python -m client bench``."""
     from client import errors
+    from client.cli import json_text, writing
     from client.transports import AsyncHttpTransport, AsyncVertexTransport, Request
 
     bodies = _bodies(args)
@@ -467,19 +468,15 @@ def run(args: argparse.Namespace) -> int:
         duration_s=duration,
         levels=levels,
     )
-    encoded = msgspec.json.format(msgspec.json.encode(report).decode(), indent=2) + "\n"
+    encoded = json_text(report)
     if args.json == "-":
         sys.stdout.write(encoded)
     else:
         print(f"{args.route} on {target}, {len(args.images)} input file(s)")
         print(table(levels))
         if args.json:
-            try:
+            with writing(args.json):
                 Path(args.json).write_text(encoded)
-            except OSError as exc:
-                raise errors.ParameterError(
-                    f"cannot write {args.json}: {exc.strerror or exc}"
-                ) from None
     if all(level.latency_ms is None for level in levels):
         from client.cli import EXIT_API, EXIT_CONNECTION
 

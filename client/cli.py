@@ -9,17 +9,21 @@ failed after it started.
 
 Adding a subcommand (``deploy``, ``ab``, ``bench``...): write ``add(subparsers)`` that adds its
 parser with ``parents=[connection_options()]`` when it talks to an endpoint, and sets
-``func=run(args) -> int``; then list ``add`` in :data:`COMMANDS`.
+``func=run(args) -> int``; then list ``add`` in :data:`COMMANDS`. Its ``run`` builds on
+:func:`make_client` (or :func:`vertex_target` for the SDK alone), :func:`json_text` for
+``--json`` and :func:`writing` around output files (imported inside the function: this module
+imports the subcommands).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -41,6 +45,35 @@ class EmulatorInfo(msgspec.Struct):
     endpoint_id: str
     control_plane_url: str
     ca_cert: str | None = None
+
+
+class VertexTarget(NamedTuple):
+    """Where Vertex calls go; the names are the connection options' (``args.<name>``)."""
+
+    project: str | None
+    location: str | None
+    endpoint: str | None
+    api_endpoint: str | None
+    ca_cert: str | None
+
+
+def vertex_target(args: argparse.Namespace) -> VertexTarget:
+    """``--project``, ``--location``, ``--endpoint``, ``--api-endpoint`` and ``--ca-cert``, each
+    one not given taken from the ``--emulator-info`` file when there is one."""
+    given = VertexTarget(*(getattr(args, name, None) for name in VertexTarget._fields))
+    if not args.emulator_info:
+        return given
+    try:
+        info = msgspec.json.decode(Path(args.emulator_info).read_bytes(), type=EmulatorInfo)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise errors.ParameterError(f"cannot read {args.emulator_info}: {exc}") from None
+    return VertexTarget(
+        project=given.project or info.project,
+        location=given.location or info.location,
+        endpoint=given.endpoint or info.endpoint_id or None,
+        api_endpoint=given.api_endpoint or info.control_plane_url,
+        ca_cert=given.ca_cert or info.ca_cert,
+    )
 
 
 def connection_options() -> argparse.ArgumentParser:
@@ -94,22 +127,7 @@ def make_client(args: argparse.Namespace) -> Client:
     options = {"timeout": args.timeout, "retries": args.retries}
     if args.url:
         return Client.from_url(args.url, verify=args.ca_cert, **options)
-    project, location, endpoint, api_endpoint = (
-        args.project,
-        args.location,
-        args.endpoint,
-        args.api_endpoint,
-    )
-    ca_cert = args.ca_cert
-    if args.emulator_info:
-        try:
-            info = msgspec.json.decode(Path(args.emulator_info).read_bytes(), type=EmulatorInfo)
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise errors.ParameterError(f"cannot read {args.emulator_info}: {exc}") from None
-        project, location = project or info.project, location or info.location
-        endpoint = info.endpoint_id
-        api_endpoint = api_endpoint or info.control_plane_url
-        ca_cert = ca_cert or info.ca_cert
+    project, location, endpoint, api_endpoint, ca_cert = vertex_target(args)
     if not endpoint:
         raise errors.ParameterError("say where to send: --url, --endpoint or --emulator-info")
     if ca_cert:  # the SDK's data plane (requests) reads the CA bundle from the environment
@@ -132,8 +150,23 @@ def make_client(args: argparse.Namespace) -> Client:
     )
 
 
+def json_text(value: Any) -> str:
+    """``value`` as indented JSON and a newline: what ``--json`` prints."""
+    return msgspec.json.format(msgspec.json.encode(value).decode(), indent=2) + "\n"
+
+
 def _print_json(value: Any) -> None:
-    sys.stdout.write(msgspec.json.format(msgspec.json.encode(value).decode(), indent=2) + "\n")
+    sys.stdout.write(json_text(value))
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Around writing an output file: an ``OSError`` becomes a ParameterError naming the file
+    (exit 2)."""
+    try:
+        yield
+    except OSError as exc:
+        raise errors.ParameterError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _served_by(result: Any) -> str:
@@ -196,10 +229,8 @@ def run_annotate(args: argparse.Namespace) -> int:
             args.image, deployed_model_id=args.deployed_model_id, format=fmt, **params
         )
     assert isinstance(result, Annotation)
-    try:
+    with writing(args.out):
         result.save(args.out)
-    except OSError as exc:
-        raise errors.ParameterError(f"cannot write {args.out}: {exc.strerror or exc}") from None
     if args.json:
         _print_json({k: v for k, v in msgspec.structs.asdict(result).items() if k != "image"})
         return 0

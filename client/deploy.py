@@ -25,7 +25,6 @@ import logging
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -395,32 +394,17 @@ def _split(items: Sequence[str]) -> dict[str, int]:
 
 
 def _connection(args: argparse.Namespace) -> tuple[Connection, str | None]:
-    """The connection and the default endpoint (an emulator's), from the options."""
-    project, location, api_endpoint, endpoint = (
-        args.project,
-        args.location,
-        args.api_endpoint,
-        None,
-    )
-    if args.emulator_info:
-        from client.cli import EmulatorInfo
+    """The connection and the endpoint (``--endpoint``, else an emulator's), from the options."""
+    from client.cli import vertex_target
 
-        try:
-            info = msgspec.json.decode(Path(args.emulator_info).read_bytes(), type=EmulatorInfo)
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise errors.ParameterError(f"cannot read {args.emulator_info}: {exc}") from None
-        project, location = project or info.project, location or info.location
-        api_endpoint = api_endpoint or info.control_plane_url
-        endpoint = info.endpoint_id or None
-    return Connection(project, location, api_endpoint), endpoint
+    target = vertex_target(args)
+    return Connection(target.project, target.location, target.api_endpoint), target.endpoint
 
 
 def _print(result: msgspec.Struct, args: argparse.Namespace, lines: list[str]) -> None:
-    if args.json:
-        text = msgspec.json.format(msgspec.json.encode(result).decode(), indent=2)
-        sys.stdout.write(text + "\n")
-    else:
-        print("\n".join(lines))
+    from client.cli import json_text
+
+    sys.stdout.write(json_text(result) if args.json else "\n".join(lines) + "\n")
 
 
 def _status_lines(status: EndpointStatus) -> list[str]:
@@ -447,8 +431,7 @@ def _status_lines(status: EndpointStatus) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     """Run one ``deploy`` subcommand; SDK errors become :mod:`client.errors` (``cli.main`` maps
     them to exit codes)."""
-    connection, default_endpoint = _connection(args)
-    endpoint = getattr(args, "endpoint", None) or default_endpoint
+    connection, endpoint = _connection(args)
     if hasattr(args, "endpoint") and not endpoint:
         raise errors.ParameterError("give --endpoint (or --emulator-info of an emulator with one)")
     action = args.action

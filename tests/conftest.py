@@ -4,99 +4,24 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from client.emulator import EmulatorInfo
+from servers import ROOT, Server, free_port, serving, start_server  # noqa: F401 (for the tests)
 
-ROOT = Path(__file__).resolve().parents[1]
 BUS_JPG = Path(importlib.util.find_spec("ultralytics").origin).parent / "assets" / "bus.jpg"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    """A real ``python -m app`` child process."""
-
-    url: str
-    proc: subprocess.Popen
-    log: Path
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_healthy(self, timeout: float = 180.0, path: str = "/health") -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
-            try:
-                if httpx.get(self.url + path, timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"server not healthy after {timeout} s:\n{self.logs()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def start_server(
-    workdir: Path, env: dict[str, str] | None = None, cmd: list[str] | None = None
-) -> Server:
-    """Start the server (not waiting for health); its output goes to a log file."""
-    port = free_port()
-    full_env = {
-        **os.environ,
-        "AIP_HTTP_PORT": str(port),
-        "SERVE_HOST": "127.0.0.1",
-        "YOLO_CONFIG_DIR": str(workdir / "yolo-config"),
-        "PYTHONUNBUFFERED": "1",
-        **(env or {}),
-    }
-    log = workdir / f"server-{port}.log"
-    proc = subprocess.Popen(
-        cmd or [sys.executable, "-m", "app"],
-        cwd=ROOT,
-        env=full_env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    return Server(f"http://127.0.0.1:{port}", proc, log)
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The default configuration: the bundled demo models."""
-    srv = start_server(
-        tmp_path_factory.mktemp("server"),
-        {"AIP_DEPLOYED_MODEL_ID": "dm-test-1", "SERVE_MAX_IMAGES": "8"},
-    )
-    try:
-        srv.wait_healthy()
+    env = {"AIP_DEPLOYED_MODEL_ID": "dm-test-1", "SERVE_MAX_IMAGES": "8"}
+    with serving(tmp_path_factory.mktemp("server"), env) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="session")
@@ -158,3 +83,11 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorInfo]
     survivors = {name: pid for name, pid in info.server_pids.items() if pid_alive(pid)}
     assert emu.proc is not None and emu.proc.returncode == 0, emu.output()
     assert not survivors, f"server processes outlived the emulator: {survivors}"
+
+
+@pytest.fixture(scope="session")
+def emulator_info_file(emulator: EmulatorInfo, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The emulator's info file, for ``--emulator-info``."""
+    path = tmp_path_factory.mktemp("emulator-info") / "emulator.json"
+    emulator.write(path)
+    return path

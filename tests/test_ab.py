@@ -34,16 +34,7 @@ N_SCENES = 6
 
 @pytest.fixture(scope="module")
 def vertex(emulator) -> Iterator[Client]:
-    from google.auth.credentials import AnonymousCredentials
-
-    with Client.from_vertex(
-        project=emulator.project,
-        location=emulator.location,
-        endpoint=emulator.endpoint_id,
-        credentials=AnonymousCredentials(),
-        api_endpoint=emulator.control_plane_url,
-        api_transport="rest",
-    ) as client:
+    with Client.from_vertex(endpoint=emulator.endpoint_id, **emulator.init_kwargs()) as client:
         yield client
 
 
@@ -179,17 +170,12 @@ def test_split_check_with_inputs_and_an_explicit_split(vertex, folder, ids):
 # --- the CLI, in process ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def info_file(emulator, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ab-cli") / "emulator.json"
-    emulator.write(path)
-    return path
-
-
-def test_cli_targeted_writes_table_report_and_figure(info_file, folder, ids, tmp_path, capsys):
+def test_cli_targeted_writes_table_report_and_figure(
+    emulator_info_file, folder, ids, tmp_path, capsys
+):
     a, b = ids
     report_path, figure = tmp_path / "ab.json", tmp_path / "ab.png"
-    at = ("--emulator-info", str(info_file))
+    at = ("--emulator-info", str(emulator_info_file))
     args = ["ab", "targeted", *at, "--images", str(folder), "--concurrency", "2"]
     assert main([*args, "--report", str(report_path), "--figure", str(figure)]) == 0
     out = capsys.readouterr()
@@ -201,12 +187,12 @@ def test_cli_targeted_writes_table_report_and_figure(info_file, folder, ids, tmp
     assert decodes_png(figure.read_bytes()) == (1200, 450)
 
 
-def test_cli_video_frames_and_json(info_file, ids, tmp_path, capsys):
+def test_cli_video_frames_and_json(emulator_info_file, ids, tmp_path, capsys):
     a, _ = ids
     frames, _ = moving_shape_frames(6)
     video = tmp_path / "clip.mp4"
     write_video(video, frames)
-    at = ("--emulator-info", str(info_file))
+    at = ("--emulator-info", str(emulator_info_file))
     args = ["ab", "targeted", *at, "--video", str(video), "--every", "2", "--max-frames", "2"]
     assert main([*args, "--deployed-models", f"{a},{a}", "--json", "-q"]) == 0
     out = capsys.readouterr()
@@ -215,22 +201,23 @@ def test_cli_video_frames_and_json(info_file, ids, tmp_path, capsys):
     assert report.agreement[0].f1 == 1.0 and out.err == ""
 
 
-def test_cli_split(info_file, capsys):
-    assert main(["ab", "split", "--emulator-info", str(info_file), "-n", "40", "--json"]) == 0
+def test_cli_split(emulator_info_file, capsys):
+    at = ("--emulator-info", str(emulator_info_file))
+    assert main(["ab", "split", *at, "-n", "40", "--json"]) == 0
     report = decode_report(capsys.readouterr().out.encode())
     assert isinstance(report, SplitReport) and report.answered == 40
     assert json.loads(encode_report(report))["kind"] == "split"
 
 
-def test_cli_usage_errors(emulator, info_file, tmp_path, capsys):
+def test_cli_usage_errors(emulator, emulator_info_file, tmp_path, capsys):
     url = emulator.servers["shapes-a"]
     assert main(["ab", "split", "--url", url, "-n", "5", "-q"]) == 2
     assert "only Vertex knows" in capsys.readouterr().err
-    assert main(["ab", "targeted", "--emulator-info", str(info_file), "-q"]) == 2
+    assert main(["ab", "targeted", "--emulator-info", str(emulator_info_file), "-q"]) == 2
     assert "--images DIR or --video FILE" in capsys.readouterr().err
     assert main(["ab", "targeted", "--url", url, "--images", str(tmp_path)]) == 2
     assert "no images" in capsys.readouterr().err
-    at = ("--emulator-info", str(info_file))
+    at = ("--emulator-info", str(emulator_info_file))
     assert main(["ab", "targeted", *at, "--video", str(tmp_path / "none.mp4")]) == 2
     assert "cannot read" in capsys.readouterr().err
     assert main(["ab", "split", *at, "--concurrency", "0"]) == 2

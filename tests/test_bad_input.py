@@ -32,7 +32,7 @@ import pytest
 from PIL import Image
 
 from app.demo.shapes import moving_shape_frames, write_video
-from conftest import Server, start_server
+from conftest import Server, serving
 from helpers import encode, scenes
 
 RGB, SHAPES = scenes(1)[0]  # 160x160
@@ -745,12 +745,8 @@ CORPUS = [
 
 @pytest.fixture(scope="module")
 def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = start_server(tmp_path_factory.mktemp("bad-input"), TIGHT)
-    try:
-        srv.wait_healthy()
+    with serving(tmp_path_factory.mktemp("bad-input"), TIGHT) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -130,10 +130,9 @@ def test_bad_arguments(server: Server) -> None:
     assert run.returncode == 2 and "cannot read missing.jpg" in run.stderr
 
 
-def test_through_the_emulator(emulator, images: list[str], tmp_path: Path) -> None:
+def test_through_the_emulator(emulator, emulator_info_file: Path, images: list[str]) -> None:
     """The Vertex paths: httpx to the URLs invoke builds, and the SDK's invoke in threads."""
-    info = tmp_path / "emulator.json"
-    emulator.write(info)
+    info = emulator_info_file
     a = emulator.deployed_models["shapes-a"]
     for extra in ((), ("--sdk",)):
         run = bench(

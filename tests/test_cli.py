@@ -131,16 +131,9 @@ def test_stream_error_event_exits_5(server, tmp_path):
 # --- through the real SDK against the emulator ---------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def info_file(emulator, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cli-emulator") / "emulator.json"
-    emulator.write(path)
-    return path
-
-
-def test_emulator_info_every_subcommand(emulator, info_file, image, video, tmp_path):
+def test_emulator_info_every_subcommand(emulator, emulator_info_file, image, video, tmp_path):
     b = emulator.deployed_models["shapes-b"]
-    at = ("--emulator-info", str(info_file))
+    at = ("--emulator-info", str(emulator_info_file))
     listing = json.loads(cli("models", *at, "--deployed-model-id", b, "--json").stdout)
     assert listing["deployed_model_id"] == b
     out = cli("detect", *at, str(image), "--deployed-model-id", b)

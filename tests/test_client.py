@@ -751,17 +751,7 @@ def test_stream_retried_before_its_first_event_only(tiny_server):
 
 
 def vertex_client(info, cls=Client, **options):
-    from google.auth.credentials import AnonymousCredentials
-
-    return cls.from_vertex(
-        project=info.project,
-        location=info.location,
-        endpoint=info.endpoint_id,
-        credentials=AnonymousCredentials(),
-        api_endpoint=info.control_plane_url,
-        api_transport="rest",
-        **options,
-    )
+    return cls.from_vertex(endpoint=info.endpoint_id, **info.init_kwargs(), **options)
 
 
 @pytest.fixture(scope="module")

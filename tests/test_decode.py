@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from app.media import decode_images, draft_size, open_image, to_bgr
-from conftest import Server, start_server
+from conftest import Server, serving
 from helpers import box_iou, det_box, encode, mask_iou, match, polygons_mask, scenes
 
 BIG = scenes(3, sizes=((2560, 1920),))
@@ -81,12 +81,8 @@ def test_limits_are_checked_before_any_image_is_decoded():
 
 @pytest.fixture(scope="module")
 def full_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = start_server(tmp_path_factory.mktemp("nodraft"), {"SERVE_JPEG_DRAFT": "false"})
-    try:
-        srv.wait_healthy()
+    with serving(tmp_path_factory.mktemp("nodraft"), {"SERVE_JPEG_DRAFT": "false"}) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def detect(url: str, route: str, blob: bytes, **params) -> dict:

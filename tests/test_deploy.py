@@ -219,33 +219,22 @@ def test_bad_inputs(run, info: EmulatorInfo, emu: tuple[Emulator, EmulatorInfo])
     )
     assert code == cli.EXIT_USAGE and "must be a gs:// URI" in err, err
 
+    def upload(name: str, *options: str) -> str:
+        """Upload succeeds (nothing is checked before a deploy); the new model's id."""
+        code, out, err = run(
+            "upload", "--display-name", name, "--image-uri", IMAGE, "--json", *options
+        )
+        assert code == 0, err
+        return json.loads(out)["model_id"]
+
     # An artifact the stand-in Cloud Storage does not hold: the deploy fails, nothing starts.
-    code, out, _ = run(
-        "upload",
-        "--display-name",
-        "lost",
-        "--image-uri",
-        IMAGE,
-        "--json",
-        "--artifact-uri",
-        "gs://weights/missing",
-    )
-    code, _, err = run("deploy", *target, "--model", json.loads(out)["model_id"])
+    lost = upload("lost", "--artifact-uri", "gs://weights/missing")
+    code, _, err = run("deploy", *target, "--model", lost)
     assert code == cli.EXIT_API and "gs://weights/missing" in err, err
 
     # A container that cannot start: the deploy operation fails with its log's tail.
-    code, out, err = run(
-        "upload",
-        "--display-name",
-        "broken",
-        "--image-uri",
-        IMAGE,
-        "--json",
-        "--env",
-        "SERVE_MODELS=no-equals-sign",
-    )
-    assert code == 0, err
-    code, _, err = run("deploy", *target, "--model", json.loads(out)["model_id"])
+    broken = upload("broken", "--env", "SERVE_MODELS=no-equals-sign")
+    code, _, err = run("deploy", *target, "--model", broken)
     assert code == cli.EXIT_API, err
     assert "FailedPrecondition" in err and "exited with code 2" in err, err
     assert "SERVE_MODELS entry 'no-equals-sign' must look like name=source" in err, err

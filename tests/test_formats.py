@@ -22,7 +22,7 @@ import pytest
 from httpx_sse import connect_sse
 
 from app.config import Settings, SettingsError
-from conftest import ROOT, Server, start_server
+from conftest import ROOT, Server, serving, start_server
 from helpers import box_iou, det_box, encode, mask_iou, polygons_mask, scenes
 
 DEMO = ROOT / "app/demo/weights"
@@ -71,12 +71,8 @@ MODELS = {
 @pytest.fixture(scope="module")
 def fmt_server(exports: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     spec = ",".join(f"{name}={exports / source}" for name, source in MODELS.items())
-    srv = start_server(tmp_path_factory.mktemp("formats"), {"SERVE_MODELS": spec})
-    try:
-        srv.wait_healthy()
+    with serving(tmp_path_factory.mktemp("formats"), {"SERVE_MODELS": spec}) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -242,9 +238,7 @@ def test_storage_uri_discovers_exports(exports, tmp_path):
     shutil.copy(exports / "shapes-detect.pt", store / "shapes.pt")
     shutil.copy(exports / "shapes-detect.onnx", store / "shapes.onnx")
     shutil.copytree(exports / "shapes-detect_openvino_model", store / "shapes_openvino_model")
-    srv = start_server(tmp_path, {"AIP_STORAGE_URI": str(store)})
-    try:
-        srv.wait_healthy()
+    with serving(tmp_path, {"AIP_STORAGE_URI": str(store)}) as srv:
         models = httpx.get(srv.url + "/models").json()["models"]
         assert [(m["name"], m["format"], m["source"]) for m in models] == [
             ("shapes", "pt", "shapes.pt"),
@@ -258,5 +252,3 @@ def test_storage_uri_discovers_exports(exports, tmp_path):
             timeout=60,
         )
         assert r.status_code == 200 and r.json()["model"] == "shapes-openvino", r.text
-    finally:
-        srv.stop()

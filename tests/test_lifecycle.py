@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from conftest import BUS_JPG, ROOT, start_server
+from conftest import BUS_JPG, ROOT, serving, start_server
 from helpers import decode
 
 
@@ -153,17 +153,13 @@ def test_storage_uri_directory_and_custom_health_route(tmp_path):
     store = tmp_path / "artifacts"
     store.mkdir()
     (store / "shapes.pt").write_bytes((ROOT / "app/demo/weights/shapes-detect.pt").read_bytes())
-    srv = start_server(
-        tmp_path,
-        {
-            "AIP_STORAGE_URI": str(store),
-            "AIP_HEALTH_ROUTE": "/ping",
-            "AIP_DEPLOYED_MODEL_ID": "123456",
-            "SERVE_METRICS": "true",
-        },
-    )
-    try:
-        srv.wait_healthy(path="/ping")
+    env = {
+        "AIP_STORAGE_URI": str(store),
+        "AIP_HEALTH_ROUTE": "/ping",
+        "AIP_DEPLOYED_MODEL_ID": "123456",
+        "SERVE_METRICS": "true",
+    }
+    with serving(tmp_path, env, health="/ping") as srv:
         models = httpx.get(srv.url + "/models").json()
         assert [m["name"] for m in models["models"]] == ["shapes"]
         assert models["models"][0]["source"] == "shapes.pt"
@@ -179,5 +175,3 @@ def test_storage_uri_directory_and_custom_health_route(tmp_path):
         httpx.get(srv.url + "/models/nope")
         metrics = httpx.get(srv.url + "/metrics").text
         assert 'yolo_errors_total{code="unknown-model"} 1.0' in metrics
-    finally:
-        srv.stop()

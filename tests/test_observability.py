@@ -18,7 +18,7 @@ from app.config import Settings
 from app.demo.shapes import moving_shape_frames, write_video
 from app.logs import REQUEST_ID, JsonFormatter
 from app.main import create_app
-from conftest import ROOT, Server, start_server
+from conftest import ROOT, Server, serving
 from helpers import encode, scenes
 
 # --- route set -------------------------------------------------------------------------------
@@ -165,14 +165,9 @@ def test_an_exception_is_one_record_with_request_id_and_traceback(capsys):
 
 @pytest.fixture(scope="module")
 def metrics_server(tmp_path_factory) -> Iterator[Server]:
-    srv = start_server(
-        tmp_path_factory.mktemp("metrics"), {"SERVE_METRICS": "true", "SERVE_LOG_FORMAT": "text"}
-    )
-    try:
-        srv.wait_healthy()
+    env = {"SERVE_METRICS": "true", "SERVE_LOG_FORMAT": "text"}
+    with serving(tmp_path_factory.mktemp("metrics"), env) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def samples(text: str, name: str) -> dict[str, float]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from conftest import ROOT, free_port, start_server
+from conftest import ROOT, free_port, serving
 from helpers import encode, scenes
 
 README = (ROOT / "README.md").read_text()
@@ -124,9 +124,7 @@ def test_dockerfile_command_serves_and_its_healthcheck_follows_the_vertex_variab
     assert image.env["SERVE_MODELS"] == ""  # ARG default: the demo models or AIP_STORAGE_URI
     route = "/v1/endpoints/123/deployedModels/456"
     env = image.run_env(tmp_path, AIP_HEALTH_ROUTE=route)
-    srv = start_server(tmp_path, env, cmd=image.cmd)
-    try:
-        srv.wait_healthy(path=route)
+    with serving(tmp_path, env, image.cmd, health=route) as srv:
         r = httpx.get(srv.url + "/models")
         assert {m["name"] for m in r.json()["models"]} == {"shapes-detect", "shapes-segment"}
         # the image's YOLO_CONFIG_DIR got the offline settings and font (not start_server's)
@@ -138,8 +136,6 @@ def test_dockerfile_command_serves_and_its_healthcheck_follows_the_vertex_variab
             image.healthcheck, env | {"AIP_HTTP_PORT": port, "AIP_HEALTH_ROUTE": "/health"}
         )
         assert wrong.returncode == 1 and "/health answered 404" in wrong.stderr
-    finally:
-        srv.stop()
     down = run_image_command(image.healthcheck, env | {"AIP_HTTP_PORT": str(free_port())})
     assert down.returncode == 1 and "Connection refused" in down.stderr
 
@@ -205,9 +201,7 @@ def test_server_never_imports_the_client_dependencies(tmp_path):
         f"import runpy, sys; sys.modules.update(dict.fromkeys({CLIENT_ONLY!r})); "
         "runpy.run_module('app', run_name='__main__', alter_sys=True)"
     )
-    srv = start_server(tmp_path, cmd=[sys.executable, "-c", serve])
-    try:
-        srv.wait_healthy()
+    with serving(tmp_path, cmd=[sys.executable, "-c", serve]) as srv:
         image, shapes = scenes(1)[0]
         r = httpx.post(
             srv.url + "/detect", content=encode(image), headers={"Content-Type": "image/png"}
@@ -220,8 +214,6 @@ def test_server_never_imports_the_client_dependencies(tmp_path):
             headers={"Content-Type": "image/png"},
         )
         assert r.status_code == 200 and r.content.startswith(b"\x89PNG")
-    finally:
-        srv.stop()
     assert "ModuleNotFoundError" not in srv.logs()
 
 

@@ -20,7 +20,7 @@ from httpx_sse import connect_sse
 from PIL import Image
 
 from app.demo.shapes import draw_shape, make_shape, moving_shape_frames, write_video
-from conftest import Server, start_server
+from conftest import Server, serving
 from helpers import b64, det_box, encode
 
 FRAMES, CENTRES = moving_shape_frames(24)  # 160x120, a square moving left to right
@@ -33,24 +33,18 @@ def stream_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Se
     work = tmp_path_factory.mktemp("stream")
     tmp = work / "tmp"
     tmp.mkdir()
-    srv = start_server(
-        work,
-        {
-            "AIP_DEPLOYED_MODEL_ID": "dm-stream",
-            "SERVE_TMP_DIR": str(tmp),
-            "SERVE_METRICS": "true",
-            "SERVE_STREAM_MAX_FRAMES": str(MAX_FRAMES),
-            "SERVE_STREAM_MAX_SECONDS": "60",
-            "SERVE_STREAM_MAX_PIXELS": str(320 * 240),
-            "SERVE_STREAM_QUEUE": "2",
-            "SERVE_STREAM_PING_SECONDS": "0.2",
-        },
-    )
-    try:
-        srv.wait_healthy()
+    env = {
+        "AIP_DEPLOYED_MODEL_ID": "dm-stream",
+        "SERVE_TMP_DIR": str(tmp),
+        "SERVE_METRICS": "true",
+        "SERVE_STREAM_MAX_FRAMES": str(MAX_FRAMES),
+        "SERVE_STREAM_MAX_SECONDS": "60",
+        "SERVE_STREAM_MAX_PIXELS": str(320 * 240),
+        "SERVE_STREAM_QUEUE": "2",
+        "SERVE_STREAM_PING_SECONDS": "0.2",
+    }
+    with serving(work, env) as srv:
         yield srv, tmp
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -415,9 +409,8 @@ def test_client_that_stops_reading_is_dropped_after_the_send_timeout(tmp_path):
     video = tmp_path / "grid.mp4"
     write_video(video, frames, fps=30)
     body = video.read_bytes()
-    srv = start_server(tmp_path, {"SERVE_METRICS": "true", "SERVE_STREAM_SEND_TIMEOUT": "1"})
-    try:
-        srv.wait_healthy()
+    env = {"SERVE_METRICS": "true", "SERVE_STREAM_SEND_TIMEOUT": "1"}
+    with serving(tmp_path, env) as srv:
         host, port = srv.url.removeprefix("http://").split(":")
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
@@ -443,5 +436,3 @@ def test_client_that_stops_reading_is_dropped_after_the_send_timeout(tmp_path):
                     re.M,
                 )
             assert float(done.group(1)) < len(frames)  # dropped before the end
-    finally:
-        srv.stop()

@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from app.demo.shapes import draw_scene  # noqa: E402
-from conftest import start_server  # noqa: E402
+from client.bench import percentile  # noqa: E402
+from servers import serving  # noqa: E402
 
 
 def png(rgb: np.ndarray) -> bytes:
@@ -106,23 +107,21 @@ def main() -> None:
         f"{'p50 ms':>8} {'p95 ms':>8} {'img/predict':>12}"
     )
     for mode in ("off", "on") * args.rounds:
-        with tempfile.TemporaryDirectory() as tmp:
-            srv = start_server(Path(tmp), {**base, "SERVE_BATCHING": mode})
-            try:
-                srv.wait_healthy()
-                asyncio.run(load(srv.url, blobs[:10], 2))  # warm connections and threads
-                _, single = asyncio.run(load(srv.url, blobs[: max(20, args.requests // 4)], 1))
-                images, calls = predict_calls(srv.url)
-                elapsed, lat = asyncio.run(load(srv.url, blobs, args.concurrency))
-                images2, calls2 = predict_calls(srv.url)
-                lat.sort()
-                print(
-                    f"{mode:>8} {statistics.median(single):>11.1f} "
-                    f"{len(blobs) / elapsed:>11.1f} {statistics.median(lat):>8.1f} "
-                    f"{lat[int(0.95 * (len(lat) - 1))]:>8.1f} {(images2 - images) / (calls2 - calls):>12.2f}"
-                )
-            finally:
-                srv.stop()
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            serving(Path(tmp), {**base, "SERVE_BATCHING": mode}) as srv,
+        ):
+            asyncio.run(load(srv.url, blobs[:10], 2))  # warm connections and threads
+            _, single = asyncio.run(load(srv.url, blobs[: max(20, args.requests // 4)], 1))
+            images, calls = predict_calls(srv.url)
+            elapsed, lat = asyncio.run(load(srv.url, blobs, args.concurrency))
+            images2, calls2 = predict_calls(srv.url)
+            lat.sort()
+            print(
+                f"{mode:>8} {statistics.median(single):>11.1f} "
+                f"{len(blobs) / elapsed:>11.1f} {statistics.median(lat):>8.1f} "
+                f"{percentile(lat, 95):>8.1f} {(images2 - images) / (calls2 - calls):>12.2f}"
+            )
 
 
 if __name__ == "__main__":

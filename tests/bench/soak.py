@@ -40,8 +40,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from app.demo.shapes import moving_shape_frames, write_video  # noqa: E402
-from conftest import start_server  # noqa: E402
+from client.bench import percentile  # noqa: E402
 from helpers import encode, scenes  # noqa: E402
+from servers import serving  # noqa: E402
 
 ROUTES = ("/detect", "/segment", "/annotate", "/stream")
 MiB = 1024 * 1024
@@ -227,24 +228,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="soak-") as scratch:
         workdir = Path(scratch)
         inputs = make_inputs(workdir)
-        server = None
-        url, pid, tmp_dir = args.url, args.pid, args.tmp_dir
-        if url is None:
-            tmp_dir = workdir / "server-tmp"
-            tmp_dir.mkdir()
-            # MALLOC_ARENA_MAX as the Dockerfile sets it: glibc's per-thread arenas otherwise
-            # keep growing resident memory under concurrent load (measured: +6.4 % in 60 s at
-            # concurrency 16 without it, +2.3 % with it).
-            env = {"SERVE_METRICS": "true", "SERVE_TMP_DIR": str(tmp_dir), "MALLOC_ARENA_MAX": "2"}
-            server = start_server(workdir, env)
-            pid = server.proc.pid
-        try:
-            if server is not None:
-                server.wait_healthy()
-            return soak(args, warmup, inputs, url or server.url, pid, tmp_dir)
-        finally:
-            if server is not None:
-                server.stop()
+        if args.url is not None:
+            return soak(args, warmup, inputs, args.url, args.pid, args.tmp_dir)
+        tmp_dir = workdir / "server-tmp"
+        tmp_dir.mkdir()
+        # MALLOC_ARENA_MAX as the Dockerfile sets it: glibc's per-thread arenas otherwise
+        # keep growing resident memory under concurrent load (measured: +6.4 % in 60 s at
+        # concurrency 16 without it, +2.3 % with it).
+        env = {"SERVE_METRICS": "true", "SERVE_TMP_DIR": str(tmp_dir), "MALLOC_ARENA_MAX": "2"}
+        with serving(workdir, env) as server:
+            return soak(args, warmup, inputs, server.url, server.proc.pid, tmp_dir)
 
 
 def soak(args, warmup: float, inputs: Inputs, url: str, pid, tmp_dir) -> int:
@@ -269,7 +262,7 @@ def soak(args, warmup: float, inputs: Inputs, url: str, pid, tmp_dir) -> int:
     )
     for route in ROUTES:
         times = sorted(tally.seconds[route]) or [0.0]
-        p95 = times[min(len(times) - 1, int(len(times) * 0.95))]
+        p95 = percentile(times, 95)
         statuses = ", ".join(f"{s}: {n}" for s, n in sorted(tally.statuses[route].items()))
         print(
             f"  {route:<10} {statuses:<24} p50 {statistics.median(times) * 1000:7.1f} ms"
