@@ -7,6 +7,8 @@ ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# The package extras to install: "server,export" adds ONNX Runtime and OpenVINO for exported models.
+ARG EXTRAS=server
 # Weights to bake in, e.g. "yolo11n=yolo11n.pt,yolo11n-seg=yolo11n-seg.pt" (downloaded at build
 # time into SERVE_CACHE_DIR). Empty: the bundled demo models, or every *.pt under
 # AIP_STORAGE_URI when Vertex sets it (the model's artifact_uri).
@@ -36,7 +38,7 @@ WORKDIR /build
 COPY pyproject.toml README.md LICENSE ./
 COPY client ./client
 COPY app ./app
-RUN pip install ".[server]" \
+RUN pip install ".[${EXTRAS}]" \
     && rm -rf /build \
     && useradd --create-home --uid 1000 serve \
     && mkdir -p /srv/models /srv/ultralytics \

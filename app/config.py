@@ -55,7 +55,7 @@ class Settings:
     max_images: int = 16
     jpeg_draft: bool = True
     workers: int = 1
-    torch_threads: int = 0  # 0: every core
+    torch_threads: int = 0  # 0: Ultralytics' choice (min(8, cores - 1) on CPU)
     device: str = "auto"
     log_level: str = "info"
     log_format: str = "json"

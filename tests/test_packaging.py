@@ -299,7 +299,8 @@ def test_wheel_holds_what_the_image_needs_and_keeps_the_sdk_out_of_the_server(tm
     assert re.search(
         r'^RUN pip install --index-url "\$\{TORCH_INDEX_URL\}" torch torchvision$', dockerfile, re.M
     )
-    assert re.search(r'^RUN pip install "\.\[server\]" ', dockerfile, re.M)
+    assert re.search(r"^ARG EXTRAS=server$", dockerfile, re.M)
+    assert re.search(r'^RUN pip install "\.\[\$\{EXTRAS\}\]" ', dockerfile, re.M)
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
          "-q", "-w", str(tmp_path)],
