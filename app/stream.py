@@ -154,7 +154,9 @@ class StreamSession:
         started = time.perf_counter()
 
         def read_next() -> asyncio.Future[Any]:
-            return asyncio.ensure_future(anyio.to_thread.run_sync(self.source.read))
+            future = asyncio.ensure_future(anyio.to_thread.run_sync(self.source.read))
+            future.add_done_callback(_retrieved)  # a read left behind by a cut stream may fail
+            return future
 
         async def finish_and_queue(item: Any, result: Any, t0: float) -> None:
             # not under the inference limiter: it overlaps the next frame's inference
@@ -187,6 +189,7 @@ class StreamSession:
                 if finishing is not None:
                     await finishing
                 finishing = asyncio.ensure_future(finish_and_queue(item, result, t0))
+                finishing.add_done_callback(_retrieved)
             if finishing is not None:
                 await finishing
             elapsed = time.perf_counter() - started
@@ -233,6 +236,13 @@ class StreamSession:
                     break
         finally:
             producer.cancel()
-            self.source.close()
+            # Closing waits for a read in flight (up to vid_stride frames decoded): not on the loop.
+            asyncio.get_running_loop().run_in_executor(None, self.source.close)
             STREAMS_ACTIVE.labels(self.model.name).dec()
             log.info("stream %s: %d frames, %s", self.request_id, self.processed, reason)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark a background future's exception as seen (it is reported where it matters)."""
+    if not future.cancelled():
+        future.exception()

@@ -856,6 +856,9 @@ def run(args: argparse.Namespace) -> int:
         raise errors.ParameterError(str(exc)) from None
     inputs = _inputs(args)
     params = _params(args, "model", "conf", "iou", "max_det", "classes", "imgsz")
+    if args.mode == "split":
+        # A retried call is routed again: it would count a failing model's calls as the other's.
+        args.retries = 0
     with make_client(args) as client:
         if args.mode == "targeted":
             if inputs is None:

@@ -57,6 +57,17 @@ class VertexTarget(NamedTuple):
     ca_cert: str | None
 
 
+def loopback_without_proxy(api_endpoint: str | None) -> None:
+    """An emulator's http:// control plane is on loopback: keep any HTTP(S)_PROXY off it."""
+    if not (api_endpoint and api_endpoint.startswith("http://")):
+        return
+    hosts = [h for h in os.environ.get("NO_PROXY", "").split(",") if h.strip()]
+    for host in ("127.0.0.1", "localhost"):
+        if host not in hosts:
+            hosts.append(host)
+    os.environ["NO_PROXY"] = ",".join(hosts)
+
+
 def vertex_target(args: argparse.Namespace) -> VertexTarget:
     """``--project``, ``--location``, ``--endpoint``, ``--api-endpoint`` and ``--ca-cert``, each
     one not given taken from the ``--emulator-info`` file when there is one."""
@@ -132,22 +143,28 @@ def make_client(args: argparse.Namespace) -> Client:
         raise errors.ParameterError("say where to send: --url, --endpoint or --emulator-info")
     if ca_cert:  # the SDK's data plane (requests) reads the CA bundle from the environment
         os.environ["REQUESTS_CA_BUNDLE"] = ca_cert
-    if api_endpoint and api_endpoint.startswith("http://"):
-        os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
+    loopback_without_proxy(api_endpoint)
     credentials = None
     if api_endpoint:  # an emulator: no Google credentials needed
         from google.auth.credentials import AnonymousCredentials
 
         credentials = AnonymousCredentials()
-    return Client.from_vertex(
-        project=project,
-        location=location,
-        endpoint=endpoint,
-        credentials=credentials,
-        api_endpoint=api_endpoint,
-        api_transport="rest" if api_endpoint else None,
-        **options,
-    )
+    import google.auth.exceptions
+
+    try:
+        return Client.from_vertex(
+            project=project,
+            location=location,
+            endpoint=endpoint,
+            credentials=credentials,
+            api_endpoint=api_endpoint,
+            api_transport="rest" if api_endpoint else None,
+            **options,
+        )
+    except google.auth.exceptions.TransportError as exc:
+        raise errors.ConnectionError(str(exc).splitlines()[0]) from None
+    except google.auth.exceptions.GoogleAuthError as exc:  # no project, no or refused login
+        raise errors.AuthenticationError(str(exc).splitlines()[0]) from None
 
 
 def json_text(value: Any) -> str:

@@ -126,6 +126,9 @@ class Connection:
         """``aiplatform.init`` with these settings (the SDK's configuration is global)."""
         from google.cloud import aiplatform
 
+        from client.cli import loopback_without_proxy
+
+        loopback_without_proxy(self.api_endpoint)
         kwargs = dict(self.init_call().kwargs)
         if self.api_endpoint:
             from google.auth.credentials import AnonymousCredentials
@@ -527,7 +530,9 @@ def _sdk_errors() -> Iterator[None]:
     except gexc.GoogleAPICallError as exc:
         status = exc.code if isinstance(exc.code, int) else 500
         raise errors.APIError(f"{type(exc).__name__}: {exc.message}", status=status) from None
-    except google.auth.exceptions.DefaultCredentialsError as exc:
+    except google.auth.exceptions.TransportError as exc:
+        raise errors.ConnectionError(str(exc).splitlines()[0]) from None
+    except google.auth.exceptions.GoogleAuthError as exc:  # no project, no or refused login
         raise errors.AuthenticationError(str(exc).splitlines()[0]) from None
     except gexc.RetryError as exc:  # the SDK retried an unreachable control plane, then gave up
         raise errors.ConnectionError(

@@ -86,6 +86,7 @@ async def stream_handler(request: Request, registry: Registry, settings: Setting
         )
     class_ids = model.class_ids(params.classes)
     model.input_size(params.imgsz)  # 400 when a static export is asked for another size
+    model.ensure_room()  # 429 before the video is written, opened and probed
     source = await anyio.to_thread.run_sync(open_source, inputs, params, settings)
     try:
         session = StreamSession(

@@ -183,6 +183,16 @@ class Deployments:
             await asyncio.to_thread(stop_servers, [server], self.grace)
             self.store.finish(operation, "DeployModelResponse", error=error)
             return
+        except Exception as exc:  # never leave the SDK polling an operation that cannot finish
+            log.exception("deploying %s failed", server.name)
+            try:
+                self.store.deployed_model(endpoint_id, server.deployed_model_id)
+            except ApiError:  # not in the store: its server serves nothing
+                self.fleet.remove(server.deployed_model_id)
+                await asyncio.to_thread(stop_servers, [server], self.grace)
+            error = ApiError.internal(f"the emulator failed to deploy: {type(exc).__name__}: {exc}")
+            self.store.finish(operation, "DeployModelResponse", error=error)
+            return
         log.info("deployed %s as %s on endpoint %s", model.name, deployed.id, endpoint_id)
         self.store.finish(operation, "DeployModelResponse", {"deployedModel": deployed})
 

@@ -53,6 +53,10 @@ class ApiError(Exception):
         return cls(503, "UNAVAILABLE", message)
 
     @classmethod
+    def internal(cls, message: str) -> ApiError:
+        return cls(500, "INTERNAL", message)
+
+    @classmethod
     def exists(cls, message: str) -> ApiError:
         return cls(409, "ALREADY_EXISTS", message)
 
