@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import math
 import mimetypes
 import statistics
 import sys
@@ -100,10 +101,12 @@ class Report(msgspec.Struct, frozen=True):
 
 def percentile(sorted_values: Sequence[float], pct: float) -> float:
     """The ``pct`` percentile (linear interpolation, as numpy's default) of sorted values."""
-    if len(sorted_values) == 1:
-        return sorted_values[0]
-    cuts = statistics.quantiles(sorted_values, n=100, method="inclusive")
-    return cuts[int(pct) - 1]
+    if not 0 <= pct <= 100:
+        raise ValueError(f"percentile {pct} is not within [0, 100]")
+    rank = (len(sorted_values) - 1) * pct / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (rank - low)
 
 
 def server_timing(header: str | None) -> dict[str, float]:

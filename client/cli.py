@@ -57,9 +57,14 @@ class VertexTarget(NamedTuple):
     ca_cert: str | None
 
 
+def is_emulator(api_endpoint: str | None) -> bool:
+    """An ``http://`` control plane is the local emulator (Vertex's own are HTTPS hosts)."""
+    return bool(api_endpoint and api_endpoint.startswith("http://"))
+
+
 def loopback_without_proxy(api_endpoint: str | None) -> None:
     """An emulator's http:// control plane is on loopback: keep any HTTP(S)_PROXY off it."""
-    if not (api_endpoint and api_endpoint.startswith("http://")):
+    if not is_emulator(api_endpoint):
         return
     hosts = [h for h in os.environ.get("NO_PROXY", "").split(",") if h.strip()]
     for host in ("127.0.0.1", "localhost"):
@@ -145,7 +150,8 @@ def make_client(args: argparse.Namespace) -> Client:
         os.environ["REQUESTS_CA_BUNDLE"] = ca_cert
     loopback_without_proxy(api_endpoint)
     credentials = None
-    if api_endpoint:  # an emulator: no Google credentials needed
+    emulator = is_emulator(api_endpoint)
+    if emulator:  # no Google credentials needed (another --api-endpoint keeps the real ones)
         from google.auth.credentials import AnonymousCredentials
 
         credentials = AnonymousCredentials()
@@ -158,7 +164,7 @@ def make_client(args: argparse.Namespace) -> Client:
             endpoint=endpoint,
             credentials=credentials,
             api_endpoint=api_endpoint,
-            api_transport="rest" if api_endpoint else None,
+            api_transport="rest" if emulator else None,
             **options,
         )
     except google.auth.exceptions.TransportError as exc:

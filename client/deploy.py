@@ -111,26 +111,26 @@ class Connection:
     api_endpoint: str | None = None
 
     def init_call(self) -> SdkCall:
+        from client.cli import is_emulator  # client.cli imports this module
+
         kwargs: dict[str, Any] = {
             k: v for k, v in (("project", self.project), ("location", self.location)) if v
         }
         if self.api_endpoint:
-            kwargs |= {
-                "api_endpoint": self.api_endpoint,
-                "api_transport": "rest",
-                "credentials": Code("AnonymousCredentials()"),
-            }
+            kwargs["api_endpoint"] = self.api_endpoint
+        if is_emulator(self.api_endpoint):
+            kwargs |= {"api_transport": "rest", "credentials": Code("AnonymousCredentials()")}
         return SdkCall("aiplatform.init", kwargs=kwargs)
 
     def init(self) -> None:
         """``aiplatform.init`` with these settings (the SDK's configuration is global)."""
         from google.cloud import aiplatform
 
-        from client.cli import loopback_without_proxy
+        from client.cli import is_emulator, loopback_without_proxy
 
         loopback_without_proxy(self.api_endpoint)
         kwargs = dict(self.init_call().kwargs)
-        if self.api_endpoint:
+        if is_emulator(self.api_endpoint):
             from google.auth.credentials import AnonymousCredentials
 
             kwargs["credentials"] = AnonymousCredentials()
