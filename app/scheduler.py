@@ -9,7 +9,7 @@ Every route goes through its model's :class:`Scheduler`:
   frame takes a place while it is in flight but is never refused (the stream was admitted when
   it started).
 * :meth:`Scheduler.predict` runs one work item (a request's images, or a frame) on an instance
-  from the pool, in a worker thread. With batching off that is one ``predict`` per item, as soon
+  from the pool, on that instance's own inference thread. With batching off that is one ``predict`` per item, as soon
   as an instance is free. With batching on, a batcher task gathers items whose ``key`` is equal
   (same predict arguments, so one ``predict`` call serves them all) up to ``max_size`` images or
   ``max_delay`` after the oldest one arrived, runs them as one ``predict`` and hands each item its
