@@ -30,8 +30,8 @@ FLAGS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description="Serve YOLO models.")
-    for flag, env in FLAGS.items():
-        parser.add_argument(flag, help=f"overrides ${env}")
+    for flag, variable in FLAGS.items():
+        parser.add_argument(flag, help=f"overrides ${variable}")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--prefetch",
@@ -114,7 +114,8 @@ def serve(settings: Settings) -> NoReturn:
             log_level=settings.log_level,
             log_config=None,  # app.logs set up the handlers
             access_log=False,  # app.middleware.log_requests writes one line per request
-            timeout_graceful_shutdown=settings.shutdown_seconds,
+            # uvicorn waits with this as a float timeout (typed int there): 1.5 s works
+            timeout_graceful_shutdown=settings.shutdown_seconds,  # type: ignore[arg-type]
         )
     )
     # uvicorn re-raises the signal it handled once it has shut down; with Python's default

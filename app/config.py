@@ -47,7 +47,6 @@ class Settings:
     health_route: str = "/health"
     storage_uri: str | None = None
     deployed_model_id: str = "local"
-    endpoint_id: str | None = None
     models: tuple[ModelSpec, ...] = field(default_factory=tuple)
     default_model: str | None = None
     max_body_bytes: int = 10 * MB
@@ -155,7 +154,6 @@ class Settings:
             health_route=health,
             storage_uri=storage,
             deployed_model_id=get("AIP_DEPLOYED_MODEL_ID") or "local",
-            endpoint_id=get("AIP_ENDPOINT_ID"),
             models=models,
             default_model=default or (names[0] if names else None),
             max_body_bytes=integer("SERVE_MAX_BODY_BYTES", 10 * MB, 1024, 1024 * MB),

@@ -27,7 +27,6 @@ _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {
     "taskName",
     "color_message",  # uvicorn's message with terminal colours
 }
-LOG_FORMATS = ("json", "text")
 
 
 class JsonFormatter(logging.Formatter):

@@ -13,15 +13,16 @@ from litestar.di import Provide
 from litestar.exceptions import NotFoundException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.types import ControllerRouterHandler
 
 from app.config import Settings
 from app.errors import handle_exception
 from app.metrics import MetricsController, prometheus_config
 from app.middleware import identify, log_requests
-from app.offline import configure_ultralytics
+from app.offline import configure_ffmpeg, configure_ultralytics
 from app.registry import Registry
 from app.routes.health import health_handler
-from app.routes.inference import InferenceController
+from app.routes.images import ImagesController
 from app.routes.models import ModelsController
 from app.routes.stream import stream_handler
 from app.shutdown import Shutdown
@@ -43,6 +44,7 @@ def create_app(
     """
     settings = settings or Settings.from_env()
     configure_ultralytics()  # environment only: Ultralytics is imported by the loader thread
+    configure_ffmpeg()  # read by OpenCV at each video open (/stream)
     registry = Registry(settings)
     shutdown = Shutdown()
 
@@ -63,8 +65,8 @@ def create_app(
             task.cancel()
             registry.close()
 
-    handlers = [
-        InferenceController,
+    handlers: list[ControllerRouterHandler] = [
+        ImagesController,
         stream_handler,
         ModelsController,
         health_handler(settings.health_route),

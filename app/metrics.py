@@ -8,9 +8,14 @@ Litestar's ``PrometheusMiddleware``; the ``yolo_*`` ones below are the server's 
 from __future__ import annotations
 
 import re
+import threading
+from collections import Counter as Tally
+from collections.abc import Iterator
 
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 INFERENCE_SECONDS = Histogram(
     "yolo_inference_seconds", "Model time per request (one batched predict)", ["model", "route"]
@@ -28,6 +33,43 @@ BATCH_SIZE = Histogram(
 QUEUE_DEPTH = Gauge(
     "yolo_queue_depth", "Requests and stream frames waiting for or in inference", ["model"]
 )
+INFERENCE_WAITING = Gauge(
+    "yolo_inference_waiting",
+    "Work items (requests' images, stream frames) submitted to predict and not yet running",
+    ["model"],
+)
+
+
+# Every Python thread of the server belongs to one of these pools, by name; anything else is a
+# thread nobody accounted for (a leak, or a library starting threads of its own).
+THREAD_POOLS = (
+    ("main", re.compile(r"MainThread$")),
+    ("inference", re.compile(r"infer-")),  # one per model instance (app/scheduler.py)
+    ("worker", re.compile(r"AnyIO worker thread$")),  # decode, encode, video reads: anyio's pool
+)
+
+
+def thread_pool(name: str) -> str:
+    """The pool a thread belongs to (see :data:`THREAD_POOLS`), ``other`` if none."""
+    return next((pool for pool, pattern in THREAD_POOLS if pattern.match(name)), "other")
+
+
+class ThreadsCollector(Collector):
+    """``yolo_threads{pool}``: the process's Python threads by pool, counted at each scrape."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts = Tally(thread_pool(t.name) for t in threading.enumerate())
+        family = GaugeMetricFamily(
+            "yolo_threads",
+            "Python threads of the server by pool (other: unaccounted)",
+            labels=["pool"],
+        )
+        for pool in [p for p, _ in THREAD_POOLS] + ["other"]:
+            family.add_metric([pool], counts.get(pool, 0))
+        yield family
+
+
+REGISTRY.register(ThreadsCollector())
 
 
 class MetricsController(PrometheusController):

@@ -3,7 +3,6 @@ and one log line per request."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import time
@@ -15,6 +14,7 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from app.logs import REQUEST_ID
+from client.schema import parse_server_timing
 
 REQUEST_ID_HEADER = "X-Request-Id"
 DEPLOYED_MODEL_HEADER = "X-Deployed-Model-Id"
@@ -126,7 +126,7 @@ def _log_request(
         fields["model"] = model
         fields["model_version"] = headers.get("x-model-version")
     if timing := headers.get("server-timing"):
-        fields["timings_ms"] = _server_timing(timing)
+        fields["timings_ms"] = parse_server_timing(timing)
     if not seen["done"]:
         fields["completed"] = False
     if path in quiet:
@@ -146,16 +146,3 @@ def _log_request(
         seconds * 1000,
         extra=fields,
     )
-
-
-def _server_timing(header: str) -> dict[str, float]:
-    """``decode;dur=2.9, inference;dur=14.5`` -> ``{"decode": 2.9, "inference": 14.5}``."""
-    timings: dict[str, float] = {}
-    for metric in header.split(","):
-        name, _, params = metric.strip().partition(";")
-        for param in params.split(";"):
-            key, _, value = param.strip().partition("=")
-            if key == "dur":
-                with contextlib.suppress(ValueError):
-                    timings[name] = float(value)
-    return timings

@@ -1,6 +1,7 @@
-"""The one request pipeline every inference route shares: read → decode → infer → encode.
+"""The image routes' pipeline: front end → decode → infer → encode.
 
-Routes differ only in the task they need and in how they encode the results.
+``/detect``, ``/segment``, ``/annotate`` and ``/predict`` differ only in their :class:`Route`
+and in how they encode the results (``app/routes/images.py``).
 """
 
 from __future__ import annotations
@@ -8,38 +9,38 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 from litestar import Request
 
 from app.config import Settings
-from app.errors import BadRequest
-from app.inference import RESCALABLE_TASKS, restore_size
-from app.media import decode_images, parse_parameters, read_inputs
+from app.frontend import Route, admitted
+from app.images import decode_images
 from app.metrics import IMAGES, INFERENCE_SECONDS
 from app.registry import LoadedModel, Registry
-from client.schema import Parameters
+from app.results import RESCALABLE_TASKS, restore_size
+from client.schema import SERVER_TIMING, DetectParameters, format_server_timing
 
+P = TypeVar("P", bound=DetectParameters)
 T = TypeVar("T")
 
 
 @dataclass
-class Inferred:
+class Inferred(Generic[P]):
     """A request after inference: the model used, its parameters and the raw results."""
 
     model: LoadedModel
-    params: Parameters
+    params: P
     results: list[Any]
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     def headers(self) -> dict[str, str]:
         """Headers every inference response carries (request and deployed model ids: all)."""
-        timing = ", ".join(f"{k};dur={v:.1f}" for k, v in self.timings_ms.items())
         return {
             "X-Model-Name": self.model.name,
             "X-Model-Version": self.model.version,
-            "Server-Timing": timing,
+            SERVER_TIMING: format_server_timing(self.timings_ms),
         }
 
     async def encode(self, fn: Callable[[], T]) -> T:
@@ -54,41 +55,30 @@ async def infer(
     request: Request,
     registry: Registry,
     settings: Settings,
+    route: Route[P],
     *,
-    route: str,
-    task: str | None = None,
-    aliases: dict[str, str] | None = None,
     one_image: str | None = None,
     draft: bool = True,
-) -> Inferred:
-    """Read and validate the request, take a place in the model's queue, decode, predict.
+) -> Inferred[P]:
+    """Admit the request (:func:`app.frontend.admitted`), decode its images, predict.
 
-    ``one_image``: the route answers a single image; this is the 400's hint when there are more.
-    ``draft``: a JPEG much larger than the model's input may be decoded reduced (results are
-    scaled back to full size); a route that draws on the image turns it off.
+    ``one_image``: see :func:`~app.frontend.admitted`. ``draft``: a JPEG much larger than the
+    model's input may be decoded reduced (results are scaled back to full size); a route that
+    draws on the image turns it off.
     """
-    started = time.perf_counter()
-    inputs = await read_inputs(request, settings.max_images)
-    if one_image and len(inputs.blobs) > 1:
-        raise BadRequest(
-            f"{route} answers one image but the request has {len(inputs.blobs)}; {one_image}"
-        )
-    params = parse_parameters(inputs.params, aliases)
-    model = registry.get(params.model, task=task, route=route)
-    class_ids = model.class_ids(params.classes)
-    imgsz = model.input_size(params.imgsz)  # 400 when a static export is asked for another size
-    draft_to = imgsz if draft and settings.jpeg_draft and model.task in RESCALABLE_TASKS else None
-    with model.admit():  # 429 before any work when the model's queue is full
+    async with admitted(request, registry, settings, route, one_image=one_image) as job:
+        model = job.model
+        reduce = draft and settings.jpeg_draft and model.task in RESCALABLE_TASKS
         images = await anyio.to_thread.run_sync(
-            decode_images, inputs.blobs, settings.max_pixels, draft_to
+            decode_images, job.inputs.blobs, settings.max_pixels, job.imgsz if reduce else None
         )
         decoded = time.perf_counter()
-        results = await model.predict([im.bgr for im in images], params, class_ids)
+        results = await model.predict([im.bgr for im in images], job.params, job.class_ids)
     for result, image in zip(results, images, strict=True):
         if image.reduced:
             restore_size(result, image.width, image.height)
     done = time.perf_counter()
-    INFERENCE_SECONDS.labels(model.name, route).observe(done - decoded)
-    IMAGES.labels(model.name, route).inc(len(images))
-    timings = {"decode": (decoded - started) * 1000, "inference": (done - decoded) * 1000}
-    return Inferred(model, params, results, timings)
+    INFERENCE_SECONDS.labels(model.name, route.path).observe(done - decoded)
+    IMAGES.labels(model.name, route.path).inc(len(images))
+    timings = {"decode": (decoded - job.started) * 1000, "inference": (done - decoded) * 1000}
+    return Inferred(model, job.params, results, timings)

@@ -1,188 +1,38 @@
-"""The model registry: resolve sources, load, warm up and describe every served model.
+"""The model registry: load, warm up, describe and look up every served model.
 
 Loading happens in a worker thread started by the app's lifespan, so the server answers
-``/health`` (503 ``loading``) from its first second and 200 once every model is warm.
-Ultralytics' predictor keeps per-call state, so each model holds a small pool of instances
-(``SERVE_WORKERS``), each used by one thread at a time.
+``/health`` (503 ``loading``) from its first second and 200 once every model is warm. Where the
+weights come from is :mod:`app.model_sources`; how a model's requests are queued, batched and
+run is its :class:`~app.scheduler.Scheduler`. Ultralytics' predictor keeps per-call state, so
+each model holds a small pool of instances (``SERVE_WORKERS``), each used by one thread at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
-import re
 import time
 from contextlib import AbstractContextManager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
 import numpy as np
 
-from app.config import DIRECTORY_SUFFIXES, ModelSpec, Settings
+from app.config import ModelSpec, Settings
 from app.errors import InvalidParameter, NotReady, UnknownModel, WrongTask
-from app.inference import predict
+from app.model_sources import (
+    check_runtime,
+    discover_storage_models,
+    model_format,
+    resolve_source,
+    sha256_path,
+)
 from app.offline import disable_sync
 from app.scheduler import Policy, Scheduler
-from client.schema import CommonParameters, ModelInfo, ModelList
+from client.schema import DetectParameters, ModelInfo, ModelList
 
 log = logging.getLogger("app.registry")
-# Modules an export needs at run time (the `export` extra); Ultralytics never installs them here.
-EXPORT_RUNTIMES = {"onnx": ("onnx", "onnxruntime"), "openvino": ("openvino",)}
-DISCOVERED_SUFFIXES = (".pt", ".onnx", *DIRECTORY_SUFFIXES)
-FORMAT_ORDER = ("pt", "onnx", "openvino")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def sha256_path(path: Path) -> str:
-    """A file's sha256; for a directory (an OpenVINO export), the sha256 of its sorted listing
-    of ``<relative path> <sha256>`` lines, so the same files give the same version anywhere."""
-    if path.is_file():
-        return sha256_file(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    listing = "".join(f"{p.relative_to(path).as_posix()} {sha256_file(p)}\n" for p in files)
-    return hashlib.sha256(listing.encode()).hexdigest()
-
-
-def model_format(source: str) -> str:
-    """``onnx``, ``openvino`` or ``pt`` (PyTorch weights or a model config), by name."""
-    name = source.rstrip("/")
-    if name.endswith(".onnx"):
-        return "onnx"
-    if name.endswith(DIRECTORY_SUFFIXES):
-        return "openvino"
-    return "pt"
-
-
-def check_runtime(fmt: str, model_name: str) -> None:
-    """Fail with a clear message when an export's runtime is not installed (Ultralytics'
-    auto-install is off, so it would otherwise fail deep inside with an ImportError)."""
-    for module in EXPORT_RUNTIMES.get(fmt, ()):
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise RuntimeError(
-                f"model {model_name!r} is an {fmt} export, which needs the {module!r} package "
-                f"({exc}); install the server's `export` extra: pip install '.[server,export]'"
-            ) from None
-
-
-def _split_gs(uri: str) -> tuple[str, str]:
-    bucket, _, path = uri[len("gs://") :].partition("/")
-    return bucket, path
-
-
-def _download_gs(uri: str, cache_dir: Path) -> Path:
-    """Copy a gs:// object (or, for an OpenVINO export, every object under that "directory")
-    into the cache (Application Default Credentials)."""
-    from google.cloud import storage  # imported only when a gs:// source is used
-
-    bucket, path = _split_gs(uri.rstrip("/"))
-    target = cache_dir / bucket / path
-    if model_format(path) == "openvino":
-        if not target.is_dir():
-            partial = target.with_name(target.name + ".partial")
-            for blob in storage.Client().list_blobs(bucket, prefix=path + "/"):
-                if not blob.name.endswith("/"):
-                    local = partial / blob.name[len(path) + 1 :]
-                    local.parent.mkdir(parents=True, exist_ok=True)
-                    blob.download_to_filename(str(local))
-            partial.rename(target)
-        return target
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(target.suffix + ".partial")
-        storage.Client().bucket(bucket).blob(path).download_to_filename(str(partial))
-        partial.rename(target)
-    return target
-
-
-def _stem(name: str) -> str:
-    stem = Path(name).stem
-    return stem.removesuffix(DIRECTORY_SUFFIXES[0]) if name.endswith(DIRECTORY_SUFFIXES) else stem
-
-
-def discover_storage_models(storage_uri: str) -> list[ModelSpec]:
-    """Every model directly under AIP_STORAGE_URI (``*.pt``, ``*.onnx`` files and
-    ``*_openvino_model`` directories), named after its file stem (``x_openvino_model``: ``x``);
-    a stem that two formats share names the PyTorch one, the others get ``-onnx``/``-openvino``.
-    """
-    if storage_uri.startswith("gs://"):
-        from google.cloud import storage
-
-        bucket, prefix = _split_gs(storage_uri.rstrip("/") + "/")
-        blobs = storage.Client().list_blobs(bucket, prefix=prefix, delimiter="/")
-        names = [b.name[len(prefix) :] for b in blobs]
-        names += [p[len(prefix) :].rstrip("/") for p in blobs.prefixes]  # "directories"
-    else:
-        names = [
-            p.name for p in Path(storage_uri).iterdir() if p.is_file() or p.name.endswith("_model")
-        ]
-    found = sorted(
-        ((_stem(n), FORMAT_ORDER.index(model_format(n)), n) for n in names),
-        key=lambda item: item[:2],
-    )
-    specs: list[ModelSpec] = []
-    for stem, order, n in found:
-        if n.endswith(DISCOVERED_SUFFIXES):
-            name = re.sub(r"[^A-Za-z0-9._-]", "-", stem)
-            if any(spec.name == name for spec in specs):  # shapes.pt and shapes.onnx side by side
-                name = f"{name}-{FORMAT_ORDER[order]}"
-            specs.append(ModelSpec(name, n))
-    if not specs:
-        raise FileNotFoundError(
-            f"no models ({', '.join('*' + s for s in DISCOVERED_SUFFIXES)}) found under "
-            f"AIP_STORAGE_URI={storage_uri}"
-        )
-    return specs
-
-
-def resolve_source(
-    source: str, storage_uri: str | None, cache_dir: Path
-) -> tuple[str, Path | None]:
-    """Where to load ``source`` from, and the file (or export directory) whose sha256 is the
-    model's version.
-
-    A gs:// URI or a model under AIP_STORAGE_URI is copied locally; an existing path is used as
-    is; an export (``.onnx``, ``_openvino_model``) must be one of those; anything else is handed
-    to Ultralytics (``yolo11n.pt`` is downloaded into the cache when online, ``yolo11n.yaml``
-    builds a randomly initialised model).
-    """
-    fmt = model_format(source)
-
-    def exists(path: Path) -> bool:
-        return path.is_dir() if fmt == "openvino" else path.is_file()
-
-    if source.startswith("gs://"):
-        path = _download_gs(source, cache_dir)
-        return str(path), path
-    if exists(Path(source)):
-        return source, Path(source)
-    if storage_uri:
-        if storage_uri.startswith("gs://"):
-            path = _download_gs(f"{storage_uri.rstrip('/')}/{source}", cache_dir)
-            return str(path), path
-        candidate = Path(storage_uri) / source
-        if exists(candidate):
-            return str(candidate), candidate
-    if fmt != "pt":
-        where = f" (nor under AIP_STORAGE_URI={storage_uri})" if storage_uri else ""
-        raise FileNotFoundError(f"model source {source!r} does not exist{where}")
-    if source.endswith(".pt") and "/" not in source:
-        # Ultralytics downloads a bare name into the working directory, which a container's
-        # unprivileged user may not be able to write; download it into the cache instead.
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        return str(cache_dir / source), None
-    return source, None
 
 
 def resolve_device(device: str) -> str:
@@ -194,7 +44,7 @@ def resolve_device(device: str) -> str:
 
 
 class LoadedModel:
-    """A warm model: its description and a pool of Ultralytics instances."""
+    """A warm model: its description, a pool of Ultralytics instances and their scheduler."""
 
     def __init__(self, spec: ModelSpec, instances: list[Any], sha256: str, device: str) -> None:
         first = instances[0]
@@ -216,33 +66,12 @@ class LoadedModel:
 
     def start(self, settings: Settings, limiter: anyio.CapacityLimiter) -> None:
         """Start the model's scheduler (needs the running event loop; see app/scheduler.py)."""
-        # auto: on for PyTorch weights (measured faster under concurrency on CPU and CUDA alike:
-        # README "Benchmarks"); off for static exports, which Ultralytics runs once per image.
-        batching = settings.batching == "on" or (
-            settings.batching == "auto" and self.format == "pt"
+        policy = Policy.from_settings(settings, self.format)
+        self.scheduler = Scheduler(
+            self.name, self._instances, policy, limiter, Policy.thread_init(settings)
         )
-        policy = Policy(
-            batching=batching and settings.batch_max_size > 1,
-            max_size=settings.batch_max_size,
-            max_delay=settings.batch_max_delay_ms / 1000,
-            queue_size=settings.queue_size,
-        )
-        thread_init = None
-        if settings.torch_threads:
-            import torch
-
-            # in each inference thread itself: set from another thread it measured slower
-            thread_init = partial(torch.set_num_threads, settings.torch_threads)
-        self.scheduler = Scheduler(self.name, self._instances, policy, limiter, thread_init)
         self.scheduler.start()
-        log.info(
-            "model %s: batching %s, queue %d",
-            self.name,
-            f"on (up to {policy.max_size} images, {settings.batch_max_delay_ms:g} ms)"
-            if policy.batching
-            else "off",
-            policy.queue_size,
-        )
+        log.info("model %s: %s", self.name, policy.describe())
 
     def admit(self, force: bool = False) -> AbstractContextManager[None]:
         """Hold a place in the model's queue for a block; 429 ``overloaded`` when it is full.
@@ -252,16 +81,12 @@ class LoadedModel:
         assert self.scheduler is not None, "model not started"
         return self.scheduler.admit(force)
 
-    def ensure_room(self) -> None:
-        """Raise 429 ``overloaded`` when the model's queue is full (a stream's admission)."""
-        assert self.scheduler is not None, "model not started"
-        self.scheduler.ensure_room()
-
     async def predict(
-        self, images: list[np.ndarray], params: CommonParameters, class_ids: list[int] | None
+        self, images: list[np.ndarray], params: DetectParameters, class_ids: list[int] | None
     ) -> list[Any]:
         """One predict over BGR images, maybe batched with other requests'; Results in order."""
         assert self.scheduler is not None, "model not started"
+        imgsz = params.imgsz or self.imgsz
         # Only arguments that are equal can share a predict call. Ultralytics pads an image to
         # its own rectangle when all images of a call have one size, and to a square otherwise,
         # so one-size items batch only with the same size: batching never changes results.
@@ -271,12 +96,21 @@ class LoadedModel:
             params.iou,
             params.max_det,
             None if class_ids is None else tuple(class_ids),
-            params.imgsz or self.imgsz,
+            imgsz,
             shapes.pop() if len(shapes) == 1 else "mixed",
         )
 
         def fn(yolo: Any, batch: list[np.ndarray]) -> list[Any]:
-            return predict(yolo, batch, params, class_ids, self.imgsz, self.device)
+            return yolo.predict(
+                batch,
+                conf=params.conf,
+                iou=params.iou,
+                max_det=params.max_det,
+                classes=class_ids,
+                imgsz=imgsz,
+                device=self.device,
+                verbose=False,
+            )
 
         return await self.scheduler.predict(images, key, fn)
 

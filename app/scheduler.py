@@ -32,12 +32,14 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
 
+from app.config import Settings
 from app.errors import Overloaded
-from app.metrics import BATCH_SIZE, QUEUE_DEPTH
+from app.metrics import BATCH_SIZE, INFERENCE_WAITING, QUEUE_DEPTH
 
 log = logging.getLogger("app.scheduler")
 
@@ -47,13 +49,47 @@ PredictFn = Callable[[Any, list[Any]], list[Any]]
 
 @dataclass(frozen=True)
 class Policy:
-    """How one model schedules its work (built from the settings and the model's device)."""
+    """How one model schedules its work (built from the settings and the model's format)."""
 
     batching: bool = False
     max_size: int = 8  # images per batched predict
     max_delay: float = 0.005  # seconds the oldest item may wait for others
     queue_size: int = 64  # requests waiting for or in inference
     retry_after: int = 1  # seconds, in the 429's Retry-After
+
+    @classmethod
+    def from_settings(cls, settings: Settings, model_format: str) -> Policy:
+        """``SERVE_BATCHING=auto`` is on for PyTorch weights (measured faster under concurrency
+        on CPU and CUDA alike: README "Benchmarks") and off for static exports, which
+        Ultralytics runs once per image anyway."""
+        batching = settings.batching == "on" or (
+            settings.batching == "auto" and model_format == "pt"
+        )
+        return cls(
+            batching=batching and settings.batch_max_size > 1,
+            max_size=settings.batch_max_size,
+            max_delay=settings.batch_max_delay_ms / 1000,
+            queue_size=settings.queue_size,
+        )
+
+    @staticmethod
+    def thread_init(settings: Settings) -> Callable[[], None] | None:
+        """What each inference thread runs first: ``torch.set_num_threads`` when
+        ``SERVE_TORCH_THREADS`` is set (in the thread itself: set from another thread it
+        measured slower)."""
+        if not settings.torch_threads:
+            return None
+        import torch
+
+        return partial(torch.set_num_threads, settings.torch_threads)
+
+    def describe(self) -> str:
+        batching = (
+            f"on (up to {self.max_size} images, {self.max_delay * 1000:g} ms)"
+            if self.batching
+            else "off"
+        )
+        return f"batching {batching}, queue {self.queue_size}"
 
 
 @dataclass(eq=False)
@@ -94,18 +130,15 @@ class Scheduler:
         self._depth = 0  # admitted and not yet done
         self._items = 0  # submitted to predict and not yet done
         self._pending: deque[_Item] = deque()
+        self._waiting = 0  # callers waiting for an instance (batching off)
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-
-    @property
-    def depth(self) -> int:
-        """Requests (and stream frames) waiting for or in inference."""
-        return self._depth
 
     def start(self) -> None:
         for instance in self._instances:
             self._pool.put_nowait(instance)
         QUEUE_DEPTH.labels(self.name).set(0)
+        self._count_waiting()
         if self.policy.batching:
             self._spawn(self._batch_forever())
 
@@ -114,7 +147,7 @@ class Scheduler:
         for executor in self._threads.values():
             executor.shutdown(wait=False, cancel_futures=True)
 
-    def ensure_room(self) -> None:
+    def _ensure_room(self) -> None:
         """Raise :class:`Overloaded` when the queue is full."""
         if self._depth >= self.policy.queue_size:
             raise Overloaded(
@@ -128,7 +161,7 @@ class Scheduler:
     def admit(self, force: bool = False) -> Iterator[None]:
         """Hold a place in the queue for the block; refused (429) when full unless ``force``."""
         if not force:
-            self.ensure_room()
+            self._ensure_room()
         self._depth += 1
         QUEUE_DEPTH.labels(self.name).set(self._depth)
         try:
@@ -145,11 +178,18 @@ class Scheduler:
         first item's ``fn`` over every item's images.
         """
         if not self.policy.batching:
-            instance = await self._pool.get()
+            self._waiting += 1
+            self._count_waiting()
+            try:
+                instance = await self._pool.get()
+            finally:
+                self._waiting -= 1
+                self._count_waiting()
             return await asyncio.shield(self._spawn(self._use(instance, fn, images)))
         loop = asyncio.get_running_loop()
         item = _Item(images, key, fn, loop.time(), loop.create_future())
         self._pending.append(item)
+        self._count_waiting()
         self._items += 1
         self._changed.set()
         try:
@@ -158,6 +198,11 @@ class Scheduler:
             self._items -= 1
 
     # --- internals --------------------------------------------------------------------------
+
+    def _count_waiting(self) -> None:
+        """``yolo_inference_waiting``: submitted to predict, not yet running (pending for a
+        batch, or waiting for an instance)."""
+        INFERENCE_WAITING.labels(self.name).set(self._waiting + len(self._pending))
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -208,10 +253,12 @@ class Scheduler:
         while True:
             while self._pending and self._pending[0].future.done():
                 self._pending.popleft()  # its caller went away
+                self._count_waiting()
             if not self._pending:
                 return []
             first = self._pending[0]
-            batch, size, full = [], 0, False
+            batch: list[_Item] = []
+            size, full = 0, False
             for item in self._pending:
                 if item.key != first.key or item.future.done():
                     continue
@@ -225,6 +272,7 @@ class Scheduler:
             if full or wait <= 0 or not self._expecting():
                 taken = set(map(id, batch))
                 self._pending = deque(i for i in self._pending if id(i) not in taken)
+                self._count_waiting()
                 return batch
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
@@ -271,4 +319,4 @@ def _settle(
     if exc is not None:
         item.future.set_exception(exc)
     else:
-        item.future.set_result(results)
+        item.future.set_result(results or [])

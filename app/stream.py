@@ -5,7 +5,9 @@ frame per call, so ``/detect`` requests and other streams interleave with it fra
 may share a batch with it), tracks and encodes it in a worker thread and puts the event into a
 bounded queue; the SSE generator sends from that queue. A slow client therefore holds at most
 ``SERVE_STREAM_QUEUE`` encoded frames, a client that disconnects cancels the producer (the frame
-in flight finishes, no new one starts), and the source is closed in every case.
+in flight finishes, no new one starts), and the source is closed in every case, on the same
+worker threads as its reads (so a stream owns no thread of its own), before the stream stops
+counting as active (``yolo_streams_active``).
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from sse_starlette import ServerSentEvent
 
 from app.config import Settings
 from app.errors import ServingError, problem
-from app.inference import detections
+from app.frames import FrameSource
 from app.metrics import STREAM_FRAMES, STREAMS_ACTIVE
 from app.registry import LoadedModel
-from app.shutdown import ShuttingDown
-from app.video import FrameSource
+from app.results import detections
+from app.shutdown import Shutdown, ShuttingDown
 from client.schema import (
     StreamEnd,
     StreamFrame,
@@ -89,18 +91,21 @@ class StreamSession:
         class_ids: list[int] | None,
         settings: Settings,
         request_id: str,
+        server: Shutdown,
     ) -> None:
         self.model, self.source, self.params = model, source, params
         self.class_ids, self.settings = class_ids, settings
         self.request_id = request_id
-        model.ensure_room()  # a stream is admitted here (429 when full); its frames never refused
         self.tracker = make_tracker(params.track) if params.track != "none" else None
         self.with_masks = model.task == "segment"
         self.processed = 0
         self.class_counts: Counter[str] = Counter()
         self.track_ids: set[int] = set()
-        # Set by sse-starlette when the server starts shutting down (see app/shutdown.py).
+        # The server's shutdown, marked by the signal handler itself; and the event sse-starlette
+        # sets when it notices (see app/shutdown.py). No new frame starts once either is set.
+        self.server = server
         self.shutdown = anyio.Event()
+        self._released: asyncio.Task[None] | None = None
 
     def start_event(self) -> ServerSentEvent:
         src = self.source
@@ -164,11 +169,14 @@ class StreamSession:
             STREAM_FRAMES.labels(self.model.name).inc()
             await queue.put(frame)
 
-        async def sent(finishing: asyncio.Future[None] | None) -> None:
-            """Before an error event: the frame already inferred goes out first (if it can)."""
+        async def last(body: ServerSentEvent, finishing: asyncio.Future[None] | None) -> None:
+            """The last event, after the frame already inferred (if it can go out) and once the
+            source is closed (so a client that got it sees the stream no longer active)."""
             if finishing is not None:
                 with contextlib.suppress(Exception):
                     await finishing
+            await asyncio.shield(self._release())
+            await queue.put(body)
 
         # Frame k is tracked and encoded (a worker thread) while frame k+1 is inferred; frame k+1
         # is finished only after frame k, so events stay in order and one thread at a time
@@ -177,7 +185,7 @@ class StreamSession:
         try:
             pending = read_next()
             while (item := await pending) is not None:
-                if self.shutdown.is_set():
+                if self.server.started or self.shutdown.is_set():
                     raise ShuttingDown(
                         f"The server is shutting down; this stream stopped after "
                         f"{self.processed} frames. Send the frames after the last event id again "
@@ -200,18 +208,17 @@ class StreamSession:
                 class_counts=dict(self.class_counts),
                 tracks=len(self.track_ids),
             )
-            await queue.put(event("end", end))
+            await last(event("end", end), None)
         except ServingError as exc:
-            await sent(finishing)
-            await queue.put(event("error", problem(None, exc)))
+            await last(event("error", problem(None, exc)), finishing)
         except Exception:
-            await sent(finishing)
             log.exception("stream %s failed after %d frames", self.request_id, self.processed)
             failure = ServingError("the stream failed on the server; see its logs")
-            await queue.put(event("error", problem(None, failure)))
+            await last(event("error", problem(None, failure)), finishing)
         finally:
             if finishing is not None and not finishing.done():
                 finishing.cancel()  # no await here (see events()); its thread ends on its own
+            self._release()  # a cancelled producer (the client went away) closes it here
 
     async def events(self) -> AsyncIterator[ServerSentEvent]:
         """The SSE events: start, frames as they are computed, then end (or error; on server
@@ -222,9 +229,9 @@ class StreamSession:
         for a read in flight). No await happens in ``finally``: under a cancelled anyio scope it
         would be cancelled again.
         """
+        STREAMS_ACTIVE.labels(self.model.name).inc()
         queue: asyncio.Queue[ServerSentEvent] = asyncio.Queue(self.settings.stream_queue)
         producer = asyncio.create_task(self._produce(queue))
-        STREAMS_ACTIVE.labels(self.model.name).inc()
         reason = "cut short: the client went away or stopped reading"
         try:
             yield self.start_event()
@@ -236,10 +243,27 @@ class StreamSession:
                     break
         finally:
             producer.cancel()
-            # Closing waits for a read in flight (up to vid_stride frames decoded): not on the loop.
-            asyncio.get_running_loop().run_in_executor(None, self.source.close)
-            STREAMS_ACTIVE.labels(self.model.name).dec()
+            self._release()  # also when the producer never ran
             log.info("stream %s: %d frames, %s", self.request_id, self.processed, reason)
+
+    def _release(self) -> asyncio.Task[None]:
+        """Close the source, then stop counting the stream as active: once, in a task of its own
+        (closing waits for a read in flight, up to vid_stride frames decoded: in a worker thread,
+        not on the loop; a task, so that a cancelled caller cannot cut it short)."""
+        if self._released is None:
+            self._released = asyncio.get_running_loop().create_task(self._close())
+            _closing.add(self._released)
+            self._released.add_done_callback(_closing.discard)
+        return self._released
+
+    async def _close(self) -> None:
+        try:
+            await anyio.to_thread.run_sync(self.source.close)
+        finally:
+            STREAMS_ACTIVE.labels(self.model.name).dec()
+
+
+_closing: set[asyncio.Task[None]] = set()  # sources being closed (a task needs a reference)
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

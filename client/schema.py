@@ -9,12 +9,11 @@ Coordinates are pixels of the original image (after EXIF orientation), ``x`` to 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
-
-Task = Literal["detect", "segment", "classify", "pose", "obb"]
 
 
 class Box(Struct, frozen=True, kw_only=True):
@@ -143,8 +142,13 @@ PROBLEM_TYPE_PREFIX = "urn:vertex-yolo:problem:"
 Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
 
 
-class CommonParameters(Struct, kw_only=True, forbid_unknown_fields=True):
-    """The parameters every inference route takes (see :class:`Parameters`)."""
+class DetectParameters(Struct, kw_only=True, forbid_unknown_fields=True):
+    """``/detect``'s (and ``/predict``'s) parameters, which every inference route takes too.
+
+    From the query string, form fields or a JSON ``parameters`` object; a route refuses any
+    parameter that is not one of its own. ``classes`` filters by class names or ids; ``imgsz``
+    overrides the model's input size.
+    """
 
     model: str | None = None
     conf: Probability = 0.25
@@ -152,15 +156,16 @@ class CommonParameters(Struct, kw_only=True, forbid_unknown_fields=True):
     max_det: Annotated[int, Meta(ge=1, le=1000)] = 300
     classes: list[int | str] | None = None
     imgsz: Annotated[int, Meta(ge=32, le=4096)] | None = None
+
+
+class SegmentParameters(DetectParameters, kw_only=True, forbid_unknown_fields=True):
+    """``/segment``: ``rle`` adds COCO RLE to each mask."""
+
     rle: bool = False
 
 
-class Parameters(CommonParameters, kw_only=True, forbid_unknown_fields=True):
-    """Inference parameters, from the query string, form fields or a JSON ``parameters`` object.
-
-    ``classes`` filters by class names or ids. ``imgsz`` overrides the model's input size.
-    ``rle`` adds COCO RLE to ``/segment`` masks. ``format`` picks ``/annotate``'s image format.
-    """
+class AnnotateParameters(DetectParameters, kw_only=True, forbid_unknown_fields=True):
+    """``/annotate``: ``format`` picks the drawn image's format (else the ``Accept`` header)."""
 
     format: Literal["jpeg", "png"] | None = None
 
@@ -168,13 +173,15 @@ class Parameters(CommonParameters, kw_only=True, forbid_unknown_fields=True):
 Tracker = Literal["none", "bytetrack", "botsort"]
 
 
-class StreamParameters(CommonParameters, kw_only=True, forbid_unknown_fields=True):
-    """``/stream`` parameters: those of ``/detect`` plus tracking and frame selection.
+class StreamParameters(DetectParameters, kw_only=True, forbid_unknown_fields=True):
+    """``/stream``: those of ``/detect`` plus tracking, frame selection and ``rle`` (masks of a
+    segmentation model).
 
     ``track`` keeps object ids across frames (state lives for one request). ``vid_stride``
     runs every n-th frame. ``max_frames`` stops after that many processed frames.
     """
 
+    rle: bool = False
     track: Tracker = "none"
     vid_stride: Annotated[int, Meta(ge=1, le=1000)] = 1
     max_frames: Annotated[int, Meta(ge=1)] | None = None
@@ -276,6 +283,36 @@ class PredictResponse(Struct, frozen=True, kw_only=True, rename="camel"):
     model_version_id: str
 
 
+# --- headers -------------------------------------------------------------------------------
+
+#: Inference responses carry ``Server-Timing: decode;dur=2.9, inference;dur=14.5, encode;dur=0.3``
+#: (milliseconds), the server's own breakdown of where a request's time went.
+SERVER_TIMING = "Server-Timing"
+
+
+def format_server_timing(timings_ms: dict[str, float]) -> str:
+    """``{"decode": 2.94, "inference": 14.5}`` -> ``decode;dur=2.9, inference;dur=14.5``."""
+    return ", ".join(f"{name};dur={ms:.1f}" for name, ms in timings_ms.items())
+
+
+def parse_server_timing(header: str | None) -> dict[str, float]:
+    """``decode;dur=2.9, inference;dur=14.5`` -> ``{"decode": 2.9, "inference": 14.5}``.
+
+    Metrics without a (numeric) ``dur`` are left out; a quoted value is accepted.
+    """
+    out: dict[str, float] = {}
+    for metric in (header or "").split(","):
+        name, *params = (part.strip() for part in metric.split(";"))
+        for param in params:
+            key, _, value = param.partition("=")
+            if name and key.strip() == "dur":
+                try:
+                    out[name] = float(value.strip().strip('"'))
+                except ValueError:
+                    continue
+    return out
+
+
 # --- codecs, built once ---------------------------------------------------------------------
 
 json_encoder = msgspec.json.Encoder()
@@ -284,8 +321,7 @@ decode_problem = msgspec.json.Decoder(Problem).decode
 decode_inference = msgspec.json.Decoder(InferenceResponse).decode
 decode_annotate = msgspec.json.Decoder(AnnotateResponse).decode
 decode_models = msgspec.json.Decoder(ModelList).decode
-decode_model_info = msgspec.json.Decoder(ModelInfo).decode
-decode_health = msgspec.json.Decoder(Health).decode
-decode_predict_response = msgspec.json.Decoder(PredictResponse).decode
 decode_frames_request = msgspec.json.Decoder(FramesRequest).decode
-STREAM_DECODERS = {name: msgspec.json.Decoder(kind).decode for name, kind in STREAM_EVENTS.items()}
+STREAM_DECODERS: dict[str, Callable[[bytes | str], Any]] = {
+    name: msgspec.json.Decoder(kind).decode for name, kind in STREAM_EVENTS.items()
+}

@@ -81,14 +81,14 @@ def main(argv: list[str] | None = None) -> int:
             drawn = client.annotate(image, format="png")
             path = args.out / "annotated.png"
             drawn.save(path)
-            print(f"\nannotate via {names[drawn.deployed_model_id]}: "
+            print(f"\nannotate via {names[str(drawn.deployed_model_id)]}: "
                   f"{drawn.detection_count} detections drawn, saved to {path}")  # fmt: skip
 
             seg = client.segment(image)
-            masks = [d for d in seg.results[0].detections if d.mask is not None]
+            masks = [d.mask for d in seg.results[0].detections if d.mask is not None]
             print(f"\nsegment via {names[seg.deployed_model_id]} (model {seg.model}): "
                   f"{len(masks)} masks, polygon points "
-                  f"{[sum(len(p) for p in d.mask.polygons) for d in masks]}")  # fmt: skip
+                  f"{[sum(len(p) for p in mask.polygons) for mask in masks]}")  # fmt: skip
 
             frames, _ = moving_shape_frames(args.frames, 320, 240)
             video = args.out / "moving-square.mp4"

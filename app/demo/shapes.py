@@ -186,7 +186,7 @@ def write_video(path: str | Path, frames: list[np.ndarray], fps: float = 10.0) -
     """Write RGB frames as a video OpenCV reads back (codec by suffix: .mp4 mp4v, .avi MJPG)."""
     fourcc = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "XVID", ".webm": "VP80"}[Path(path).suffix]
     height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), fps, (width, height))
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write {path} with {fourcc}")
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Response, get
+from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 
@@ -25,7 +26,11 @@ def health_handler(path: str) -> HTTPRouteHandler:
             503: ResponseSpec(Health, description="Loading, loading failed, or shutting down")
         },
     )
-    def health(registry: Registry, settings: Settings, shutdown: Shutdown) -> Response[Health]:
+    def health(
+        registry: NamedDependency[Registry],
+        settings: NamedDependency[Settings],
+        shutdown: NamedDependency[Shutdown],
+    ) -> Response[Health]:
         ready = registry.ready and not shutdown.started
         status = "shutting-down" if shutdown.started else "ok" if ready else registry.state
         body = Health(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from litestar import Controller, HttpMethod, route
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 
 from app.registry import Registry
 from app.routes.openapi import problems
@@ -19,7 +21,7 @@ class ModelsController(Controller):
         responses=problems(503),
         sync_to_thread=False,
     )
-    def list_models(self, registry: Registry) -> ModelList:
+    def list_models(self, registry: NamedDependency[Registry]) -> ModelList:
         registry.ensure_ready()
         return registry.describe()
 
@@ -31,6 +33,6 @@ class ModelsController(Controller):
         responses=problems(404, 503),
         sync_to_thread=False,
     )
-    def get_model(self, registry: Registry, name: str) -> ModelInfo:
+    def get_model(self, registry: NamedDependency[Registry], name: FromPath[str]) -> ModelInfo:
         model = registry.get(name)
         return model.info(model.name == registry.default_name)

@@ -1,6 +1,6 @@
 """What the OpenAPI schema says about the inference routes' inputs and errors.
 
-The routes read their own bodies (raw image or video, multipart or JSON, see ``app/media.py``),
+The routes read their own bodies (raw image or video, multipart or JSON, see ``app/inputs.py``),
 so Litestar cannot infer a request body or query parameters from their signatures. This module
 describes them from the wire contract's Structs (``client/schema.py``), so the schema, the
 server's validation and the fuzz tests (``tests/test_fuzz.py``) agree on one definition.
@@ -19,14 +19,8 @@ from litestar.openapi.spec import OpenAPIMediaType, Operation, Parameter, Reques
 from PIL import Image
 
 from app.errors import PROBLEM_JSON
-from client.schema import (
-    CommonParameters,
-    FramesRequest,
-    Parameters,
-    PredictRequest,
-    Problem,
-    StreamParameters,
-)
+from app.frontend import Route
+from client.schema import FramesRequest, PredictRequest, Problem
 
 BINARY = {"type": "string", "format": "binary"}
 ERRORS = {
@@ -141,27 +135,25 @@ def _body(
 
 
 def operation(
+    route: Route[Any],
     raw: list[str],
     files: str,
-    kind: type[CommonParameters] = Parameters,
-    aliases: dict[str, str] | None = None,
     extra_200: list[str] | None = None,
     events: dict[str, str] | None = None,
 ) -> type[Operation]:
     """An ``operation_class`` documenting a route's query parameters and its three body forms:
     a raw ``raw`` body, multipart ``files`` (parameters as fields), or JSON (``PredictRequest``;
-    ``FramesRequest`` when ``kind`` is ``StreamParameters``), each parameter being one of ``kind``.
+    ``FramesRequest`` for a streaming route), each parameter being one of the route's own
+    (its Struct, and its aliases).
 
-    ``aliases`` adds alternative parameter names; ``extra_200`` binary media types of the
-    success answer (besides its JSON); ``events`` makes the success answer an event stream
-    (event name -> the component its data is)."""
-    params = parameter_schemas(kind)
-    for alias, name in (aliases or {}).items():
+    ``extra_200`` adds binary media types of the success answer (besides its JSON); ``events``
+    makes the success answer an event stream (event name -> the component its data is)."""
+    params = parameter_schemas(route.parameters)
+    for alias, name in route.aliases.items():
         params[alias] = params[name]
-    is_stream = kind is StreamParameters
-    request = FramesRequest if is_stream else PredictRequest
-    key = "frames" if is_stream else "instances"
-    item = EXAMPLE_IMAGE if is_stream else {"image": EXAMPLE_IMAGE}
+    request = FramesRequest if route.stream else PredictRequest
+    key = "frames" if route.stream else "instances"
+    item = EXAMPLE_IMAGE if route.stream else {"image": EXAMPLE_IMAGE}
     body = _body(raw, files, request, params, {key: [item], "parameters": {"conf": 0.25}})
     query = [
         Parameter(name=name, param_in="query", schema=schema)  # type: ignore[arg-type]

@@ -11,26 +11,49 @@ response is an ASGI app, which Litestar serves as it is.
 from __future__ import annotations
 
 import logging
+from typing import Any, cast
 
 import anyio
 from litestar import Request, post
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ASGIApp, Receive, Scope, Send
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
 
 from app.config import Settings
-from app.errors import WrongTask
-from app.media import parse_parameters
+from app.errors import InvalidParameter, WrongTask
+from app.frames import open_source
+from app.frontend import Route, admitted
+from app.inputs import VIDEO_TYPES
 from app.middleware import request_id
-from app.registry import Registry
+from app.registry import LoadedModel, Registry
 from app.routes.openapi import operation, problems
+from app.shutdown import Shutdown
 from app.stream import SSE_SEPARATOR, StreamSession
-from app.video import VIDEO_TYPES, open_source, read_stream_inputs
 from client.schema import Problem, StreamEnd, StreamFrame, StreamParameters, StreamStart
 
 log = logging.getLogger("app.stream")
-TRACKABLE = ("detect", "segment", "pose")
+TRACKABLE = ("detect", "segment")  # models whose results have boxes Ultralytics' trackers take
+
+
+def check(params: StreamParameters, model: LoadedModel, settings: Settings) -> None:
+    """Tracking needs boxes; ``max_frames`` may not exceed the server's frame limit."""
+    if params.track != "none" and model.task not in TRACKABLE:
+        raise WrongTask(
+            f"model {model.name!r} is a {model.task} model; tracking needs boxes "
+            f"({', '.join(TRACKABLE)} models)",
+            field="track",
+        )
+    if params.max_frames is not None and params.max_frames > settings.stream_max_frames:
+        raise InvalidParameter(
+            f"max_frames={params.max_frames} is over this server's limit of "
+            f"{settings.stream_max_frames} frames",
+            field="max_frames",
+        )
+
+
+STREAM = Route("/stream", StreamParameters, stream=True, check=check)
 DESCRIPTION = f"""Runs a video, or a run of image frames, through a model and answers
 `text/event-stream`: one `start` event (model, version, deployed model id, source fps, frame count
 when known, width, height), one `frame` event per processed frame as soon as it is computed (SSE
@@ -54,7 +77,7 @@ a video over the server's limits (frames, duration, resolution) is a 4xx problem
     description=DESCRIPTION,
     responses={
         200: ResponseSpec(
-            data_container=StreamStart | StreamFrame | StreamEnd | Problem,  # type: ignore[arg-type]
+            data_container=StreamStart | StreamFrame | StreamEnd | Problem,
             media_type="text/event-stream",
             generate_examples=False,
             description="Events `start` (StreamStart), `frame` (StreamFrame), `end` "
@@ -63,9 +86,9 @@ a video over the server's limits (frames, duration, resolution) is a 4xx problem
         **problems(400, 404, 413, 415, 429, 503),
     },
     operation_class=operation(
+        STREAM,
         sorted(VIDEO_TYPES),
         "frames",
-        StreamParameters,
         events={
             "start": "StreamStart",
             "frame": "StreamFrame",
@@ -74,27 +97,30 @@ a video over the server's limits (frames, duration, resolution) is a 4xx problem
         },
     ),
 )
-async def stream_handler(request: Request, registry: Registry, settings: Settings) -> ASGIApp:
-    inputs = await read_stream_inputs(request, settings)
-    params = parse_parameters(inputs.params, kind=StreamParameters)
-    model = registry.get(params.model, route="/stream")
-    if params.track != "none" and model.task not in TRACKABLE:
-        raise WrongTask(
-            f"model {model.name!r} is a {model.task} model; tracking needs boxes "
-            f"({', '.join(TRACKABLE)} models)",
-            field="track",
-        )
-    class_ids = model.class_ids(params.classes)
-    model.input_size(params.imgsz)  # 400 when a static export is asked for another size
-    model.ensure_room()  # 429 before the video is written, opened and probed
-    source = await anyio.to_thread.run_sync(open_source, inputs, params, settings)
+async def stream_handler(
+    request: Request,
+    registry: NamedDependency[Registry],
+    settings: NamedDependency[Settings],
+    shutdown: NamedDependency[Shutdown],
+) -> ASGIApp:
+    # Admitted once: the place in the queue is held while the video is written, opened and
+    # probed; the stream's frames then take places of their own, never refused.
+    async with admitted(request, registry, settings, STREAM) as job:
+        source = await anyio.to_thread.run_sync(open_source, job.inputs, job.params, settings)
     try:
         session = StreamSession(
-            model, source, params, class_ids, settings, request_id(request.scope)
+            job.model,
+            source,
+            job.params,
+            job.class_ids,
+            settings,
+            request_id(request.scope),
+            shutdown,
         )
     except BaseException:
         source.close()
         raise
+    model = job.model
     return _DropStuckClients(
         EventSourceResponse(
             session.events(),
@@ -119,8 +145,8 @@ class _DropStuckClients:
         self.response, self.request_id, self.timeout = response, request_id, timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self.response(scope, receive, send)
+        try:  # sse-starlette types the ASGI triple as Starlette's
+            await self.response(cast(Any, scope), cast(Any, receive), cast(Any, send))
         except* SendTimeoutError:
             log.warning(
                 "stream %s: client dropped, a send blocked for over %g s",

@@ -1,4 +1,4 @@
-"""``/stream`` sources: a video file or a run of image frames, opened and checked before streaming.
+"""``/stream`` frame sources: a video file or a run of image frames, checked before streaming.
 
 A request is refused (4xx) here, before any event is sent, when its video cannot be decoded, has
 no frame, or is over the limits (frames, duration, resolution). What passes is a
@@ -6,8 +6,8 @@ no frame, or is over the limits (frames, duration, resolution). What passes is a
 
 Videos are decoded by OpenCV's FFmpeg backend from a temporary file that is unlinked as soon as
 FFmpeg has opened it: whatever happens next, no file is left behind. FFmpeg may only read that
-file (``protocol_whitelist``) with a video demuxer (``format_whitelist``), so a playlist or
-concat script sent as a "video" cannot make it open other files or URLs.
+file, with a video demuxer (:func:`app.offline.configure_ffmpeg`, set when the app is created), so
+a playlist or concat script sent as a "video" cannot make it open other files or URLs.
 """
 
 from __future__ import annotations
@@ -16,59 +16,18 @@ import math
 import os
 import tempfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
+import cv2
 import numpy as np
-from litestar import Request
 
 from app.config import Settings
-from app.errors import (
-    InvalidImage,
-    InvalidParameter,
-    InvalidVideo,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-)
-from app.media import (
-    OCTET_STREAM,
-    RAW_IMAGE_TYPES,
-    b64decode,
-    collect_params,
-    decode_json_body,
-    image_label,
-    open_image,
-    oriented_size,
-    read_multipart,
-    to_bgr,
-)
-from client.schema import StreamParameters, decode_frames_request
+from app.errors import InvalidImage, InvalidVideo, PayloadTooLarge
+from app.images import image_label, open_image, oriented_size, to_bgr
+from app.inputs import Inputs
+from client.schema import StreamParameters
 
-# OpenCV reads this at every capture open. Forced, not defaulted: without the whitelists an HLS
-# playlist sent as a video makes FFmpeg open the local files (or URLs) it names.
-os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = (
-    "protocol_whitelist;file|format_whitelist;mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,gif"
-)
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own messages: quiet
-os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-
-import cv2  # noqa: E402  (after the environment above)
-
-VIDEO_TYPES = frozenset(
-    {
-        "video/mp4",
-        "video/quicktime",
-        "video/webm",
-        "video/x-matroska",
-        "video/x-msvideo",
-        "video/avi",
-        "video/msvideo",
-        "image/gif",
-        OCTET_STREAM,
-    }
-)
-FRAMES_SHAPE = '{"frames": ["<base64>", ...], "parameters": {...}}'
 QUICKTIME_ATOMS = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")
 
 
@@ -85,51 +44,6 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
-@dataclass
-class StreamInputs:
-    """What a /stream request carried: one video, or image frames in order; raw parameters."""
-
-    video: bytes | None
-    frames: list[bytes]
-    params: dict[str, Any]
-
-
-async def read_stream_inputs(request: Request, settings: Settings) -> StreamInputs:
-    """Split a /stream request into a video or frames, and parameters (nothing decoded yet)."""
-    media_type = request.content_type[0].lower()
-    params = collect_params(request.query_params.multi_items())
-    limit = settings.stream_max_frames
-    video: bytes | None = None
-    frames: list[bytes] = []
-    if media_type == "application/json":
-        body = await decode_json_body(request, decode_frames_request, FRAMES_SHAPE)
-        if len(body.frames) > limit:
-            raise PayloadTooLarge(f"{len(body.frames)} frames in one request; at most {limit}")
-        frames = [b64decode(f, f"frames[{i}]") for i, f in enumerate(body.frames)]
-        params.update(body.parameters or {})
-    elif media_type == "multipart/form-data":
-        frames = await read_multipart(request, params, limit, "frames")
-    elif media_type in VIDEO_TYPES:
-        video = await request.body()
-        if not video:
-            raise InvalidVideo("the request body is empty: send a video")
-    else:
-        hint = (
-            " (send several images as multipart/form-data frames)"
-            if media_type in RAW_IMAGE_TYPES
-            else ""
-        )
-        raise UnsupportedMediaType(
-            f"Content-Type {media_type or '(none)'!r} is not accepted by /stream{hint}: send a "
-            f"video ({', '.join(sorted(VIDEO_TYPES))}), multipart/form-data image frames, or "
-            f"JSON {FRAMES_SHAPE}",
-            allowed=sorted(VIDEO_TYPES | {"multipart/form-data", "application/json"}),
-        )
-    if video is None and not any(frames):
-        raise InvalidImage("the request holds no frame")
-    return StreamInputs(video, frames, params)
-
-
 class FrameSource(Protocol):
     """Frames to run, one at a time, in worker threads.
 
@@ -137,11 +51,18 @@ class FrameSource(Protocol):
     flight, is idempotent, and every ``read`` after it returns None.
     """
 
-    kind: Literal["video", "frames"]
-    fps: float | None
-    frames: int | None  # frames that will be processed, when known
-    width: int
-    height: int
+    @property
+    def kind(self) -> Literal["video", "frames"]: ...
+    @property
+    def fps(self) -> float | None: ...
+    @property
+    def frames(self) -> int | None:
+        """Frames that will be processed, when known."""
+
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
 
     def read(self) -> tuple[int, float | None, np.ndarray] | None:
         """The next frame to process: (source index, timestamp in ms, BGR image), or None."""
@@ -262,7 +183,7 @@ class ImageFramesSource:
     """A run of still images (multipart parts or base64 JSON), decoded one at a time."""
 
     kind: Literal["frames"] = "frames"
-    fps = None
+    fps: float | None = None
 
     def __init__(self, blobs: list[bytes], params: StreamParameters, settings: Settings) -> None:
         indices = range(0, len(blobs), params.vid_stride)
@@ -307,14 +228,8 @@ class ImageFramesSource:
             self._images = []
 
 
-def open_source(inputs: StreamInputs, params: StreamParameters, settings: Settings) -> FrameSource:
+def open_source(inputs: Inputs, params: StreamParameters, settings: Settings) -> FrameSource:
     """Open and validate the request's frames (blocking: run it in a worker thread)."""
-    if params.max_frames is not None and params.max_frames > settings.stream_max_frames:
-        raise InvalidParameter(
-            f"max_frames={params.max_frames} is over this server's limit of "
-            f"{settings.stream_max_frames} frames",
-            field="max_frames",
-        )
     if inputs.video is not None:
         return VideoSource(inputs.video, params, settings)
-    return ImageFramesSource(inputs.frames, params, settings)
+    return ImageFramesSource(inputs.blobs, params, settings)

@@ -2,30 +2,42 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from litestar import Controller, Request, Response, post
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 
 from app.config import Settings
-from app.inference import b64, encode_image, image_result, render
-from app.media import OCTET_STREAM
+from app.frontend import Route
+from app.inputs import OCTET_STREAM
 from app.pipeline import Inferred, infer
 from app.registry import Registry
+from app.results import b64, encode_image, image_result, render
 from app.routes.openapi import operation, problems
 from client.schema import (
     AnnotatedImage,
+    AnnotateParameters,
     AnnotateResponse,
+    DetectParameters,
     GuideDetection,
     GuidePrediction,
     InferenceResponse,
     PredictResponse,
+    SegmentParameters,
 )
+
+DETECT = Route("/detect", DetectParameters)
+SEGMENT = Route("/segment", SegmentParameters, task="segment")
+ANNOTATE = Route("/annotate", AnnotateParameters)
+PREDICT = Route("/predict", DetectParameters, aliases={"confidence": "conf"})
 
 INPUTS = (
     "Send the image as the raw body (image/jpeg, image/png, image/webp, image/bmp or "
     "application/octet-stream) with parameters in the query string; or multipart/form-data "
     "with one or more image files and parameters as form fields; or JSON "
     '`{"instances": [{"image": "<base64>"}], "parameters": {...}}`. Parameters: model, conf, '
-    "iou, max_det, classes (names or ids), imgsz."
+    "iou, max_det, classes (names or ids), imgsz; any other is refused."
 )
 IMAGE_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
 RAW = ["image/jpeg", "image/png", "image/webp", "image/bmp", OCTET_STREAM]
@@ -33,10 +45,9 @@ ERRORS = problems(400, 404, 413, 415, 429, 503)
 
 
 async def _results(
-    inferred: Inferred, settings: Settings, with_masks: bool
+    inferred: Inferred[Any], settings: Settings, with_masks: bool, rle: bool = False
 ) -> Response[InferenceResponse]:
     """The JSON answer of /detect and /segment."""
-    rle = inferred.params.rle
     body = await inferred.encode(
         lambda: InferenceResponse(
             model=inferred.model.name,
@@ -49,7 +60,7 @@ async def _results(
     return Response(body, headers=inferred.headers())
 
 
-class InferenceController(Controller):
+class ImagesController(Controller):
     """Image inference routes. Every response carries the model and deployed-model headers."""
 
     @post(
@@ -58,12 +69,15 @@ class InferenceController(Controller):
         summary="Detect objects",
         description=INPUTS,
         responses=ERRORS,
-        operation_class=operation(RAW, "image"),
+        operation_class=operation(DETECT, RAW, "image"),
     )
     async def detect(
-        self, request: Request, registry: Registry, settings: Settings
+        self,
+        request: Request,
+        registry: NamedDependency[Registry],
+        settings: NamedDependency[Settings],
     ) -> Response[InferenceResponse]:
-        inferred = await infer(request, registry, settings, route="/detect")
+        inferred = await infer(request, registry, settings, DETECT)
         return await _results(inferred, settings, with_masks=False)
 
     @post(
@@ -72,13 +86,16 @@ class InferenceController(Controller):
         summary="Segment instances",
         description=INPUTS + " Add rle=true for COCO RLE masks. Needs a segmentation model.",
         responses=ERRORS,
-        operation_class=operation(RAW, "image"),
+        operation_class=operation(SEGMENT, RAW, "image"),
     )
     async def segment(
-        self, request: Request, registry: Registry, settings: Settings
+        self,
+        request: Request,
+        registry: NamedDependency[Registry],
+        settings: NamedDependency[Settings],
     ) -> Response[InferenceResponse]:
-        inferred = await infer(request, registry, settings, route="/segment", task="segment")
-        return await _results(inferred, settings, with_masks=True)
+        inferred = await infer(request, registry, settings, SEGMENT)
+        return await _results(inferred, settings, with_masks=True, rle=inferred.params.rle)
 
     @post(
         "/annotate",
@@ -97,9 +114,14 @@ class InferenceController(Controller):
             ),
             **ERRORS,
         },
-        operation_class=operation(RAW, "image", extra_200=list(IMAGE_TYPES.values())),
+        operation_class=operation(ANNOTATE, RAW, "image", extra_200=list(IMAGE_TYPES.values())),
     )
-    async def annotate(self, request: Request, registry: Registry, settings: Settings) -> Response:
+    async def annotate(
+        self,
+        request: Request,
+        registry: NamedDependency[Registry],
+        settings: NamedDependency[Settings],
+    ) -> Response:
         accept = request.accept.best_match(
             ["image/jpeg", "image/png", "application/json"], default="image/jpeg"
         )
@@ -107,7 +129,7 @@ class InferenceController(Controller):
             request,
             registry,
             settings,
-            route="/annotate",
+            ANNOTATE,
             one_image=None
             if accept == "application/json"
             else "send one image, or ask for Accept: application/json to get all of them",
@@ -153,14 +175,15 @@ class InferenceController(Controller):
         ' → `{"predictions": [{"detections": [...], "detection_count": N}], ...}`. '
         "Also accepts every input form of /detect.",
         responses=ERRORS,
-        operation_class=operation(RAW, "image", aliases={"confidence": "conf"}),
+        operation_class=operation(PREDICT, RAW, "image"),
     )
     async def predict(
-        self, request: Request, registry: Registry, settings: Settings
+        self,
+        request: Request,
+        registry: NamedDependency[Registry],
+        settings: NamedDependency[Settings],
     ) -> Response[PredictResponse]:
-        inferred = await infer(
-            request, registry, settings, route="/predict", aliases={"confidence": "conf"}
-        )
+        inferred = await infer(request, registry, settings, PREDICT)
 
         def encode() -> PredictResponse:
             predictions = []

@@ -1,4 +1,4 @@
-"""Inference and result conversion: Ultralytics ``Results`` to the wire contract.
+"""Ultralytics ``Results`` to the wire contract: detections, masks, drawn images.
 
 Everything here is synchronous and runs in worker threads.
 """
@@ -12,28 +12,11 @@ import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from client.schema import Box, CommonParameters, Detection, ImageResult, Mask, Rle
+from client.schema import Box, Detection, ImageResult, Mask, Rle
 
 MIN_CONTOUR_POINTS = 3
 RESCALABLE_TASKS = frozenset({"detect", "segment"})  # see restore_size
 JPEG_QUALITY = 90
-
-
-def predict(
-    yolo: Any, images: list[np.ndarray], params: CommonParameters, class_ids: list[int] | None,
-    imgsz: int, device: str,
-) -> list[Any]:  # fmt: skip
-    """One batched ``predict`` over BGR images; returns Ultralytics ``Results`` in order."""
-    return yolo.predict(
-        images,
-        conf=params.conf,
-        iou=params.iou,
-        max_det=params.max_det,
-        classes=class_ids,
-        imgsz=params.imgsz or imgsz,
-        device=device,
-        verbose=False,
-    )
 
 
 def restore_size(result: Any, width: int, height: int) -> Any:

@@ -1,0 +1,152 @@
+"""Pixel decoding: encoded image bytes to the BGR arrays Ultralytics takes, limits first.
+
+Every header is opened and checked (format, pixel count) before any image is decoded, so a
+decompression bomb or an unsupported format costs nothing. A JPEG much larger than the model's
+input may be decoded reduced (libjpeg's draft mode); results are scaled back to full size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, cast
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from app.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+
+IMAGE_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp"}
+ORIENTATION_TAG = 0x0112
+
+
+def _unpatched_pil_open() -> Callable[[IO[bytes]], Image.Image]:
+    """Pillow's own ``Image.open``.
+
+    Importing Ultralytics replaces ``PIL.Image.open`` with a wrapper that, on an unidentified
+    file, tries to pip-install a HEIF plugin. Request bytes must never trigger that.
+    """
+    fn = Image.open
+    module = sys.modules.get(getattr(fn, "__module__", "") or "")
+    if module is not None and module.__name__.startswith("ultralytics"):
+        return cast(Callable[[IO[bytes]], Image.Image], module._image_open)
+    return fn
+
+
+_pil_open = _unpatched_pil_open()
+
+
+@dataclass
+class DecodedImage:
+    """A decoded image as Ultralytics wants it: BGR, HxWx3 uint8.
+
+    ``width`` and ``height`` are the image's own (EXIF-oriented) size. A JPEG decoded in draft
+    mode has a smaller ``bgr``; results on it are scaled back to ``width`` x ``height``.
+    """
+
+    bgr: np.ndarray
+    width: int
+    height: int
+
+    @property
+    def reduced(self) -> bool:
+        return self.bgr.shape[:2] != (self.height, self.width)
+
+
+def image_label(index: int, count: int, noun: str = "image") -> str:
+    """How errors name one image of a request: ``the image``, or ``image 3`` of several."""
+    return f"{noun} {index}" if count > 1 else f"the {noun}"
+
+
+def open_image(blob: bytes, label: str, max_pixels: int) -> Image.Image:
+    """Open an image's header (no pixel decoding yet) and check its format and pixel count."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit rules
+        try:
+            image = _pil_open(io.BytesIO(blob))
+        except Image.DecompressionBombError as exc:
+            raise PayloadTooLarge(f"{label} has too many pixels: {exc}") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            raise InvalidImage(
+                f"{label} is not a decodable image (JPEG, PNG, WebP or BMP expected)"
+            ) from None
+    if image.format not in IMAGE_FORMATS:
+        raise UnsupportedMediaType(
+            f"{label} is {image.format}; supported formats: {', '.join(IMAGE_FORMATS)}",
+            allowed=list(IMAGE_FORMATS.values()),
+        )
+    w, h = image.size
+    if w * h > max_pixels:
+        raise PayloadTooLarge(
+            f"{label} is {w}x{h} = {w * h} pixels; the limit is {max_pixels} pixels"
+        )
+    return image
+
+
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    """Width and height after the EXIF orientation is applied, without decoding."""
+    w, h = image.size
+    raw = image.info.get("exif")  # read with the header; ``getexif()`` may decode PNG pixels
+    orientation = None
+    if raw:
+        exif = Image.Exif()
+        with contextlib.suppress(Exception):  # a broken EXIF block orients nothing
+            exif.load(raw)
+            orientation = exif.get(ORIENTATION_TAG)
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def draft_size(size: tuple[int, int], imgsz: int) -> tuple[int, int]:
+    """The smallest decoded size that loses nothing to the model's letterbox resize to ``imgsz``
+    (the longer side scaled to ``imgsz``, the aspect ratio kept)."""
+    w, h = size
+    scale = imgsz / max(w, h)
+    return max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))
+
+
+def to_bgr(image: Image.Image, label: str, draft_to: int | None = None) -> DecodedImage:
+    """Decode an opened image, apply its EXIF orientation, and convert it to BGR.
+
+    ``draft_to``: the model's input size. A JPEG at least twice that size per side is decoded
+    by libjpeg at 1/2, 1/4 or 1/8 scale (Pillow's draft mode), never below what the letterbox
+    resize to ``draft_to`` keeps; the result still reports the full size. Pixels are copied
+    once out of Pillow and once by the colour conversion, nothing more.
+    """
+    full_size = oriented_size(image)  # a JPEG's EXIF block is in its header
+    stored_size = image.size
+    if draft_to is not None and image.format == "JPEG":
+        image.draft("RGB", draft_size(stored_size, draft_to))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image.load()
+            drafted = image.size != stored_size
+            if image.getexif().get(ORIENTATION_TAG, 1) != 1:
+                image = ImageOps.exif_transpose(image)
+            if image.mode != "RGB":
+                image = image.convert("RGB")
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise InvalidImage(f"{label} is corrupt or truncated: {exc}") from None
+    bgr = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR)
+    width, height = full_size if drafted else image.size
+    return DecodedImage(bgr, width, height)
+
+
+def decode_images(
+    blobs: list[bytes], max_pixels: int, draft_to: int | None = None
+) -> list[DecodedImage]:
+    """Decode every image, after checking every header against the limits first.
+
+    ``draft_to``: see :func:`to_bgr`; None decodes every image at full size.
+    """
+    labels = [image_label(i, len(blobs)) for i in range(len(blobs))]
+    opened = [
+        open_image(blob, label, max_pixels) for blob, label in zip(blobs, labels, strict=True)
+    ]
+    return [to_bgr(image, label, draft_to) for image, label in zip(opened, labels, strict=True)]

@@ -1,0 +1,177 @@
+"""Where a model's weights come from: local paths, ``gs://`` objects, ``AIP_STORAGE_URI``
+discovery, Ultralytics names, and the version (sha256) that identifies them.
+
+Everything here is blocking I/O, run by the registry's loader thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import re
+from pathlib import Path
+
+from app.config import DIRECTORY_SUFFIXES, ModelSpec
+
+# Modules an export needs at run time (the `export` extra); Ultralytics never installs them here.
+EXPORT_RUNTIMES = {"onnx": ("onnx", "onnxruntime"), "openvino": ("openvino",)}
+DISCOVERED_SUFFIXES = (".pt", ".onnx", *DIRECTORY_SUFFIXES)
+FORMAT_ORDER = ("pt", "onnx", "openvino")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_path(path: Path) -> str:
+    """A file's sha256; for a directory (an OpenVINO export), the sha256 of its sorted listing
+    of ``<relative path> <sha256>`` lines, so the same files give the same version anywhere."""
+    if path.is_file():
+        return sha256_file(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    listing = "".join(f"{p.relative_to(path).as_posix()} {sha256_file(p)}\n" for p in files)
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def model_format(source: str) -> str:
+    """``onnx``, ``openvino`` or ``pt`` (PyTorch weights or a model config), by name."""
+    name = source.rstrip("/")
+    if name.endswith(".onnx"):
+        return "onnx"
+    if name.endswith(DIRECTORY_SUFFIXES):
+        return "openvino"
+    return "pt"
+
+
+def check_runtime(fmt: str, model_name: str) -> None:
+    """Fail with a clear message when an export's runtime is not installed (Ultralytics'
+    auto-install is off, so it would otherwise fail deep inside with an ImportError)."""
+    for module in EXPORT_RUNTIMES.get(fmt, ()):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise RuntimeError(
+                f"model {model_name!r} is an {fmt} export, which needs the {module!r} package "
+                f"({exc}); install the server's `export` extra: pip install '.[server,export]'"
+            ) from None
+
+
+def _split_gs(uri: str) -> tuple[str, str]:
+    bucket, _, path = uri[len("gs://") :].partition("/")
+    return bucket, path
+
+
+def _download_gs(uri: str, cache_dir: Path) -> Path:
+    """Copy a gs:// object (or, for an OpenVINO export, every object under that "directory")
+    into the cache (Application Default Credentials)."""
+    from google.cloud import storage  # imported only when a gs:// source is used
+
+    bucket, path = _split_gs(uri.rstrip("/"))
+    target = cache_dir / bucket / path
+    if model_format(path) == "openvino":
+        if not target.is_dir():
+            partial = target.with_name(target.name + ".partial")
+            for blob in storage.Client().list_blobs(bucket, prefix=path + "/"):
+                if not blob.name.endswith("/"):
+                    local = partial / blob.name[len(path) + 1 :]
+                    local.parent.mkdir(parents=True, exist_ok=True)
+                    blob.download_to_filename(str(local))
+            partial.rename(target)
+        return target
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(target.suffix + ".partial")
+        storage.Client().bucket(bucket).blob(path).download_to_filename(str(partial))
+        partial.rename(target)
+    return target
+
+
+def _stem(name: str) -> str:
+    stem = Path(name).stem
+    return stem.removesuffix(DIRECTORY_SUFFIXES[0]) if name.endswith(DIRECTORY_SUFFIXES) else stem
+
+
+def discover_storage_models(storage_uri: str) -> list[ModelSpec]:
+    """Every model directly under AIP_STORAGE_URI (``*.pt``, ``*.onnx`` files and
+    ``*_openvino_model`` directories), named after its file stem (``x_openvino_model``: ``x``);
+    a stem that two formats share names the PyTorch one, the others get ``-onnx``/``-openvino``.
+    """
+    if storage_uri.startswith("gs://"):
+        from google.cloud import storage
+
+        bucket, prefix = _split_gs(storage_uri.rstrip("/") + "/")
+        blobs = storage.Client().list_blobs(bucket, prefix=prefix, delimiter="/")
+        names = [b.name[len(prefix) :] for b in blobs]
+        names += [p[len(prefix) :].rstrip("/") for p in blobs.prefixes]  # "directories"
+    else:
+        names = [
+            p.name for p in Path(storage_uri).iterdir() if p.is_file() or p.name.endswith("_model")
+        ]
+    found = sorted(
+        ((_stem(n), FORMAT_ORDER.index(model_format(n)), n) for n in names),
+        key=lambda item: item[:2],
+    )
+    specs: list[ModelSpec] = []
+    for stem, order, n in found:
+        if n.endswith(DISCOVERED_SUFFIXES):
+            name = re.sub(r"[^A-Za-z0-9._-]", "-", stem)
+            if any(spec.name == name for spec in specs):  # shapes.pt and shapes.onnx side by side
+                name = f"{name}-{FORMAT_ORDER[order]}"
+            specs.append(ModelSpec(name, n))
+    if not specs:
+        raise FileNotFoundError(
+            f"no models ({', '.join('*' + s for s in DISCOVERED_SUFFIXES)}) found under "
+            f"AIP_STORAGE_URI={storage_uri}"
+        )
+    return specs
+
+
+def resolve_source(
+    source: str, storage_uri: str | None, cache_dir: Path
+) -> tuple[str, Path | None]:
+    """Where to load ``source`` from, and the file (or export directory) whose sha256 is the
+    model's version.
+
+    A gs:// URI or a model under AIP_STORAGE_URI is copied locally; an existing path is used as
+    is; an export (``.onnx``, ``_openvino_model``) must be one of those; anything else is handed
+    to Ultralytics (``yolo11n.pt`` is downloaded into the cache when online, ``yolo11n.yaml``
+    builds a randomly initialised model).
+    """
+    fmt = model_format(source)
+
+    def exists(path: Path) -> bool:
+        return path.is_dir() if fmt == "openvino" else path.is_file()
+
+    if source.startswith("gs://"):
+        path = _download_gs(source, cache_dir)
+        return str(path), path
+    if exists(Path(source)):
+        return source, Path(source)
+    if storage_uri:
+        if storage_uri.startswith("gs://"):
+            path = _download_gs(f"{storage_uri.rstrip('/')}/{source}", cache_dir)
+            return str(path), path
+        candidate = Path(storage_uri) / source
+        if exists(candidate):
+            return str(candidate), candidate
+    if fmt != "pt":
+        where = f" (nor under AIP_STORAGE_URI={storage_uri})" if storage_uri else ""
+        raise FileNotFoundError(f"model source {source!r} does not exist{where}")
+    if source.endswith(".pt") and "/" not in source:
+        # Ultralytics downloads a bare name into the working directory, which a container's
+        # unprivileged user may not be able to write; download it into the cache instead.
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        return str(cache_dir / source), None
+    return source, None
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
