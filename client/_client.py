@@ -17,22 +17,35 @@ from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict, TypeVar, Unpack, overload
+from typing import Any, Literal, TypedDict, TypeVar, Unpack, cast, overload
 from urllib.parse import urlencode
 
 import msgspec
 
-from client import errors
+from client import errors, vertex
 from client._retry import RetryPolicy, async_retrying, parse_retry_after, retrying
 from client._stream import AsyncStream, Stream
-from client.media import Channels, ImageFormat, images_body, is_many, multipart, video_body
+from client.media import (
+    Channels,
+    ImageFormat,
+    ImageInput,
+    Images,
+    StreamSource,
+    VideoInput,
+    images_body,
+    is_many,
+    multipart,
+    video_body,
+)
 from client.schema import (
+    AnnotateParameters,
     AnnotateResponse,
+    DetectParameters,
     InferenceResponse,
     ModelList,
-    Parameters,
+    SegmentParameters,
     StreamParameters,
     StreamStart,
     Tracker,
@@ -73,8 +86,8 @@ class Annotation(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ImageParams(TypedDict, total=False):
-    """Inference parameters as keyword arguments (``client.schema.Parameters``); any not given
-    takes the server's default. Checked against the contract before anything is sent."""
+    """``/detect``'s parameters as keyword arguments (``client.schema.DetectParameters``); any
+    not given takes the server's default. Checked against the contract before anything is sent."""
 
     model: str
     conf: float
@@ -85,16 +98,21 @@ class ImageParams(TypedDict, total=False):
 
 
 class SegmentParams(ImageParams, total=False):
+    """``/segment``'s (``client.schema.SegmentParameters``)."""
+
     rle: bool
 
 
 class AnnotateParams(ImageParams, total=False):
+    """``/annotate``'s (``client.schema.AnnotateParameters``)."""
+
     format: Literal["jpeg", "png"]
 
 
 class StreamParams(ImageParams, total=False):
     """``/stream``'s parameters (``client.schema.StreamParameters``)."""
 
+    rle: bool
     track: Tracker
     vid_stride: int
     max_frames: int
@@ -119,7 +137,15 @@ def _query(values: dict[str, Any]) -> str:
     return "?" + urlencode(items) if items else ""
 
 
-def _validate(kind: type, given: dict[str, Any]) -> dict[str, Any]:
+ROUTE_PARAMETERS: dict[str, type[DetectParameters]] = {
+    "/detect": DetectParameters,
+    "/segment": SegmentParameters,
+    "/annotate": AnnotateParameters,
+    "/stream": StreamParameters,
+}
+
+
+def _validate(kind: type[DetectParameters], given: Mapping[str, Any]) -> dict[str, Any]:
     """The given (non-None) parameters, checked against the contract's Struct."""
     given = {k: v for k, v in given.items() if v is not None}
     if isinstance(given.get("classes"), str | int):
@@ -190,13 +216,13 @@ class _Base:
     def _images_call(
         self,
         route: str,
-        images: Any,
-        params: dict[str, Any],
+        images: Images,
+        params: Mapping[str, Any],
         deployed_model_id: str | None,
         accept: str = "application/json",
         decode: Callable[[bytes], Any] = decode_inference,
     ) -> _Call:
-        query = _query(_validate(Parameters, params))
+        query = _query(_validate(ROUTE_PARAMETERS[route], params))
         body, content_type = images_body(
             images, image_format=self.image_format, channels=self.channels
         )
@@ -210,7 +236,7 @@ class _Base:
         return _Call(request, lambda r: self._decode(r, decode, request))
 
     def _annotate_call(
-        self, image: Any, json: bool, params: dict[str, Any], deployed_model_id: str | None
+        self, image: Images, json: bool, params: Mapping[str, Any], deployed_model_id: str | None
     ) -> _Call:
         if json:
             return self._images_call(
@@ -244,15 +270,16 @@ class _Base:
         return _Call(request, decode)
 
     def _stream_request(
-        self, source: Any, params: dict[str, Any], deployed_model_id: str | None
+        self, source: StreamSource, params: Mapping[str, Any], deployed_model_id: str | None
     ) -> Request:
         query = _query(_validate(StreamParameters, params))
         if is_many(source):
+            frames = cast("Sequence[ImageInput]", source)
             body, content_type = multipart(
-                source, image_format=self.image_format, channels=self.channels
+                frames, image_format=self.image_format, channels=self.channels
             )
         else:
-            body, content_type = video_body(source)
+            body, content_type = video_body(cast("VideoInput", source))
         return self._request(
             "/stream" + query,
             body,
@@ -338,29 +365,6 @@ class _Base:
         return errors.StreamError("the stream ended before its start event")
 
 
-def _vertex_endpoint(
-    project: str | None,
-    location: str | None,
-    endpoint: str,
-    credentials: Any,
-    api_endpoint: str | None,
-    api_transport: str | None,
-) -> Any:
-    from google.cloud import aiplatform
-
-    if api_endpoint or api_transport:
-        aiplatform.init(
-            project=project,
-            location=location,
-            credentials=credentials,
-            api_endpoint=api_endpoint,
-            api_transport=api_transport or "rest",
-        )
-    return aiplatform.Endpoint(
-        endpoint, project=project, location=location, credentials=credentials
-    )
-
-
 class Client(_Base):
     """The synchronous client.
 
@@ -408,7 +412,14 @@ class Client(_Base):
         the SDK's control plane elsewhere, such as the local emulator (this calls
         ``aiplatform.init``, which is global).
         """
-        ep = _vertex_endpoint(project, location, endpoint, credentials, api_endpoint, api_transport)
+        ep = vertex.endpoint(
+            endpoint,
+            project=project,
+            location=location,
+            api_endpoint=api_endpoint,
+            credentials=credentials,
+            api_transport=api_transport,
+        )
         return cls(VertexTransport(ep, owns_endpoint=True), **options)
 
     @classmethod
@@ -435,13 +446,17 @@ class Client(_Base):
         return self._run(self._models_call(deployed_model_id))
 
     def detect(
-        self, images: Any, *, deployed_model_id: str | None = None, **params: Unpack[ImageParams]
+        self, images: Images, *, deployed_model_id: str | None = None, **params: Unpack[ImageParams]
     ) -> InferenceResponse:
         """Detect objects in one image or a list of images (one result per image, in order)."""
         return self._run(self._images_call("/detect", images, params, deployed_model_id))
 
     def segment(
-        self, images: Any, *, deployed_model_id: str | None = None, **params: Unpack[SegmentParams]
+        self,
+        images: Images,
+        *,
+        deployed_model_id: str | None = None,
+        **params: Unpack[SegmentParams],
     ) -> InferenceResponse:
         """Instance masks (polygons; COCO RLE too with ``rle=True``). Needs a segment model."""
         return self._run(self._images_call("/segment", images, params, deployed_model_id))
@@ -449,7 +464,7 @@ class Client(_Base):
     @overload
     def annotate(
         self,
-        image: Any,
+        image: Images,
         *,
         json: Literal[False] = ...,
         deployed_model_id: str | None = None,
@@ -458,7 +473,7 @@ class Client(_Base):
     @overload
     def annotate(
         self,
-        image: Any,
+        image: Images,
         *,
         json: Literal[True],
         deployed_model_id: str | None = None,
@@ -467,7 +482,7 @@ class Client(_Base):
 
     def annotate(
         self,
-        image: Any,
+        image: Images,
         *,
         json: bool = False,
         deployed_model_id: str | None = None,
@@ -478,7 +493,11 @@ class Client(_Base):
         return self._run(self._annotate_call(image, json, params, deployed_model_id))
 
     def stream(
-        self, source: Any, *, deployed_model_id: str | None = None, **params: Unpack[StreamParams]
+        self,
+        source: StreamSource,
+        *,
+        deployed_model_id: str | None = None,
+        **params: Unpack[StreamParams],
     ) -> Stream:
         """Run a video (path or bytes) or a list of frames (images) through ``/stream``.
 
@@ -566,7 +585,14 @@ class AsyncClient(_Base):
         **options: Any,
     ) -> AsyncClient:
         """Reads the endpoint once through the SDK (sync), then calls it with httpx."""
-        ep = _vertex_endpoint(project, location, endpoint, credentials, api_endpoint, api_transport)
+        ep = vertex.endpoint(
+            endpoint,
+            project=project,
+            location=location,
+            api_endpoint=api_endpoint,
+            credentials=credentials,
+            api_transport=api_transport,
+        )
         return cls(AsyncVertexTransport.from_endpoint(ep, verify=verify), **options)
 
     @classmethod
@@ -595,19 +621,23 @@ class AsyncClient(_Base):
         return await self._run(self._models_call(deployed_model_id))
 
     async def detect(
-        self, images: Any, *, deployed_model_id: str | None = None, **params: Unpack[ImageParams]
+        self, images: Images, *, deployed_model_id: str | None = None, **params: Unpack[ImageParams]
     ) -> InferenceResponse:
         return await self._run(self._images_call("/detect", images, params, deployed_model_id))
 
     async def segment(
-        self, images: Any, *, deployed_model_id: str | None = None, **params: Unpack[SegmentParams]
+        self,
+        images: Images,
+        *,
+        deployed_model_id: str | None = None,
+        **params: Unpack[SegmentParams],
     ) -> InferenceResponse:
         return await self._run(self._images_call("/segment", images, params, deployed_model_id))
 
     @overload
     async def annotate(
         self,
-        image: Any,
+        image: Images,
         *,
         json: Literal[False] = ...,
         deployed_model_id: str | None = None,
@@ -616,7 +646,7 @@ class AsyncClient(_Base):
     @overload
     async def annotate(
         self,
-        image: Any,
+        image: Images,
         *,
         json: Literal[True],
         deployed_model_id: str | None = None,
@@ -625,7 +655,7 @@ class AsyncClient(_Base):
 
     async def annotate(
         self,
-        image: Any,
+        image: Images,
         *,
         json: bool = False,
         deployed_model_id: str | None = None,
@@ -634,7 +664,11 @@ class AsyncClient(_Base):
         return await self._run(self._annotate_call(image, json, params, deployed_model_id))
 
     async def stream(
-        self, source: Any, *, deployed_model_id: str | None = None, **params: Unpack[StreamParams]
+        self,
+        source: StreamSource,
+        *,
+        deployed_model_id: str | None = None,
+        **params: Unpack[StreamParams],
     ) -> AsyncStream:
         request = self._stream_request(source, params, deployed_model_id)
         async for attempt in async_retrying(self.retries):

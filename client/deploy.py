@@ -1,12 +1,16 @@
 """Deploy to Vertex AI: upload a model, create a dedicated endpoint, deploy, split, undeploy.
 
-Plain functions over ``google.cloud.aiplatform`` (call :meth:`Connection.init` first), each
-returning a small Struct, and the ``python -m client deploy`` subcommands over them. The same
-calls run against Vertex AI and against the local emulator (``python -m client.emulator
---empty``), whose control plane the SDK reaches with ``api_transport="rest"``.
+Every action is data (:data:`ACTIONS`): the options it takes, the SDK calls it makes
+(:class:`SdkCall`, built from those options) and how the result of the calls reads. A real run
+executes exactly the calls that ``--dry-run`` prints (:func:`execute` interprets them against
+``google.cloud.aiplatform``), so the two cannot drift apart. The same calls run against Vertex AI
+and against the local emulator (``python -m client.emulator --empty``), whose control plane the
+SDK reaches over REST (:mod:`client.vertex`).
 
-Each operation is first written down as the SDK calls it makes (:class:`SdkCall`): ``--dry-run``
-prints them and calls nothing (no credentials needed); a real run makes exactly those calls.
+The library functions (:func:`upload_model`, :func:`create_endpoint`, :func:`deploy_model`,
+:func:`set_traffic_split`, :func:`undeploy_model`, :func:`endpoint_status`) run one action each
+and return a Struct; call :meth:`Connection.init` first. ``python -m client deploy`` is
+``client/cli/deploy.py``.
 
 Example:
     conn = Connection(project="p", location="us-central1")
@@ -19,32 +23,42 @@ Example:
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import logging
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
-from client import errors
+from client import errors, vertex
 
 DEFAULT_MACHINE_TYPE = "n1-standard-4"
 INVOKE_ROUTE_PREFIX = "/*"  # every path of the container under /invoke (the only allowed value)
 
 
-class Code(str):
-    """A Python expression shown as is in a printed call (a variable, a constructor)."""
+# -- SDK calls as data ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A value that is the result of an earlier call (or one the run supplies), by name; printed
+    as ``shown`` (default: the name)."""
+
+    name: str
+    shown: str | None = None
 
     def __repr__(self) -> str:
-        return str(self)
+        return self.shown or self.name
 
 
 @dataclass(frozen=True)
 class SdkCall:
-    """One SDK call, as ``--dry-run`` prints it: ``result = func(*args, **kwargs)``."""
+    """One SDK call, as ``--dry-run`` prints it: ``result = func(*args, **kwargs)``.
+
+    ``func`` is dotted: ``aiplatform.Model.upload``, or ``endpoint.deploy`` on an earlier
+    call's result; arguments may be :class:`Ref` to earlier results.
+    """
 
     func: str
     args: tuple[Any, ...] = ()
@@ -55,6 +69,27 @@ class SdkCall:
         params = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
         call = f"{self.func}({', '.join(params)})"
         return f"{self.result} = {call}" if self.result else call
+
+
+def execute(calls: Sequence[SdkCall], names: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Make the calls, in order, with ``google.cloud.aiplatform`` as ``aiplatform``; return every
+    named value (``names`` and the calls' results)."""
+    from google.cloud import aiplatform
+
+    scope: dict[str, Any] = {"aiplatform": aiplatform, **(names or {})}
+
+    def value(v: Any) -> Any:
+        return scope[v.name] if isinstance(v, Ref) else v
+
+    for call in calls:
+        first, *path = call.func.split(".")
+        target = scope[first]
+        for attribute in path:
+            target = getattr(target, attribute)
+        result = target(*map(value, call.args), **{k: value(v) for k, v in call.kwargs.items()})
+        if call.result:
+            scope[call.result] = result
+    return scope
 
 
 # -- results ----------------------------------------------------------------------------------
@@ -97,6 +132,63 @@ class Deployment(msgspec.Struct, frozen=True, kw_only=True):
     endpoint: EndpointStatus
 
 
+def status(endpoint: Any) -> EndpointStatus:
+    """An ``aiplatform.Endpoint`` (as last read) as an :class:`EndpointStatus`."""
+    resource = endpoint.gca_resource
+    split = {k: int(v) for k, v in resource.traffic_split.items()}
+    models = []
+    for d in resource.deployed_models:
+        resources = d.dedicated_resources
+        spec = resources.machine_spec
+        accelerator = spec.accelerator_type.name if spec.accelerator_type else None
+        models.append(
+            DeployedModelStatus(
+                id=d.id,
+                display_name=d.display_name,
+                model=d.model,
+                traffic_percentage=split.get(d.id, 0),
+                machine_type=spec.machine_type or None,
+                accelerator_type=accelerator,
+                accelerator_count=spec.accelerator_count or None,
+                min_replica_count=resources.min_replica_count or None,
+                max_replica_count=resources.max_replica_count or None,
+            )
+        )
+    timeout = resource.client_connection_config.inference_timeout
+    return EndpointStatus(
+        resource_name=resource.name,
+        endpoint_id=resource.name.rsplit("/", 1)[-1],
+        display_name=resource.display_name,
+        dedicated_endpoint_enabled=resource.dedicated_endpoint_enabled,
+        dedicated_endpoint_dns=resource.dedicated_endpoint_dns or None,
+        inference_timeout_s=timeout.total_seconds() if timeout else None,
+        traffic_split=split,
+        deployed_models=models,
+    )
+
+
+def status_lines(endpoint: EndpointStatus) -> list[str]:
+    """The endpoint, one line per field, then one per deployed model."""
+    timeout = f"{endpoint.inference_timeout_s:g} s" if endpoint.inference_timeout_s else "default"
+    lines = [
+        f"endpoint {endpoint.resource_name}",
+        f"  display name      {endpoint.display_name}",
+        f"  dedicated         {endpoint.dedicated_endpoint_enabled}",
+        f"  dedicated DNS     {endpoint.dedicated_endpoint_dns or '-'}",
+        f"  inference timeout {timeout}",
+        f"  deployed models   {len(endpoint.deployed_models) or 'none'}",
+    ]
+    for d in endpoint.deployed_models:
+        machine = d.machine_type or "?"
+        if d.accelerator_type:
+            machine += f" + {d.accelerator_count or 1} x {d.accelerator_type}"
+        lines.append(
+            f"    {d.id}  {d.traffic_percentage:3d}%  {d.display_name}  ({d.model}; {machine}, "
+            f"replicas {d.min_replica_count}-{d.max_replica_count})"
+        )
+    return lines
+
+
 # -- connection -------------------------------------------------------------------------------
 
 
@@ -111,33 +203,62 @@ class Connection:
     api_endpoint: str | None = None
 
     def init_call(self) -> SdkCall:
-        from client.cli import is_emulator  # client.cli imports this module
-
-        kwargs: dict[str, Any] = {
-            k: v for k, v in (("project", self.project), ("location", self.location)) if v
-        }
-        if self.api_endpoint:
-            kwargs["api_endpoint"] = self.api_endpoint
-        if is_emulator(self.api_endpoint):
-            kwargs |= {"api_transport": "rest", "credentials": Code("AnonymousCredentials()")}
+        """``aiplatform.init(...)`` (credentials as a :class:`Ref` the run supplies)."""
+        kwargs = vertex.init_kwargs(self.project, self.location, self.api_endpoint)
+        if "credentials" in kwargs:
+            kwargs["credentials"] = Ref("credentials", f"{type(kwargs['credentials']).__name__}()")
         return SdkCall("aiplatform.init", kwargs=kwargs)
 
     def init(self) -> None:
         """``aiplatform.init`` with these settings (the SDK's configuration is global)."""
-        from google.cloud import aiplatform
-
-        from client.cli import is_emulator, loopback_without_proxy
-
-        loopback_without_proxy(self.api_endpoint)
-        kwargs = dict(self.init_call().kwargs)
-        if is_emulator(self.api_endpoint):
-            from google.auth.credentials import AnonymousCredentials
-
-            kwargs["credentials"] = AnonymousCredentials()
-        aiplatform.init(**kwargs)
+        vertex.loopback_without_proxy(self.api_endpoint)
+        credentials = vertex.init_kwargs(self.project, self.location, self.api_endpoint)
+        _run([self.init_call()], lambda _: None, {"credentials": credentials.get("credentials")})
 
 
-# -- operations -------------------------------------------------------------------------------
+# -- actions ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of an action (the command line gives it as ``--name``, or positionally).
+
+    ``kind`` converts the text; ``many`` collects repeats into a list (or, positional, takes
+    one or more values).
+    """
+
+    name: str
+    help: str
+    kind: Callable[[str], Any] = str
+    default: Any = None
+    required: bool = False
+    many: bool = False
+    positional: bool = False
+    metavar: str | None = None
+
+
+@dataclass(frozen=True)
+class Action:
+    """One deploy action: its options, the SDK calls they make, and the result of the calls.
+
+    ``calls(options)`` builds the calls from the options (a dict by option name, plus
+    ``endpoint`` when ``needs_endpoint``); ``result(scope)`` reads the executed calls' named
+    values into a Struct; ``lines(result)`` is how it prints.
+    """
+
+    name: str
+    help: str
+    options: tuple[Option, ...]
+    calls: Callable[[Mapping[str, Any]], list[SdkCall]]
+    result: Callable[[Mapping[str, Any]], msgspec.Struct]
+    lines: Callable[[Any], list[str]]
+    needs_endpoint: bool = True
+
+    def run(self, options: Mapping[str, Any]) -> msgspec.Struct:
+        """Make the calls (the SDK initialised: :meth:`Connection.init`) and read the result;
+        the SDK's progress messages go to stderr."""
+        progress_to_stderr()
+        return _run(self.calls(options), self.result)
 
 
 @dataclass(frozen=True)
@@ -183,12 +304,8 @@ def upload_calls(spec: UploadSpec) -> list[SdkCall]:
     return [SdkCall("aiplatform.Model.upload", kwargs=kwargs, result="model")]
 
 
-def upload_model(spec: UploadSpec) -> UploadedModel:
-    """Upload the model (waits for the operation)."""
-    from google.cloud import aiplatform
-
-    (call,) = upload_calls(spec)
-    model = aiplatform.Model.upload(**call.kwargs)
+def _uploaded(scope: Mapping[str, Any]) -> UploadedModel:
+    model = scope["model"]
     return UploadedModel(
         resource_name=model.resource_name,
         model_id=model.name,
@@ -208,18 +325,6 @@ def create_endpoint_calls(
     return [SdkCall("aiplatform.Endpoint.create", kwargs=kwargs, result="endpoint")]
 
 
-def create_endpoint(
-    display_name: str, *, inference_timeout: int | None = None, endpoint_id: str | None = None
-) -> EndpointStatus:
-    """Create a dedicated endpoint (``invoke`` needs one); ``inference_timeout`` in seconds."""
-    from google.cloud import aiplatform
-
-    (call,) = create_endpoint_calls(
-        display_name, inference_timeout=inference_timeout, endpoint_id=endpoint_id
-    )
-    return _status(aiplatform.Endpoint.create(**call.kwargs))
-
-
 def deploy_calls(
     endpoint: str,
     model: str,
@@ -232,7 +337,7 @@ def deploy_calls(
     min_replica_count: int = 1,
     max_replica_count: int = 1,
 ) -> list[SdkCall]:
-    kwargs: dict[str, Any] = {"model": Code("model")}
+    kwargs: dict[str, Any] = {"model": Ref("model")}
     optional = {
         "deployed_model_display_name": display_name,
         "traffic_percentage": traffic_percentage,
@@ -246,39 +351,24 @@ def deploy_calls(
     return [
         SdkCall("aiplatform.Endpoint", (endpoint,), result="endpoint"),
         SdkCall("aiplatform.Model", (model,), result="model"),
+        SdkCall("endpoint.list_models", result="before"),
         SdkCall("endpoint.deploy", kwargs=kwargs),
     ]
 
 
-def deploy_model(endpoint: str, model: str, **options: Any) -> Deployment:
-    """Deploy ``model`` to ``endpoint`` (waits until it serves); ``options`` as
-    :func:`deploy_calls`. ``traffic_percentage`` is the new model's share, the others scaled
-    down to make room (the SDK's default: 100 for the first model, else 0)."""
-    from google.cloud import aiplatform
-
-    endpoint_call, model_call, deploy_call = deploy_calls(endpoint, model, **options)
-    target = aiplatform.Endpoint(*endpoint_call.args)
-    before = {d.id for d in target.gca_resource.deployed_models}
-    target.deploy(**{**deploy_call.kwargs, "model": aiplatform.Model(*model_call.args)})
-    status = _status(target)
-    new = [d.id for d in status.deployed_models if d.id not in before]
-    return Deployment(deployed_model_id=new[0] if new else "", endpoint=status)
+def _deployment(scope: Mapping[str, Any]) -> Deployment:
+    """The endpoint after the deploy (the SDK re-reads it), and the deployed model it gained."""
+    endpoint = status(scope["endpoint"])
+    before = {d.id for d in scope["before"]}
+    new = [d.id for d in endpoint.deployed_models if d.id not in before]
+    return Deployment(deployed_model_id=new[0] if new else "", endpoint=endpoint)
 
 
 def split_calls(endpoint: str, split: Mapping[str, int]) -> list[SdkCall]:
     return [
         SdkCall("aiplatform.Endpoint", (endpoint,), result="endpoint"),
-        SdkCall("endpoint.update", kwargs={"traffic_split": dict(split)}),
+        SdkCall("endpoint.update", kwargs={"traffic_split": dict(split)}, result="endpoint"),
     ]
-
-
-def set_traffic_split(endpoint: str, split: Mapping[str, int]) -> EndpointStatus:
-    """Replace the endpoint's traffic split (deployed model id -> percent, summing to 100)."""
-    from google.cloud import aiplatform
-
-    endpoint_call, update_call = split_calls(endpoint, split)
-    target = aiplatform.Endpoint(*endpoint_call.args)
-    return _status(target.update(**update_call.kwargs))
 
 
 def undeploy_calls(endpoint: str, deployed_model_id: str) -> list[SdkCall]:
@@ -288,90 +378,12 @@ def undeploy_calls(endpoint: str, deployed_model_id: str) -> list[SdkCall]:
     ]
 
 
-def undeploy_model(endpoint: str, deployed_model_id: str) -> EndpointStatus:
-    """Undeploy one deployed model; the SDK spreads its traffic over the others."""
-    from google.cloud import aiplatform
-
-    endpoint_call, undeploy_call = undeploy_calls(endpoint, deployed_model_id)
-    target = aiplatform.Endpoint(*endpoint_call.args)
-    target.undeploy(**undeploy_call.kwargs)
-    return _status(aiplatform.Endpoint(target.resource_name))
-
-
 def status_calls(endpoint: str) -> list[SdkCall]:
     return [SdkCall("aiplatform.Endpoint", (endpoint,), result="endpoint")]
 
 
-def endpoint_status(endpoint: str) -> EndpointStatus:
-    """The endpoint, its deployed models, traffic split and dedicated DNS."""
-    from google.cloud import aiplatform
-
-    (call,) = status_calls(endpoint)
-    return _status(aiplatform.Endpoint(*call.args))
-
-
-def _status(endpoint: Any) -> EndpointStatus:
-    """An ``aiplatform.Endpoint`` (as last read) as an :class:`EndpointStatus`."""
-    resource = endpoint.gca_resource
-    split = {k: int(v) for k, v in resource.traffic_split.items()}
-    models = []
-    for d in resource.deployed_models:
-        resources = d.dedicated_resources
-        spec = resources.machine_spec
-        accelerator = spec.accelerator_type.name if spec.accelerator_type else None
-        models.append(
-            DeployedModelStatus(
-                id=d.id,
-                display_name=d.display_name,
-                model=d.model,
-                traffic_percentage=split.get(d.id, 0),
-                machine_type=spec.machine_type or None,
-                accelerator_type=accelerator,
-                accelerator_count=spec.accelerator_count or None,
-                min_replica_count=resources.min_replica_count or None,
-                max_replica_count=resources.max_replica_count or None,
-            )
-        )
-    timeout = resource.client_connection_config.inference_timeout
-    return EndpointStatus(
-        resource_name=resource.name,
-        endpoint_id=resource.name.rsplit("/", 1)[-1],
-        display_name=resource.display_name,
-        dedicated_endpoint_enabled=resource.dedicated_endpoint_enabled,
-        dedicated_endpoint_dns=resource.dedicated_endpoint_dns or None,
-        inference_timeout_s=timeout.total_seconds() if timeout else None,
-        traffic_split=split,
-        deployed_models=models,
-    )
-
-
-# -- command line -----------------------------------------------------------------------------
-
-
-def _options() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("connection (Vertex AI, or the emulator with --emulator-info)")
-    g.add_argument("--project", help="Vertex project (else the SDK's default)")
-    g.add_argument("--location", help="Vertex region, e.g. us-central1")
-    g.add_argument("--api-endpoint", help="control-plane URL (an emulator's http://host:port)")
-    g.add_argument(
-        "--emulator-info",
-        metavar="FILE",
-        help="a running emulator's info file: its project, location, control plane (and "
-        "endpoint, when --endpoint is not given)",
-    )
-    g.add_argument("--json", action="store_true", help="print the result as JSON")
-    g.add_argument(
-        "--dry-run", action="store_true", help="print the SDK calls it would make; make none"
-    )
-    return p
-
-
-def _endpoint_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--endpoint",
-        help="endpoint id or resource name (default with --emulator-info: the emulator's)",
-    )
+def _endpoint(scope: Mapping[str, Any]) -> EndpointStatus:
+    return status(scope["endpoint"])
 
 
 def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
@@ -384,7 +396,8 @@ def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
     return out
 
 
-def _split(items: Sequence[str]) -> dict[str, int]:
+def parse_split(items: Sequence[str]) -> dict[str, int]:
+    """``ID=PERCENT`` items as a traffic split."""
     split = {}
     for key, value in _pairs(items, "split").items():
         try:
@@ -396,119 +409,180 @@ def _split(items: Sequence[str]) -> dict[str, int]:
     return split
 
 
-def _connection(args: argparse.Namespace) -> tuple[Connection, str | None]:
-    """The connection and the endpoint (``--endpoint``, else an emulator's), from the options."""
-    from client.cli import vertex_target
-
-    target = vertex_target(args)
-    return Connection(target.project, target.location, target.api_endpoint), target.endpoint
-
-
-def _print(result: msgspec.Struct, args: argparse.Namespace, lines: list[str]) -> None:
-    from client.cli import json_text
-
-    sys.stdout.write(json_text(result) if args.json else "\n".join(lines) + "\n")
-
-
-def _status_lines(status: EndpointStatus) -> list[str]:
-    timeout = f"{status.inference_timeout_s:g} s" if status.inference_timeout_s else "default"
-    lines = [
-        f"endpoint {status.resource_name}",
-        f"  display name      {status.display_name}",
-        f"  dedicated         {status.dedicated_endpoint_enabled}",
-        f"  dedicated DNS     {status.dedicated_endpoint_dns or '-'}",
-        f"  inference timeout {timeout}",
-        f"  deployed models   {len(status.deployed_models) or 'none'}",
-    ]
-    for d in status.deployed_models:
-        machine = d.machine_type or "?"
-        if d.accelerator_type:
-            machine += f" + {d.accelerator_count or 1} x {d.accelerator_type}"
-        lines.append(
-            f"    {d.id}  {d.traffic_percentage:3d}%  {d.display_name}  ({d.model}; {machine}, "
-            f"replicas {d.min_replica_count}-{d.max_replica_count})"
-        )
-    return lines
+def _upload_spec(o: Mapping[str, Any]) -> UploadSpec:
+    return UploadSpec(
+        display_name=o["display_name"],
+        image_uri=o["image_uri"],
+        artifact_uri=o["artifact_uri"],
+        env=_pairs(o["env"] or [], "--env"),
+        args=o["arg"] or [],
+        port=o["port"],
+        health_route=o["health_route"],
+        deployment_timeout=o["deployment_timeout"],
+    )
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run one ``deploy`` subcommand; SDK errors become :mod:`client.errors` (``cli.main`` maps
-    them to exit codes)."""
-    connection, endpoint = _connection(args)
-    if hasattr(args, "endpoint") and not endpoint:
-        raise errors.ParameterError("give --endpoint (or --emulator-info of an emulator with one)")
-    action = args.action
-    if action == "upload":
-        spec = UploadSpec(
-            display_name=args.display_name,
-            image_uri=args.image_uri,
-            artifact_uri=args.artifact_uri,
-            env=_pairs(args.env, "--env"),
-            args=args.arg,
-            port=args.port,
-            health_route=args.health_route,
-            deployment_timeout=args.deployment_timeout,
-        )
-        calls = upload_calls(spec)
-    elif action == "create-endpoint":
-        calls = create_endpoint_calls(
-            args.display_name,
-            inference_timeout=args.inference_timeout,
-            endpoint_id=args.endpoint_id,
-        )
-    elif action == "deploy":
-        options = {
-            "display_name": args.display_name,
-            "traffic_percentage": args.traffic_percentage,
-            "machine_type": args.machine_type,
-            "accelerator_type": args.accelerator_type,
-            "accelerator_count": args.accelerator_count,
-            "min_replica_count": args.min_replicas,
-            "max_replica_count": args.max_replicas,
-        }
-        calls = deploy_calls(endpoint, args.model, **options)
-    elif action == "split":
-        split = _split(args.split)
-        calls = split_calls(endpoint, split)
-    elif action == "undeploy":
-        calls = undeploy_calls(endpoint, args.deployed_model_id)
-    else:
-        calls = status_calls(endpoint)
-    if args.dry_run:
-        for call in [connection.init_call(), *calls]:
-            print(call)
-        return 0
-    with _sdk_errors():
-        connection.init()
-        _progress_to_stderr()
-        if action == "upload":
-            model = upload_model(spec)
-            _print(model, args, [f"model {model.resource_name} (version {model.version_id})"])
-        elif action == "create-endpoint":
-            status = create_endpoint(
-                args.display_name,
-                inference_timeout=args.inference_timeout,
-                endpoint_id=args.endpoint_id,
-            )
-            _print(status, args, _status_lines(status))
-        elif action == "deploy":
-            deployment = deploy_model(endpoint, args.model, **options)
-            lines = [f"deployed model {deployment.deployed_model_id}"]
-            _print(deployment, args, lines + _status_lines(deployment.endpoint))
-        elif action == "split":
-            status = set_traffic_split(endpoint, split)
-            _print(status, args, _status_lines(status))
-        elif action == "undeploy":
-            status = undeploy_model(endpoint, args.deployed_model_id)
-            lines = [f"undeployed {args.deployed_model_id}"]
-            _print(status, args, lines + _status_lines(status))
-        else:
-            status = endpoint_status(endpoint)
-            _print(status, args, _status_lines(status))
-    return 0
+def _deploy_options(o: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "display_name": o["display_name"],
+        "traffic_percentage": o["traffic_percentage"],
+        "machine_type": o["machine_type"],
+        "accelerator_type": o["accelerator_type"],
+        "accelerator_count": o["accelerator_count"],
+        "min_replica_count": o["min_replicas"],
+        "max_replica_count": o["max_replicas"],
+    }
 
 
-def _progress_to_stderr() -> None:
+#: Every ``deploy`` action, in ``--help`` order.
+ACTIONS: dict[str, Action] = {
+    action.name: action
+    for action in (
+        Action(
+            "upload",
+            "Model.upload (invoke prefix /*)",
+            (
+                Option("display_name", "the model's name", required=True),
+                Option("image_uri", "the server's container image", required=True),
+                Option("artifact_uri", "gs:// directory of weights (AIP_STORAGE_URI)"),
+                Option("env", "a container variable (repeat)", many=True, metavar="KEY=VALUE"),
+                Option("arg", "a container argument (repeat)", many=True),
+                Option("port", "container port (default 8080)", int, 8080),
+                Option("health_route", "default /health", default="/health"),
+                Option("deployment_timeout", "time to become healthy", int, metavar="SECONDS"),
+            ),
+            lambda o: upload_calls(_upload_spec(o)),
+            _uploaded,
+            lambda m: [f"model {m.resource_name} (version {m.version_id})"],
+            needs_endpoint=False,
+        ),
+        Action(
+            "create-endpoint",
+            "Endpoint.create (dedicated)",
+            (
+                Option("display_name", "the endpoint's name", required=True),
+                Option("inference_timeout", "per request (Vertex: 600)", int, metavar="SECONDS"),
+                Option("endpoint_id", "the id to create (default: Vertex picks one)"),
+            ),
+            lambda o: create_endpoint_calls(
+                o["display_name"],
+                inference_timeout=o["inference_timeout"],
+                endpoint_id=o["endpoint_id"],
+            ),
+            _endpoint,
+            status_lines,
+            needs_endpoint=False,
+        ),
+        Action(
+            "deploy",
+            "endpoint.deploy(model)",
+            (
+                Option("model", "model id or resource name", required=True),
+                Option("display_name", "the deployed model's (default: the model's)"),
+                Option(
+                    "traffic_percentage",
+                    "its share; the others scale down (default: 100 if first, else 0)",
+                    int,
+                ),
+                Option(
+                    "machine_type", f"default {DEFAULT_MACHINE_TYPE}", default=DEFAULT_MACHINE_TYPE
+                ),
+                Option("accelerator_type", "e.g. NVIDIA_L4"),
+                Option("accelerator_count", "accelerators per replica", int),
+                Option("min_replicas", "default 1", int, 1),
+                Option("max_replicas", "default 1", int, 1),
+            ),
+            lambda o: deploy_calls(o["endpoint"], o["model"], **_deploy_options(o)),
+            _deployment,
+            lambda d: [f"deployed model {d.deployed_model_id}", *status_lines(d.endpoint)],
+        ),
+        Action(
+            "split",
+            "endpoint.update(traffic_split)",
+            (
+                Option(
+                    "split",
+                    "the new split",
+                    many=True,
+                    positional=True,
+                    metavar="DEPLOYED_MODEL_ID=PERCENT",
+                ),
+            ),
+            lambda o: split_calls(o["endpoint"], parse_split(o["split"])),
+            _endpoint,
+            status_lines,
+        ),
+        Action(
+            "undeploy",
+            "endpoint.undeploy",
+            (Option("deployed_model_id", "the deployed model to take off", positional=True),),
+            lambda o: undeploy_calls(o["endpoint"], o["deployed_model_id"]),
+            _endpoint,
+            status_lines,
+        ),
+        Action(
+            "status",
+            "the endpoint, deployed models, split, DNS",
+            (),
+            lambda o: status_calls(o["endpoint"]),
+            _endpoint,
+            status_lines,
+        ),
+    )
+}
+
+
+# -- the library functions: one action each ------------------------------------------------------
+
+
+def _run(
+    calls: list[SdkCall],
+    result: Callable[[Mapping[str, Any]], Any],
+    names: Mapping[str, Any] | None = None,
+) -> Any:
+    """Execute ``calls`` and read their ``result``, the SDK's errors raised as ours."""
+    with vertex.sdk_errors("the Vertex AI control plane"):
+        return result(execute(calls, names))
+
+
+def upload_model(spec: UploadSpec) -> UploadedModel:
+    """Upload the model (waits for the operation)."""
+    return _run(upload_calls(spec), _uploaded)
+
+
+def create_endpoint(
+    display_name: str, *, inference_timeout: int | None = None, endpoint_id: str | None = None
+) -> EndpointStatus:
+    """Create a dedicated endpoint (``invoke`` needs one); ``inference_timeout`` in seconds."""
+    calls = create_endpoint_calls(
+        display_name, inference_timeout=inference_timeout, endpoint_id=endpoint_id
+    )
+    return _run(calls, _endpoint)
+
+
+def deploy_model(endpoint: str, model: str, **options: Any) -> Deployment:
+    """Deploy ``model`` to ``endpoint`` (waits until it serves); ``options`` as
+    :func:`deploy_calls`. ``traffic_percentage`` is the new model's share, the others scaled
+    down to make room (the SDK's default: 100 for the first model, else 0)."""
+    return _run(deploy_calls(endpoint, model, **options), _deployment)
+
+
+def set_traffic_split(endpoint: str, split: Mapping[str, int]) -> EndpointStatus:
+    """Replace the endpoint's traffic split (deployed model id -> percent, summing to 100)."""
+    return _run(split_calls(endpoint, split), _endpoint)
+
+
+def undeploy_model(endpoint: str, deployed_model_id: str) -> EndpointStatus:
+    """Undeploy one deployed model; the SDK spreads its traffic over the others."""
+    return _run(undeploy_calls(endpoint, deployed_model_id), _endpoint)
+
+
+def endpoint_status(endpoint: str) -> EndpointStatus:
+    """The endpoint, its deployed models, traffic split and dedicated DNS."""
+    return _run(status_calls(endpoint), _endpoint)
+
+
+def progress_to_stderr() -> None:
     """The SDK logs its progress ("Deploying model to Endpoint...") to stdout: move it to stderr,
     so that stdout holds only the result (``--json`` stays parseable)."""
     for name, logger in list(logging.Logger.manager.loggerDict.items()):
@@ -516,91 +590,3 @@ def _progress_to_stderr() -> None:
             for handler in logger.handlers:
                 if isinstance(handler, logging.StreamHandler) and handler.stream is not sys.stderr:
                     handler.setStream(sys.stderr)
-
-
-@contextlib.contextmanager
-def _sdk_errors() -> Iterator[None]:
-    """Raise the SDK's exceptions as :mod:`client.errors` (printed as one line, no traceback)."""
-    import google.auth.exceptions
-    import requests
-    from google.api_core import exceptions as gexc
-
-    try:
-        yield
-    except gexc.GoogleAPICallError as exc:
-        status = exc.code if isinstance(exc.code, int) else 500
-        raise errors.APIError(f"{type(exc).__name__}: {exc.message}", status=status) from None
-    except google.auth.exceptions.TransportError as exc:
-        raise errors.ConnectionError(str(exc).splitlines()[0]) from None
-    except google.auth.exceptions.GoogleAuthError as exc:  # no project, no or refused login
-        raise errors.AuthenticationError(str(exc).splitlines()[0]) from None
-    except gexc.RetryError as exc:  # the SDK retried an unreachable control plane, then gave up
-        raise errors.ConnectionError(
-            f"cannot reach the control plane: {exc.cause or exc}"
-        ) from None
-    except requests.exceptions.ConnectionError as exc:
-        raise errors.ConnectionError(f"cannot reach the control plane: {exc}") from None
-    except errors.VertexYoloError:
-        raise
-    except ValueError as exc:  # the SDK's own argument checks
-        raise errors.ParameterError(str(exc)) from None
-
-
-def add(sub: Any) -> None:
-    """The ``deploy`` subcommand group, for :data:`client.cli.COMMANDS`."""
-    p = sub.add_parser(
-        "deploy",
-        help="upload, create an endpoint, deploy, split traffic, undeploy (Vertex or emulator)",
-        description="Vertex AI deployment over google-cloud-aiplatform; the same commands run "
-        "against the local emulator (--emulator-info). --dry-run prints the SDK calls.",
-    )
-    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    common = _options()
-
-    q = actions.add_parser("upload", parents=[common], help="Model.upload (invoke prefix /*)")
-    q.add_argument("--display-name", required=True)
-    q.add_argument("--image-uri", required=True, help="the server's container image")
-    q.add_argument("--artifact-uri", help="gs:// directory of weights (AIP_STORAGE_URI)")
-    q.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="(repeat)")
-    q.add_argument("--arg", action="append", default=[], help="a container argument (repeat)")
-    q.add_argument("--port", type=int, default=8080, help="container port (default 8080)")
-    q.add_argument("--health-route", default="/health", help="default /health")
-    q.add_argument(
-        "--deployment-timeout", type=int, metavar="SECONDS", help="time to become healthy"
-    )
-
-    q = actions.add_parser("create-endpoint", parents=[common], help="Endpoint.create (dedicated)")
-    q.add_argument("--display-name", required=True)
-    q.add_argument(
-        "--inference-timeout", type=int, metavar="SECONDS", help="per request (Vertex: 600)"
-    )
-    q.add_argument("--endpoint-id", help="the id to create (default: Vertex picks one)")
-
-    q = actions.add_parser("deploy", parents=[common], help="endpoint.deploy(model)")
-    _endpoint_option(q)
-    q.add_argument("--model", required=True, help="model id or resource name")
-    q.add_argument("--display-name", help="the deployed model's (default: the model's)")
-    q.add_argument(
-        "--traffic-percentage",
-        type=int,
-        help="its share; the others scale down (default: 100 if first, else 0)",
-    )
-    q.add_argument("--machine-type", default=DEFAULT_MACHINE_TYPE)
-    q.add_argument("--accelerator-type", help="e.g. NVIDIA_L4")
-    q.add_argument("--accelerator-count", type=int)
-    q.add_argument("--min-replicas", type=int, default=1)
-    q.add_argument("--max-replicas", type=int, default=1)
-
-    q = actions.add_parser("split", parents=[common], help="endpoint.update(traffic_split)")
-    _endpoint_option(q)
-    q.add_argument("split", nargs="+", metavar="DEPLOYED_MODEL_ID=PERCENT")
-
-    q = actions.add_parser("undeploy", parents=[common], help="endpoint.undeploy")
-    _endpoint_option(q)
-    q.add_argument("deployed_model_id")
-
-    q = actions.add_parser(
-        "status", parents=[common], help="the endpoint, deployed models, split, DNS"
-    )
-    _endpoint_option(q)
-    p.set_defaults(func=run)

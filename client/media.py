@@ -21,15 +21,30 @@ import mimetypes
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
 from urllib3 import encode_multipart_formdata
 
 from client.errors import ParameterError
 
+if TYPE_CHECKING:
+    import numpy
+    import PIL.Image
+
 ImageFormat = Literal["jpeg", "png"]
 Channels = Literal["bgr", "rgb"]
 OCTET_STREAM = "application/octet-stream"
+
+#: One image: a path, encoded bytes, a PIL image, or a numpy array (BGR unless ``channels="rgb"``).
+ImageInput: TypeAlias = (
+    "str | os.PathLike[str] | bytes | bytearray | memoryview | PIL.Image.Image | numpy.ndarray"
+)
+#: One image, or several (sent as one multipart request, one result each, in order).
+Images: TypeAlias = "ImageInput | Sequence[ImageInput]"
+#: A video: a path or its encoded bytes (MP4, WebM, Matroska, AVI, animated GIF).
+VideoInput: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview"
+#: What ``/stream`` runs: a video, or a run of frames (images, in order).
+StreamSource: TypeAlias = "VideoInput | Sequence[ImageInput]"
 
 _IMAGE_MAGIC = (
     (b"\xff\xd8\xff", "image/jpeg"),
@@ -53,10 +68,6 @@ def sniff(data: bytes) -> str:
     if data[:4] == b"\x1a\x45\xdf\xa3":
         return "video/webm" if b"webm" in data[:64] else "video/x-matroska"
     return OCTET_STREAM
-
-
-def _is_path(value: Any) -> bool:
-    return isinstance(value, str | os.PathLike)
 
 
 def read_path(value: str | os.PathLike) -> tuple[bytes, str]:
@@ -85,8 +96,8 @@ def _encode_array(array: Any, image_format: ImageFormat, channels: Channels) -> 
         raise ParameterError(f"numpy images must be HxW, HxWx3 or HxWx4, not {array.shape}")
     try:
         import cv2
-    except ImportError:
-        cv2 = None
+    except ImportError:  # Pillow below
+        cv2 = None  # type: ignore[assignment]
     if cv2 is not None:  # OpenCV encodes BGR natively and fast
         if channels == "rgb" and array.ndim == 3:
             array = array[:, :, [2, 1, 0, 3][: array.shape[2]]]
@@ -116,7 +127,7 @@ def _encode_pil(image: Any, image_format: ImageFormat) -> bytes:
 
 
 def encode_image(
-    image: Any, *, image_format: ImageFormat = "jpeg", channels: Channels = "bgr"
+    image: ImageInput, *, image_format: ImageFormat = "jpeg", channels: Channels = "bgr"
 ) -> tuple[bytes, str]:
     """One image input to ``(bytes, media type)``.
 
@@ -128,7 +139,7 @@ def encode_image(
         if not data:
             raise ParameterError("the image is empty (0 bytes)")
         return data, sniff(data)
-    if _is_path(image):
+    if isinstance(image, str | os.PathLike):
         data, media_type = read_path(image)
         if not data:
             raise ParameterError(f"the image file {image} is empty (0 bytes)")
@@ -145,22 +156,28 @@ def encode_image(
     )
 
 
-def is_many(images: Any) -> bool:
+def is_many(images: object) -> bool:
     """Whether ``images`` is a list/tuple of images rather than one image."""
-    return isinstance(images, Sequence) and not isinstance(images, str | bytes | bytearray)
+    return isinstance(images, Sequence) and not isinstance(
+        images, str | bytes | bytearray | memoryview
+    )
 
 
 def images_body(
-    images: Any, *, image_format: ImageFormat = "jpeg", channels: Channels = "bgr"
+    images: Images, *, image_format: ImageFormat = "jpeg", channels: Channels = "bgr"
 ) -> tuple[bytes, str]:
     """``(body, content type)``: the raw image for one, multipart for several."""
     if not is_many(images):
-        return encode_image(images, image_format=image_format, channels=channels)
-    return multipart(images, image_format=image_format, channels=channels)
+        return encode_image(
+            cast("ImageInput", images), image_format=image_format, channels=channels
+        )
+    return multipart(
+        cast("Sequence[ImageInput]", images), image_format=image_format, channels=channels
+    )
 
 
 def multipart(
-    images: Sequence[Any], *, image_format: ImageFormat = "jpeg", channels: Channels = "bgr"
+    images: Sequence[ImageInput], *, image_format: ImageFormat = "jpeg", channels: Channels = "bgr"
 ) -> tuple[bytes, str]:
     """Several images as ``multipart/form-data`` (field ``image``, in order)."""
     if not images:
@@ -168,7 +185,11 @@ def multipart(
     fields = []
     for i, image in enumerate(images):
         data, media_type = encode_image(image, image_format=image_format, channels=channels)
-        name = Path(image).name if _is_path(image) else f"image-{i}{_suffix(media_type)}"
+        name = (
+            Path(image).name
+            if isinstance(image, str | os.PathLike)
+            else f"image-{i}{_suffix(media_type)}"
+        )
         fields.append(("image", (name, data, media_type)))
     body, content_type = encode_multipart_formdata(fields)
     return body, content_type
@@ -178,9 +199,9 @@ def _suffix(media_type: str) -> str:
     return {"image/jpeg": ".jpg", "image/png": ".png"}.get(media_type, "")
 
 
-def video_body(source: Any) -> tuple[bytes, str]:
+def video_body(source: VideoInput) -> tuple[bytes, str]:
     """A video (path or bytes) to ``(body, content type)``."""
-    if _is_path(source):
+    if isinstance(source, str | os.PathLike):
         data, media_type = read_path(source)
     elif isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)

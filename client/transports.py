@@ -19,7 +19,15 @@ import asyncio
 import inspect
 import os
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterator,
+    Mapping,
+)
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +35,8 @@ import httpx
 
 from client import errors
 from client.sse import aiter_lines, iter_lines
+from client.vertex import SCOPES, auth_error
 
-#: the scope the SDK gives its credentials (``aiplatform.constants.base.DEFAULT_AUTHED_SCOPES``)
-SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 HEADER_DEPLOYED_MODEL = "x-deployed-model-id"
 HEADER_REQUEST_ID = "x-request-id"
 
@@ -139,12 +146,12 @@ def _headers(response: httpx.Response) -> dict[str, str]:
     return {k.lower(): v for k, v in response.headers.items()}
 
 
-def _sync_lines(response: httpx.Response, where: str) -> Iterator[bytes]:
+def _sync_lines(response: httpx.Response, where: str) -> Generator[bytes, None, None]:
     with _HttpxErrors(where):
         yield from iter_lines(response.iter_bytes())
 
 
-async def _async_lines(response: httpx.Response, where: str) -> AsyncIterator[bytes]:
+async def _async_lines(response: httpx.Response, where: str) -> AsyncGenerator[bytes, None]:
     with _HttpxErrors(where):
         async for line in aiter_lines(response.aiter_bytes()):
             yield line
@@ -336,7 +343,7 @@ class VertexTransport(BaseTransport):
             error.retryable = False  # the SDK has already retried for its own deadline
             raise error from exc
         except google.auth.exceptions.GoogleAuthError as exc:
-            raise _auth_error(exc, where) from exc
+            raise auth_error(exc, where) from exc
         if not request.stream:
             headers = {k.lower(): v for k, v in result.headers.items()}
             return Response(result.status_code, headers, result.content)
@@ -362,17 +369,7 @@ def _requests_error(exc: Exception, doing: str) -> errors.VertexYoloError:
     return errors.ConnectionError(f"connection failed {doing}: {exc}")
 
 
-def _auth_error(exc: Exception, where: str) -> errors.VertexYoloError:
-    """Ours for a google-auth error: the token endpoint unreachable is a (retryable)
-    connection error; a refused refresh or missing credentials is not worth retrying."""
-    import google.auth.exceptions
-
-    if isinstance(exc, google.auth.exceptions.TransportError):
-        return errors.ConnectionError(f"cannot reach the token endpoint for {where}: {exc}")
-    return errors.AuthenticationError(f"cannot get credentials for {where}: {exc}")
-
-
-def _sdk_lines(lines: Iterator[bytes], where: str) -> Iterator[bytes]:
+def _sdk_lines(lines: Iterator[bytes], where: str) -> Generator[bytes, None, None]:
     import google.auth.exceptions
     import requests
 
@@ -381,7 +378,7 @@ def _sdk_lines(lines: Iterator[bytes], where: str) -> Iterator[bytes]:
     except requests.RequestException as exc:
         raise _requests_error(exc, f"reading the stream from {where}") from exc
     except google.auth.exceptions.GoogleAuthError as exc:
-        raise _auth_error(exc, where) from exc
+        raise auth_error(exc, where) from exc
 
 
 class AsyncVertexTransport(_AsyncHttpxSender, AsyncBaseTransport):
@@ -416,7 +413,7 @@ class AsyncVertexTransport(_AsyncHttpxSender, AsyncBaseTransport):
             try:
                 credentials, _ = google.auth.default(scopes=SCOPES)
             except google.auth.exceptions.GoogleAuthError as exc:
-                raise _auth_error(exc, f"endpoint {resource_name}") from exc
+                raise auth_error(exc, f"endpoint {resource_name}") from exc
         self.credentials = google.auth.credentials.with_scopes_if_required(credentials, SCOPES)
         self.resource_name = resource_name
         self.deployed_model_ids = deployed_model_ids
@@ -467,7 +464,7 @@ class AsyncVertexTransport(_AsyncHttpxSender, AsyncBaseTransport):
                         await asyncio.to_thread(creds.refresh, self._auth_request)
             creds.before_request(self._auth_request, "POST", url, headers)  # valid: no I/O
         except google.auth.exceptions.GoogleAuthError as exc:
-            raise _auth_error(exc, self.where) from exc
+            raise auth_error(exc, self.where) from exc
 
     async def send(self, request: Request) -> Response:
         dm = request.deployed_model_id

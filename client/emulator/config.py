@@ -59,7 +59,10 @@ CONTAINER_ENV = {
 MAX_INFERENCE_TIMEOUT = 3600.0  # Vertex's upper bound for an endpoint's inference_timeout
 # The bundled demo: the same server twice, B answering /detect with the segmentation weights,
 # so that the two deployed models give visibly different results (what an A/B test needs).
-DEMO = (("shapes-a", {}), ("shapes-b", {"SERVE_DEFAULT_MODEL": "shapes-segment"}))
+DEMO: tuple[tuple[str, dict[str, str]], ...] = (
+    ("shapes-a", {}),
+    ("shapes-b", {"SERVE_DEFAULT_MODEL": "shapes-segment"}),
+)
 
 
 class ConfigError(ValueError):
@@ -255,10 +258,11 @@ _TYPE_NAMES = {
 }
 
 
-def _typed(raw: Mapping[str, Any], keys: set[str], where: str, errors: list[str]) -> dict:
+def _typed(raw: Mapping[str, Any], keys: set[str], where: str, errors: list[str]) -> dict[str, Any]:
     """Keep the known keys of ``raw`` with the right types, noting every unknown or mistyped one."""
     out: dict[str, Any] = {}
-    for key, value in raw.items():
+    for key, given in raw.items():
+        value: Any = given
         if key not in keys:
             errors.append(f"{where}: unknown key {key!r} (known: {', '.join(sorted(keys))})")
             continue
@@ -266,7 +270,7 @@ def _typed(raw: Mapping[str, Any], keys: set[str], where: str, errors: list[str]
             out[key] = value
             continue
         expected = _TYPES.get(key, (str,))
-        if (isinstance(value, bool) and bool not in expected) or not isinstance(value, expected):
+        if (isinstance(value, bool) and bool not in expected) or not _instance(value, expected):
             names = " or ".join(_TYPE_NAMES[t] for t in expected)
             errors.append(f"{where}.{key} must be {names}, not {value!r}")
             continue
@@ -282,6 +286,11 @@ def _typed(raw: Mapping[str, Any], keys: set[str], where: str, errors: list[str]
             value = dict(value)
         out[key] = value
     return out
+
+
+def _instance(value: object, kinds: tuple[type, ...]) -> bool:
+    """``isinstance``, without narrowing ``value`` for the type checker (it stays Any)."""
+    return isinstance(value, kinds)
 
 
 def unwritable(directory: Path, what: str, *, create: bool = True) -> str | None:
@@ -348,7 +357,7 @@ def validate(config: EmulatorConfig) -> EmulatorConfig:
         if not re.fullmatch(r"/[A-Za-z0-9._~/-]*", m.health_route) or m.health_route == "/":
             errors.append(f"{where}: health_route {m.health_route!r} must be a path like /health")
     if all(given) and models and sum(m.percent or 0 for m in models) != 100:
-        split = {m.name: m.percent for m in models}
+        split = {m.name: m.percent or 0 for m in models}
         errors.append(f"the traffic split {split} sums to {sum(split.values())}, not 100")
     if not re.fullmatch(r"[a-z]([a-z0-9-]{0,28}[a-z0-9])?|[0-9]{1,20}", config.project):
         errors.append(f"project {config.project!r} is not a valid project id (e.g. local-project)")

@@ -21,13 +21,13 @@ parameter is accepted and ignored (the answers are always JSON with integer enum
 from __future__ import annotations
 
 import asyncio
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Controller, Litestar, Request, Response, get, patch, post
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException
-from litestar.params import Parameter
+from litestar.params import FromPath, QueryParameter, RawBody
 
 from client.emulator.deployments import Deployments
 from client.emulator.resources import (
@@ -62,7 +62,7 @@ class ModelList(msgspec.Struct, kw_only=True):
 T = TypeVar("T")
 
 
-def _decode(body: bytes, into: type[T], what: str) -> T:
+def _decode(body: RawBody, into: type[T], what: str) -> T:
     try:
         return msgspec.json.decode(body, type=into)
     except msgspec.DecodeError as exc:
@@ -75,24 +75,26 @@ class LocationController(Controller):
     path = "/v1/projects/{project:str}/locations/{location:str}"
 
     @staticmethod
-    def _store(store: Store, project: str, location: str) -> Store:
+    def _store(store: Store, project: FromPath[str], location: FromPath[str]) -> Store:
         store.check_parent(project, location)
         return store
 
     @get("/endpoints", sync_to_thread=False)
-    def list_endpoints(self, store: Store, project: str, location: str) -> EndpointList:
+    def list_endpoints(
+        self, store: NamedDependency[Store], project: FromPath[str], location: FromPath[str]
+    ) -> EndpointList:
         store = self._store(store, project, location)
         return EndpointList(endpoints=list(store.endpoints.values()))
 
     @post("/endpoints", status_code=200, sync_to_thread=False)
     def create_endpoint(
         self,
-        store: Store,
-        deployments: Deployments,
-        project: str,
-        location: str,
-        body: bytes,
-        endpoint_id: str | None = Parameter(query="endpointId", default=None),
+        store: NamedDependency[Store],
+        deployments: NamedDependency[Deployments],
+        project: FromPath[str],
+        location: FromPath[str],
+        body: RawBody,
+        endpoint_id: Annotated[str | None, QueryParameter(name="endpointId")] = None,
     ) -> Operation:
         self._store(store, project, location)
         return deployments.create_endpoint(endpoint_id, _decode(body, NewEndpoint, "Endpoint"))
@@ -100,12 +102,12 @@ class LocationController(Controller):
     @post("/endpoints/{endpoint_id:str}", status_code=200)
     async def endpoint_method(
         self,
-        store: Store,
-        deployments: Deployments,
-        project: str,
-        location: str,
-        endpoint_id: str,
-        body: bytes,
+        store: NamedDependency[Store],
+        deployments: NamedDependency[Deployments],
+        project: FromPath[str],
+        location: FromPath[str],
+        endpoint_id: FromPath[str],
+        body: RawBody,
     ) -> Operation:
         """``E:deployModel`` and ``E:undeployModel`` (a custom method after a colon)."""
         self._store(store, project, location)
@@ -125,35 +127,54 @@ class LocationController(Controller):
         )
 
     @get("/endpoints/{endpoint_id:str}", sync_to_thread=False)
-    def get_endpoint(self, store: Store, project: str, location: str, endpoint_id: str) -> Endpoint:
+    def get_endpoint(
+        self,
+        store: NamedDependency[Store],
+        project: FromPath[str],
+        location: FromPath[str],
+        endpoint_id: FromPath[str],
+    ) -> Endpoint:
         return self._store(store, project, location).endpoint(endpoint_id)
 
     @patch("/endpoints/{endpoint_id:str}", sync_to_thread=False)
     def update_endpoint(
         self,
-        store: Store,
-        project: str,
-        location: str,
-        endpoint_id: str,
-        body: bytes,
-        update_mask: str | None = Parameter(query="updateMask", default=None),
+        store: NamedDependency[Store],
+        project: FromPath[str],
+        location: FromPath[str],
+        endpoint_id: FromPath[str],
+        body: RawBody,
+        update_mask: Annotated[str | None, QueryParameter(name="updateMask")] = None,
     ) -> Endpoint:
         store = self._store(store, project, location)
         changes = _decode(body, EndpointPatch, "Endpoint")
         return store.update_endpoint(endpoint_id, changes, update_mask or "")
 
     @get("/models", sync_to_thread=False)
-    def list_models(self, store: Store, project: str, location: str) -> ModelList:
+    def list_models(
+        self, store: NamedDependency[Store], project: FromPath[str], location: FromPath[str]
+    ) -> ModelList:
         store = self._store(store, project, location)
         return ModelList(models=list(store.models.values()))
 
     @get("/models/{model_id:str}", sync_to_thread=False)
-    def get_model(self, store: Store, project: str, location: str, model_id: str) -> Model:
+    def get_model(
+        self,
+        store: NamedDependency[Store],
+        project: FromPath[str],
+        location: FromPath[str],
+        model_id: FromPath[str],
+    ) -> Model:
         return self._store(store, project, location).model(model_id.replace("%40", "@"))
 
     @post("/models:upload", status_code=200, sync_to_thread=False)
     def upload_model(
-        self, store: Store, deployments: Deployments, project: str, location: str, body: bytes
+        self,
+        store: NamedDependency[Store],
+        deployments: NamedDependency[Deployments],
+        project: FromPath[str],
+        location: FromPath[str],
+        body: RawBody,
     ) -> Operation:
         self._store(store, project, location)
         return deployments.upload(_decode(body, UploadModelRequest, "UploadModelRequest"))
@@ -167,7 +188,12 @@ LONG_POLL_S = 10.0
 
 
 @get(["/ui" + OPERATION, "/v1" + OPERATION])
-async def get_operation(store: Store, project: str, location: str, number: str) -> Operation:
+async def get_operation(
+    store: NamedDependency[Store],
+    project: FromPath[str],
+    location: FromPath[str],
+    number: FromPath[str],
+) -> Operation:
     """Where the SDK polls a long-running operation (``/ui/`` + its name)."""
     store.check_parent(project, location)
     operation = store.operation(f"{store.parent}/operations/{number}")

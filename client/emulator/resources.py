@@ -71,7 +71,7 @@ def new_id(rng: random.Random | None = None) -> str:
     return str((rng or random.SystemRandom()).randrange(10**18, 9 * 10**18))
 
 
-class _Wire(Struct, kw_only=True, rename="camel", omit_defaults=True):
+class _Wire(Struct, frozen=True, kw_only=True, rename="camel", omit_defaults=True):
     """Base of the REST shapes: camelCase keys, unset fields left out (so every field the SDK
     needs to see has no default)."""
 
@@ -217,7 +217,7 @@ class UndeployModelRequest(_Wire, frozen=True, kw_only=True):
     traffic_split: dict[str, int] | None = None
 
 
-class Operation(_Wire, kw_only=True):
+class Operation(Struct, kw_only=True, rename="camel", omit_defaults=True):
     """A long-running operation (``google.longrunning.Operation``).
 
     ``response`` carries its ``@type`` (the SDK needs it to parse the result); ``error`` is a

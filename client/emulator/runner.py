@@ -218,7 +218,7 @@ def _planes(emulation: Emulation, proxy: httpx.AsyncClient) -> list[tuple[_Serve
         ),
         (DataPlane(emulation.store, emulation.fleet, proxy), emulation.data_sock, tls),
     ]
-    common = {
+    common: dict[str, Any] = {
         "lifespan": "off",
         "log_level": "warning",
         "access_log": False,

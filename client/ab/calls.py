@@ -1,0 +1,68 @@
+"""Running the A/B calls: a thread pool of ``concurrency`` workers over a
+:class:`~client.Client`, each call timed; API, connection and timeout errors counted by kind, not
+raised (a :class:`~client.errors.ParameterError` still stops the run)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Any
+
+import msgspec
+
+from client import errors
+
+
+class Outcome(msgspec.Struct):
+    """One call's result, or the kind of error it raised; its latency (retries included)."""
+
+    result: Any = None
+    error: str | None = None
+    latency_ms: float = 0.0
+
+
+def error_kind(exc: errors.VertexYoloError) -> str:
+    if isinstance(exc, errors.APIError):
+        return f"{exc.status} {exc.code}" if exc.code else str(exc.status)
+    return type(exc).__name__
+
+
+def timed(call: Callable[[], Any]) -> Outcome:
+    start = time.perf_counter()
+    try:
+        result = call()
+    except errors.ParameterError:
+        raise
+    except errors.VertexYoloError as exc:
+        return Outcome(error=error_kind(exc), latency_ms=(time.perf_counter() - start) * 1e3)
+    return Outcome(result=result, latency_ms=(time.perf_counter() - start) * 1e3)
+
+
+def run_all(
+    calls: Sequence[Callable[[], Any]], concurrency: int, progress: bool, what: str
+) -> tuple[list[Outcome], float]:
+    """Run the calls on ``concurrency`` threads: their outcomes in order, and the wall time."""
+    from tqdm import tqdm
+
+    outcomes: list[Outcome | None] = [None] * len(calls)
+    start = time.perf_counter()
+    with (
+        ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ab") as pool,
+        tqdm(
+            total=len(calls), unit="call", desc=what, disable=not progress, file=sys.stderr
+        ) as bar,
+    ):
+        futures = {pool.submit(timed, call): i for i, call in enumerate(calls)}
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION, timeout=0.5)
+                for future in done:
+                    outcomes[futures[future]] = future.result()  # a ParameterError stops all
+                bar.update(len(done))
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    return [o for o in outcomes if o is not None], time.perf_counter() - start

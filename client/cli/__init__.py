@@ -1,0 +1,78 @@
+"""``python -m client COMMAND``: the command line over the client library and its tools.
+
+One module per command (``client/cli/<command>.py``), each with ``add(subparsers, name,
+summary)`` and the ``run(args) -> int`` it registers; the options they share live in
+:mod:`client.cli.options`, below every command. :data:`COMMANDS` is the table this dispatcher
+reads: only the command being run is imported (``--help`` lists all from the table), and no
+command module imports this one.
+
+Errors print one line on stderr and exit non-zero, without a traceback: 2 for a bad argument (or
+an unwritable output file), 3 for an API error (4xx/5xx) or refused credentials, 4 for a
+connection failure or timeout, 5 for a stream that failed after it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from client import errors
+from client.cli.options import EXIT_API, EXIT_CONNECTION, EXIT_STREAM, EXIT_USAGE
+
+#: command -> (its module, its one-line summary), in --help order
+COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("client.cli.models", "list the served models"),
+    "detect": ("client.cli.detect", "detect objects in images"),
+    "segment": ("client.cli.detect", "segment instances in images (a segmentation model)"),
+    "annotate": ("client.cli.annotate", "draw the detections on an image"),
+    "stream": ("client.cli.stream", "run a video (or image frames) through /stream, with progress"),
+    "ab": ("client.cli.ab", "compare deployed models (targeted) or check the traffic split"),
+    "bench": ("client.cli.bench", "measure throughput and latency over a concurrency sweep"),
+    "deploy": (
+        "client.cli.deploy",
+        "upload, create an endpoint, deploy, split traffic, undeploy (Vertex or emulator)",
+    ),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser, with ``command``'s own options (the others are listed by name only)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m client",
+        description="Call the vertex-yolo server through Vertex AI (Endpoint.invoke) or a URL.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, summary) in COMMANDS.items():
+        if name == command:
+            importlib.import_module(module).add(sub, name, summary)
+        else:
+            sub.add_parser(name, help=summary, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    try:
+        return int(args.func(args))
+    except errors.ParameterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except errors.APIError as exc:
+        rid = f" (request id {exc.request_id})" if exc.request_id else ""
+        print(f"error: {exc}{rid}", file=sys.stderr)
+        return EXIT_API
+    except (errors.ConnectionError, errors.TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONNECTION
+    except errors.StreamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_STREAM
+    except errors.VertexYoloError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_API
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,88 @@
+"""``python -m client deploy ACTION``: the actions of :mod:`client.deploy` (their options, SDK calls
+and results are data there), with ``--dry-run`` printing the very calls a real run makes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from client import errors
+from client.cli.options import json_text, vertex_target
+from client.deploy import ACTIONS, Action, Connection, Option
+
+
+def add(sub: Any, name: str, summary: str) -> None:
+    p = sub.add_parser(
+        name,
+        help=summary,
+        description="Vertex AI deployment over google-cloud-aiplatform; the same commands run "
+        "against the local emulator (--emulator-info). --dry-run prints the SDK calls.",
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    common = _common()
+    for action in ACTIONS.values():
+        q = actions.add_parser(action.name, parents=[common], help=action.help)
+        if action.needs_endpoint:
+            q.add_argument(
+                "--endpoint",
+                help="endpoint id or resource name (default with --emulator-info: the emulator's)",
+            )
+        for option in action.options:
+            _add_option(q, option)
+    p.set_defaults(func=run)
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("connection (Vertex AI, or the emulator with --emulator-info)")
+    g.add_argument("--project", help="Vertex project (else the SDK's default)")
+    g.add_argument("--location", help="Vertex region, e.g. us-central1")
+    g.add_argument("--api-endpoint", help="control-plane URL (an emulator's http://host:port)")
+    g.add_argument(
+        "--emulator-info",
+        metavar="FILE",
+        help="a running emulator's info file: its project, location, control plane (and "
+        "endpoint, when --endpoint is not given)",
+    )
+    g.add_argument("--json", action="store_true", help="print the result as JSON")
+    g.add_argument(
+        "--dry-run", action="store_true", help="print the SDK calls it would make; make none"
+    )
+    return p
+
+
+def _add_option(parser: argparse.ArgumentParser, option: Option) -> None:
+    kwargs: dict[str, Any] = {"help": option.help}
+    if option.metavar:
+        kwargs["metavar"] = option.metavar
+    if option.positional:
+        parser.add_argument(option.name, nargs="+" if option.many else None, **kwargs)
+        return
+    if option.many:
+        kwargs |= {"action": "append", "default": []}
+    else:
+        kwargs |= {"type": option.kind, "default": option.default, "required": option.required}
+    parser.add_argument("--" + option.name.replace("_", "-"), **kwargs)
+
+
+def run(args: argparse.Namespace) -> int:
+    action: Action = ACTIONS[args.action]
+    target = vertex_target(args)
+    options = {o.name: getattr(args, o.name) for o in action.options}
+    if action.needs_endpoint:
+        if not target.endpoint:
+            raise errors.ParameterError(
+                "give --endpoint (or --emulator-info of an emulator with one)"
+            )
+        options["endpoint"] = target.endpoint
+    connection = Connection(target.project, target.location, target.api_endpoint)
+    calls = action.calls(options)
+    if args.dry_run:
+        for call in [connection.init_call(), *calls]:
+            print(call)
+        return 0
+    connection.init()
+    result = action.run(options)
+    sys.stdout.write(json_text(result) if args.json else "\n".join(action.lines(result)) + "\n")
+    return 0
