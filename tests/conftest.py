@@ -11,7 +11,18 @@ import httpx
 import pytest
 
 from client.emulator import EmulatorInfo
-from servers import ROOT, Server, free_port, serving, start_server  # noqa: F401 (for the tests)
+from servers import (  # noqa: F401 (for the tests)
+    INSTRUMENTED,
+    PATIENCE_S,
+    ROOT,
+    Gate,
+    Server,
+    free_port,
+    metric,
+    serving,
+    start_server,
+    wait_until,
+)
 
 BUS_JPG = Path(importlib.util.find_spec("ultralytics").origin).parent / "assets" / "bus.jpg"
 

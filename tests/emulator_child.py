@@ -11,7 +11,9 @@ environment like the real server. Routes (all answer ``X-Deployed-Model-Id``):
 - ``POST /hop``: 200 with ``Connection: x-hop-back`` and ``X-Hop-Back`` (a proxy drops both).
 - ``POST /slow?delay=S``: answers after S seconds; a client that leaves before appends
   ``slow-closed`` to ``CHILD_EVENTS``.
-- ``POST /sse?n=N&delay=S``: N SSE events, S seconds apart (LF separators).
+- ``POST /sse?n=N&delay=S``: N SSE events, S seconds apart (LF separators); with ``gate=PATH``,
+  event ``i`` (after the first) waits for the file ``PATH.i`` to exist instead: the test lets
+  each event go once it has received the one before.
 - ``POST /forever``: an event every 0.1 s until the client goes away; then appends ``closed`` to
   the file named by ``CHILD_EVENTS``.
 
@@ -108,6 +110,7 @@ async def app(scope, receive, send) -> None:
 async def stream(path: str, query: dict, receive, send) -> None:
     n = int(query.get("n", ["5"])[0]) if path == "/sse" else None
     delay = float(query.get("delay", ["0.1"])[0])
+    gate = query.get("gate", [None])[0]
     await send(
         {
             "type": "http.response.start",
@@ -119,7 +122,10 @@ async def stream(path: str, query: dict, receive, send) -> None:
     i = 0
     try:
         while n is None or i < n:
-            if i:
+            if i and gate:
+                while not Path(f"{gate}.{i}").exists() and not gone.done():
+                    await asyncio.sleep(0.01)
+            elif i:
                 await asyncio.sleep(delay)
             if gone.done():
                 with Path(os.environ["CHILD_EVENTS"]).open("a") as out:

@@ -1,4 +1,5 @@
-"""Real ``python -m app`` processes on free ports: started, waited on, stopped.
+"""Real ``python -m app`` processes on free ports: started, waited on, stopped; the gate of an
+instrumented one (``tests/instrumented_app.py``); the server's metrics.
 
 Needs only the server's dependencies (no pytest, no Google SDK), so the benchmarks under
 ``tests/bench`` import it too; ``conftest`` re-exports it for the tests.
@@ -11,14 +12,19 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the server with a gate on its model calls and a poison image (see tests/instrumented_app.py)
+INSTRUMENTED = [sys.executable, str(ROOT / "tests" / "instrumented_app.py")]
+#: how long a test waits for a state it set up before calling it a failure (not a speed bound)
+PATIENCE_S = 120.0
 
 
 def free_port() -> int:
@@ -29,12 +35,14 @@ def free_port() -> int:
 
 @dataclass
 class Server:
-    """A real ``python -m app`` child process; ``started`` is when it was spawned (perf_counter)."""
+    """A real ``python -m app`` child process; ``started`` is when it was spawned (perf_counter).
+    ``gate``: the gate on its model calls, when it runs :data:`INSTRUMENTED`."""
 
     url: str
     proc: subprocess.Popen
     log: Path
     started: float = field(default_factory=time.perf_counter)
+    gate: Gate | None = None
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
@@ -70,6 +78,11 @@ def start_server(
 ) -> Server:
     """Start the server (not waiting for health); its output goes to a log file."""
     port = free_port()
+    gate = None
+    if cmd == INSTRUMENTED:
+        gate_port = free_port()
+        gate = Gate(f"http://127.0.0.1:{gate_port}")
+        env = {"TEST_GATE_PORT": str(gate_port), **(env or {})}
     full_env = {
         **os.environ,
         "AIP_HTTP_PORT": str(port),
@@ -88,7 +101,7 @@ def start_server(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    return Server(f"http://127.0.0.1:{port}", proc, log, started)
+    return Server(f"http://127.0.0.1:{port}", proc, log, started, gate)
 
 
 @contextmanager
@@ -106,3 +119,69 @@ def serving(
         yield srv
     finally:
         srv.stop()
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = PATIENCE_S) -> None:
+    """Poll ``check`` until it holds; after ``timeout`` the state never came: fail with ``what``."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+class Gate:
+    """The gate on an instrumented server's model calls (``tests/instrumented_app.py``), at its
+    control server's URL.
+
+    Example:
+        gate = server.gate
+        gate.close()                  # calls now wait for permits
+        ... send a request ...
+        gate.wait(waiting=1)          # its predict has started and is held
+        ... the server is busy: check what must hold ...
+        gate.open()
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def state(self) -> dict[str, int | None]:
+        return httpx.get(self.url, timeout=10).json()
+
+    def set(self, permits: int | None) -> None:
+        value = "open" if permits is None else str(permits)
+        httpx.post(self.url, params={"permits": value}, timeout=10).raise_for_status()
+
+    def close(self) -> None:
+        self.set(0)
+
+    def open(self) -> None:
+        self.set(None)
+
+    def add(self, permits: int) -> None:
+        httpx.post(self.url, params={"add": permits}, timeout=10).raise_for_status()
+
+    def wait(self, *, waiting: int | None = None, passed: int | None = None) -> None:
+        """Until at least ``waiting`` calls wait at the gate and ``passed`` went through."""
+
+        def reached() -> bool:
+            try:
+                state = self.state()
+            except httpx.TransportError:  # the process is still starting
+                return False
+            return (waiting is None or (state["waiting"] or 0) >= waiting) and (
+                passed is None or (state["passed"] or 0) >= passed
+            )
+
+        wait_until(reached, f"the gate to reach waiting={waiting} passed={passed}")
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """One sample of a server's ``/metrics`` (``SERVE_METRICS=true``); 0 when absent."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0

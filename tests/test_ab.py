@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from google.cloud import aiplatform
 from PIL import Image
 
 from app.demo.shapes import moving_shape_frames, write_video
@@ -107,7 +108,9 @@ def test_targeted_two_models_agree_less_and_report(vertex, folder, ids, tmp_path
     assert agree.matched <= min(agree.reference_boxes, agree.candidate_boxes)
     assert decode_report(encode_report(report)) == report
     table = render_table(report)
-    assert a in table and b in table and "agreement with A" in table and "mean IoU" in table
+    assert f"shapes-a ({a})" in table and f"shapes-b ({b})" in table  # name and id
+    assert "agreement with A" in table and "mean IoU" in table
+    assert [m.display_name for m in report.models] == ["shapes-a", "shapes-b"]
     plot(report, tmp_path / "ab.png")
     assert decodes_png((tmp_path / "ab.png").read_bytes()) == (1200, 450)
 
@@ -154,17 +157,33 @@ def test_split_check_observes_the_configured_split(vertex, ids, tmp_path):
     assert decodes_png((tmp_path / "split.png").read_bytes()) == (1200, 450)
 
 
-def test_split_check_with_inputs_and_an_explicit_split(vertex, folder, ids):
+@pytest.fixture
+def endpoint(emulator, ids):
+    """The emulator's endpoint through the SDK; its split is put back to 80/20 afterwards."""
+    aiplatform.init(**emulator.init_kwargs())
+    endpoint = aiplatform.Endpoint(emulator.endpoint_id)
+    yield endpoint
+    endpoint.update(traffic_split={ids[0]: 80, ids[1]: 20})
+
+
+@pytest.mark.parametrize("routed_to", [0, 1])
+def test_split_check_counts_who_answered_against_the_split_given(
+    vertex, endpoint, folder, ids, routed_to
+):
+    """The endpoint sends everything to one model; the check, told the split is all A's,
+    counts who really answered: all A (p = 1), or all B, which has no share (p = 0)."""
     a, b = ids
+    served = ids[routed_to]
+    endpoint.update(traffic_split={served: 100, ids[1 - routed_to]: 0})
     report = split_check(vertex, 20, inputs=image_files(folder), split={a: 100}, concurrency=4)
     assert report.route == "detect" and report.answered == 20
-    # the endpoint still sends about 20 % to b, which this split gives no share: p = 0
     rows = {r.deployed_model_id: r for r in report.rows}
-    assert rows[a].expected_share == 1.0
-    if b in rows:
-        assert rows[b].configured_percent == 0 and report.p_value == 0.0
+    assert rows[served].observed == 20 and rows[a].expected_share == 1.0
+    if served == a:
+        assert set(rows) == {a} and report.p_value == 1.0
     else:
-        assert report.p_value == 1.0
+        assert rows[b].configured_percent == 0 and report.p_value == 0.0
+    assert rows[served].display_name == ("shapes-a", "shapes-b")[routed_to]
 
 
 # --- the CLI, in process ---------------------------------------------------------------------

@@ -17,7 +17,6 @@ import select
 import socket
 import struct
 import tempfile
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import pytest
 from PIL import Image
 
 from app.demo.shapes import moving_shape_frames, write_video
-from conftest import Server, serving
+from conftest import PATIENCE_S, ROOT, Server, serving
 from helpers import encode, scenes
 
 RGB, SHAPES = scenes(1)[0]  # 160x160
@@ -49,6 +48,7 @@ TIGHT = {
     "SERVE_STREAM_MAX_PIXELS": str(160 * 120),
 }
 Request = dict[str, Any]  # httpx.Client.request keyword arguments
+README = ROOT / "README.md"
 
 
 # --- bad bodies ------------------------------------------------------------------------------
@@ -391,6 +391,31 @@ CORPUS = [
         "unknown field `confidence`",
         "known parameters: model, conf",
         field="confidence",
+    ),
+    bad(
+        "segment-parameter-on-detect",
+        lambda: raw("/detect", PNG, rle="true"),
+        400,
+        PARAM,
+        "unknown field `rle`",
+        "known parameters: model, conf, iou, max_det, classes, imgsz",
+        field="rle",
+    ),
+    bad(
+        "annotate-parameter-on-detect",
+        lambda: raw("/detect", PNG, format="png"),
+        400,
+        PARAM,
+        "unknown field `format`",
+        field="format",
+    ),
+    bad(
+        "stream-parameter-on-segment",
+        lambda: as_json("/segment", instances(PNG, track="bytetrack")),
+        400,
+        PARAM,
+        "unknown field `track`",
+        field="track",
     ),
     bad(
         "unknown-form-field",
@@ -759,9 +784,8 @@ def clients(server: Server, tight: Server) -> Iterator[dict[bool, httpx.Client]]
 
 
 @pytest.fixture(scope="module")
-def log_marks(server: Server, tight: Server) -> dict[str, int]:
-    """Where each server's log stood before the corpus (the session server's is shared)."""
-    return {srv.url: srv.log.stat().st_size for srv in (server, tight)}
+def servers(server: Server, tight: Server) -> dict[bool, Server]:
+    return {False: server, True: tight}
 
 
 def check_problem(r: httpx.Response, case: Bad) -> dict:
@@ -790,9 +814,26 @@ def test_corpus_is_complete():
     assert {k.status for k in kinds} == {400, 404, 405, 413, 415}
 
 
+def test_readme_counts_the_corpus():
+    assert f"a corpus of {len(CORPUS)} kinds of bad input" in " ".join(README.read_text().split())
+
+
+def logged_since(srv: Server, mark: int) -> str:
+    with srv.log.open("rb") as fh:
+        fh.seek(mark)
+        return fh.read().decode(errors="replace")
+
+
 @pytest.mark.parametrize("case", CORPUS)
-def test_bad_input(clients, log_marks, case: Bad):
+def test_bad_input(servers, clients, case: Bad):
+    """The case's problem; and its server stays healthy and logged no traceback for it (an
+    error handled by accident, say a 500 turned into a 4xx, would show there)."""
+    srv = servers[case.tight]
+    mark = srv.log.stat().st_size
     check_problem(clients[case.tight].request(**case.request()), case)
+    assert clients[case.tight].get("/health").status_code == 200
+    logged = logged_since(srv, mark)
+    assert "Traceback" not in logged and "unhandled error" not in logged, logged[-3000:]
 
 
 def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
@@ -811,10 +852,10 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     ],
 )
 def test_body_over_limit_is_refused_before_it_is_read(server, path, ctype):
-    """Content-Length says 11 MiB, 16 bytes are sent: 413 at once, the rest never asked for."""
+    """Content-Length says 11 MiB, 16 bytes are sent: 413 at once, the rest never asked for (a
+    server that waited for the rest would never answer)."""
     url = urlsplit(server.url)
-    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
-        started = time.monotonic()
+    with socket.create_connection((url.hostname, url.port), timeout=PATIENCE_S) as sock:
         sock.sendall(
             f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: {ctype}\r\n"
             f"Content-Length: {11 * MB}\r\n\r\n".encode()
@@ -822,7 +863,6 @@ def test_body_over_limit_is_refused_before_it_is_read(server, path, ctype):
         )
         status, headers, body = read_response(sock)
     assert status == 413
-    assert time.monotonic() - started < 5
     assert headers["content-type"].startswith("application/problem+json")
     assert b'"code":"payload-too-large"' in body and b"10485760 bytes" in body
 
@@ -850,16 +890,12 @@ def test_chunked_body_over_limit_is_refused_as_it_arrives(server):
     assert 10 * MB < sent <= 14 * MB
 
 
-def test_servers_are_healthy_after_the_corpus(clients, log_marks, server, tight):
-    """Runs after the corpus (file order): both servers answer, and none logged a traceback."""
+def test_the_servers_still_detect_after_every_kind_of_bad_input(servers, clients):
+    """All the corpus sent again, back to back, then a real detection on each server."""
+    for case in (p.values[0] for p in CORPUS):
+        assert clients[case.tight].request(**case.request()).status_code == case.status, case.id
     for small, c in clients.items():
-        assert c.get("/health").status_code == 200
         image = encode(RGB[:120]) if small else PNG  # under the tight server's pixel limit
         r = c.post("/detect", content=image, headers={"Content-Type": "image/png"})
         assert r.status_code == 200, r.text
         assert r.json()["results"][0]["detections"]
-    for srv in (server, tight):
-        with srv.log.open("rb") as fh:
-            fh.seek(log_marks[srv.url])
-            logged = fh.read().decode(errors="replace")
-        assert "Traceback" not in logged and "unhandled error" not in logged, logged[-3000:]

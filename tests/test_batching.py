@@ -1,45 +1,43 @@
 """The per-model scheduler: dynamic batching, backpressure (429) and failures of one request.
 
-Three real servers: batching on (a long gathering delay, so batches form on this slow machine),
-the default (``SERVE_BATCHING=auto``: on for these PyTorch weights) with a queue of one, and a batching server
-started by ``tests/fault_app.py``, whose models raise on one marked image (see that file: no
-request can make a real ``predict`` fail after decoding).
+Two instrumented servers (``tests/instrumented_app.py``: real inference behind a gate the test
+holds and releases, and a poison image that makes ``predict`` raise): ``batching`` (batching on,
+up to 16 images a call) and ``default`` (``SERVE_BATCHING=auto``, on for these PyTorch weights,
+with room for one request per model). "A batch forms", "the queue is full" and "a batch of 9
+fails" are states set up with the gate, whatever the machine's speed.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
-from fault_app import POISON_RGB
 from httpx_sse import connect_sse
-from prometheus_client.parser import text_string_to_metric_families
+from instrumented_app import POISON_RGB
 
 from app.config import Settings, SettingsError
-from conftest import ROOT, Server, serving
+from conftest import INSTRUMENTED, Server, metric, serving, wait_until
 from helpers import b64, box_iou, det_box, encode, scenes
 
 PNG = {"Content-Type": "image/png"}
 MODEL = "shapes-detect"
 IMAGES = [encode(rgb) for rgb, _ in scenes(16)]  # three sizes: 160x160, 240x200, 320x320
+HOLDER = encode(scenes(1, seed=99, sizes=((288, 224),))[0][0])  # a size no other image has
 
 
-def serve(factory: pytest.TempPathFactory, env: dict[str, str], cmd=None) -> Iterator[Server]:
-    with serving(factory.mktemp("batching"), {"SERVE_METRICS": "true", **env}, cmd) as srv:
+def serve(factory: pytest.TempPathFactory, env: dict[str, str]) -> Iterator[Server]:
+    with serving(factory.mktemp("batching"), {"SERVE_METRICS": "true", **env}, INSTRUMENTED) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
 def batching(tmp_path_factory) -> Iterator[Server]:
-    env = {"SERVE_BATCHING": "on", "SERVE_BATCH_MAX_SIZE": "8", "SERVE_BATCH_MAX_DELAY_MS": "100"}
-    yield from serve(tmp_path_factory, env)
+    yield from serve(tmp_path_factory, {"SERVE_BATCHING": "on", "SERVE_BATCH_MAX_SIZE": "16"})
 
 
 @pytest.fixture(scope="module")
@@ -48,32 +46,42 @@ def default(tmp_path_factory) -> Iterator[Server]:
     yield from serve(tmp_path_factory, {"SERVE_QUEUE_SIZE": "1"})
 
 
-@pytest.fixture(scope="module")
-def faulty(tmp_path_factory) -> Iterator[Server]:
-    env = {"SERVE_BATCHING": "on", "SERVE_BATCH_MAX_SIZE": "16"}
-    yield from serve(tmp_path_factory, env, [sys.executable, str(ROOT / "tests" / "fault_app.py")])
-
-
-def detect(url: str, blob: bytes, headers: dict | None = None, **params) -> httpx.Response:
+def post(
+    url: str, route: str, blob: bytes, headers: dict | None = None, **params
+) -> httpx.Response:
     return httpx.post(
-        url + "/detect",
-        content=blob,
-        params=params,
-        headers={**PNG, **(headers or {})},
-        timeout=120,
+        url + route, content=blob, params=params, headers={**PNG, **(headers or {})}, timeout=120
     )
 
 
-def at_once(calls: list[Callable[[], httpx.Response]]) -> list[httpx.Response]:
-    """Run every call in its own thread, released together; answers in order."""
-    barrier = threading.Barrier(len(calls))
+def detect(url: str, blob: bytes, headers: dict | None = None, **params) -> httpx.Response:
+    return post(url, "/detect", blob, headers, **params)
 
-    def run(call: Callable[[], httpx.Response]) -> httpx.Response:
-        barrier.wait()
-        return call()
 
-    with ThreadPoolExecutor(len(calls)) as pool:
-        return list(pool.map(run, calls))
+def held_burst(
+    server: Server, calls: list[Callable[[], httpx.Response]], route: str = "/detect", queued=None
+) -> list[httpx.Response]:
+    """Send ``calls`` while the model's only instance is held by a first request at the gate,
+    wait until ``queued`` of them (default: all) wait for inference behind it, then let them all
+    through: they form batches of equal predict arguments. Answers in order."""
+    model = "shapes-segment" if route == "/segment" else MODEL
+    gate = server.gate
+    gate.close()
+    passed = gate.state()["passed"]
+    with ThreadPoolExecutor(len(calls) + 1) as pool:
+        holder = pool.submit(post, server.url, route, HOLDER)
+        gate.wait(waiting=1)
+        futures = [pool.submit(call) for call in calls]
+        expected = len(calls) if queued is None else queued
+        wait_until(
+            lambda: metric(server.url, "yolo_inference_waiting", model=model) == expected,
+            f"{expected} calls queued for {model}",
+        )
+        gate.open()
+        assert holder.result().status_code == 200
+        answers = [f.result() for f in futures]
+    assert gate.state()["passed"] > passed
+    return answers
 
 
 def same_detections(got: list[dict], want: list[dict]) -> bool:
@@ -101,36 +109,11 @@ def same_detections(got: list[dict], want: list[dict]) -> bool:
     return True
 
 
-def metric(server: Server, name: str, **labels: str) -> float:
-    """One sample of the server's /metrics (0 when absent)."""
-    text = httpx.get(server.url + "/metrics").text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
-
-
-def batches(server: Server) -> tuple[float, float, float]:
-    """Predict calls, of which with more than one image, and images, so far (shapes-detect)."""
-    calls = metric(server, "yolo_batch_size_count", model=MODEL)
-    single = metric(server, "yolo_batch_size_bucket", model=MODEL, le="1.0")
-    return calls, calls - single, metric(server, "yolo_batch_size_sum", model=MODEL)
-
-
-def slow_request(server: Server) -> tuple[threading.Thread, list[httpx.Response]]:
-    """A request that holds shapes-detect's only instance for about two seconds; returns once
-    its predict has started."""
-    big = encode(np.random.default_rng(1).integers(0, 255, (1024, 1024, 3), np.uint8))
-    calls = batches(server)[0]
-    answers: list[httpx.Response] = []
-    thread = threading.Thread(target=lambda: answers.append(detect(server.url, big, imgsz=2048)))
-    thread.start()
-    deadline = time.monotonic() + 60
-    while batches(server)[0] == calls:
-        assert time.monotonic() < deadline, "the slow request never reached the model"
-        time.sleep(0.02)
-    return thread, answers
+def batches(server: Server, model: str = MODEL) -> tuple[float, float, float]:
+    """Predict calls, of which with more than one image, and images, so far."""
+    calls = metric(server.url, "yolo_batch_size_count", model=model)
+    single = metric(server.url, "yolo_batch_size_bucket", model=model, le="1.0")
+    return calls, calls - single, metric(server.url, "yolo_batch_size_sum", model=model)
 
 
 def assert_problem(response: httpx.Response, status: int, code: str) -> dict:
@@ -145,12 +128,14 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict:
 
 
 @pytest.mark.parametrize("route", ["/detect", "/segment"])
-def test_concurrent_batched_answers_equal_unbatched_ones(batching, default, route):
-    def post(url: str, blob: bytes) -> httpx.Response:
-        return httpx.post(url + route, content=blob, headers=PNG, timeout=120)
-
-    want = [post(default.url, blob).json()["results"][0] for blob in IMAGES]
-    answers = at_once([lambda b=blob: post(batching.url, b) for blob in IMAGES])
+def test_batched_answers_equal_unbatched_ones(batching, default, route):
+    model = "shapes-segment" if route == "/segment" else MODEL
+    want = [post(default.url, route, blob).json()["results"][0] for blob in IMAGES]
+    _, multi, _ = batches(batching, model)
+    answers = held_burst(
+        batching, [lambda b=blob: post(batching.url, route, b) for blob in IMAGES], route
+    )
+    assert batches(batching, model)[1] == multi + 3  # one batch per image size
     for got, expected in zip(answers, want, strict=True):
         assert got.status_code == 200, got.text
         (result,) = got.json()["results"]
@@ -161,23 +146,23 @@ def test_concurrent_batched_answers_equal_unbatched_ones(batching, default, rout
     assert sum(len(r["detections"]) for r in want) >= len(IMAGES)  # the scenes have shapes
 
 
-def test_batches_form_and_count_every_image_once(batching):
+def test_one_batch_serves_sixteen_requests_and_counts_every_image_once(batching):
     calls, multi, images = batches(batching)
     same_size = [encode(rgb) for rgb, _ in scenes(16, seed=5, sizes=((240, 200),))]
-    answers = at_once([lambda b=blob: detect(batching.url, b) for blob in same_size])
+    answers = held_burst(batching, [lambda b=blob: detect(batching.url, b) for blob in same_size])
     assert [a.status_code for a in answers] == [200] * 16
-    calls2, multi2, images2 = batches(batching)
-    assert images2 - images == 16  # each request's image ran exactly once
-    assert multi2 > multi  # some predict calls served several requests
-    assert calls2 - calls < 16
-    assert metric(batching, "yolo_queue_depth", model=MODEL) == 0
+    # the held request alone, then the sixteen queued behind it as one predict call
+    assert batches(batching) == (calls + 2, multi + 1, images + 17)
+    assert metric(batching.url, "yolo_queue_depth", model=MODEL) == 0
 
 
 def test_mixed_parameters_each_get_their_own(batching, default):
     variants = [{}, {"conf": 0.6}, {"classes": "circle"}, {"max_det": 1}, {"imgsz": 224}]
     jobs = [(blob, variants[i % len(variants)]) for i, blob in enumerate(IMAGES)]
     want = [detect(default.url, blob, **p).json()["results"][0]["detections"] for blob, p in jobs]
-    answers = at_once([lambda b=blob, p=p: detect(batching.url, b, **p) for blob, p in jobs])
+    answers = held_burst(
+        batching, [lambda b=blob, p=p: detect(batching.url, b, **p) for blob, p in jobs]
+    )
     for (_, params), got, expected in zip(jobs, answers, want, strict=True):
         assert got.status_code == 200, got.text
         found = got.json()["results"][0]["detections"]
@@ -222,34 +207,61 @@ def test_scheduler_settings_are_validated():
 # --- backpressure -----------------------------------------------------------------------------
 
 
+def hold_one(server: Server, pool: ThreadPoolExecutor, route: str = "/detect") -> Future:
+    """A request that holds its model's only place in the queue (and its instance): returns
+    once its predict is held at the (closed) gate."""
+    gate = server.gate
+    gate.close()
+    waiting = gate.state()["waiting"] or 0
+    held = pool.submit(post, server.url, route, HOLDER)
+    gate.wait(waiting=waiting + 1)
+    return held
+
+
 def test_full_queue_answers_429_before_any_work(default):
-    thread, slow = slow_request(default)
-    calls, _, _ = batches(default)
-
-    def segment() -> httpx.Response:
-        return httpx.post(default.url + "/segment", content=IMAGES[0], headers=PNG, timeout=120)
-
-    *refused, other = at_once(
-        [*(lambda b=blob: detect(default.url, b) for blob in IMAGES[:8]), segment]
-    )
-    for answer in refused:
-        body = assert_problem(answer, 429, "overloaded")
-        assert answer.headers["retry-after"] == "1"
-        assert "shapes-detect" in body["detail"] and body["request_id"]
-    assert other.status_code == 200, other.text  # each model has its own queue
-    thread.join()
-    assert slow[0].status_code == 200, slow[0].text
+    gate = default.gate
+    with ThreadPoolExecutor(4) as pool:
+        held = hold_one(default, pool)
+        calls = batches(default)[0]
+        refused = [detect(default.url, blob) for blob in IMAGES[:8]]
+        for answer in refused:
+            body = assert_problem(answer, 429, "overloaded")
+            assert answer.headers["retry-after"] == "1"
+            assert "shapes-detect" in body["detail"] and body["request_id"]
+        # each model has its own queue: /segment is admitted (it then waits for the one
+        # inference slot, SERVE_WORKERS=1 across models, which the held request has)
+        other = pool.submit(post, default.url, "/segment", IMAGES[0])
+        wait_until(
+            lambda: metric(default.url, "yolo_queue_depth", model="shapes-segment") == 1,
+            "/segment admitted",
+        )
+        gate.open()
+        assert held.result().status_code == 200 and other.result().status_code == 200
     assert batches(default)[0] == calls  # the refused requests never reached the model
     assert detect(default.url, IMAGES[0]).status_code == 200
-    assert metric(default, "yolo_queue_depth", model=MODEL) == 0
-    assert metric(default, "yolo_errors_total", code="overloaded") >= 8
+    assert metric(default.url, "yolo_queue_depth", model=MODEL) == 0
+    assert metric(default.url, "yolo_errors_total", code="overloaded") >= 8
 
 
-def test_offered_load_gets_answers_or_429s_never_5xx(default):
-    blobs = IMAGES * 2
-    answers = at_once([lambda b=blob: detect(default.url, b, imgsz=640) for blob in blobs])
-    statuses = [a.status_code for a in answers]
-    assert set(statuses) <= {200, 429} and 200 in statuses and 429 in statuses, statuses
+def test_a_burst_beyond_the_queue_gets_answers_or_429s_never_5xx(default):
+    """32 requests at once at a model with room for one, its first call held: all but that one
+    are refused at once; then it is answered; nothing fails."""
+    gate = default.gate
+    gate.close()
+    barrier = threading.Barrier(32)
+
+    def call(blob: bytes) -> httpx.Response:
+        barrier.wait()
+        return detect(default.url, blob)
+
+    with ThreadPoolExecutor(32) as pool:
+        futures = [pool.submit(call, blob) for blob in IMAGES * 2]
+        wait_until(lambda: sum(f.done() for f in futures) == 31, "31 answers before the held one")
+        gate.wait(waiting=1)
+        gate.open()
+        answers = [f.result() for f in futures]
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [200] + [429] * 31, statuses
     for answer in answers:
         if answer.status_code == 429:
             assert_problem(answer, 429, "overloaded")
@@ -263,16 +275,20 @@ def frames_body(n: int) -> dict:
 
 
 def test_stream_is_refused_at_its_start_only(default):
-    thread, slow = slow_request(default)
-    refused = httpx.post(default.url + "/stream", json=frames_body(3), timeout=60)
-    assert_problem(refused, 429, "overloaded")
-    assert refused.headers["retry-after"] == "1"
-    thread.join()
-    assert slow[0].status_code == 200
+    gate = default.gate
+    with ThreadPoolExecutor(2) as pool:
+        held = hold_one(default, pool)
+        refused = httpx.post(default.url + "/stream", json=frames_body(3), timeout=60)
+        assert_problem(refused, 429, "overloaded")
+        assert refused.headers["retry-after"] == "1"
+        gate.open()
+        assert held.result().status_code == 200
 
-    # Once started, its frames go through however full the queue is.
-    frames = 24
-    statuses: list[int] = []
+    # Once started, its frames go through however full the queue is: the gate lets its first
+    # frame through and holds the second (which fills the queue); requests are refused
+    # meanwhile; then the rest follows.
+    frames, statuses = 24, []
+    gate.set(1)
     with (
         httpx.Client(timeout=120) as http,
         connect_sse(http, "POST", default.url + "/stream", json=frames_body(frames)) as source,
@@ -283,21 +299,14 @@ def test_stream_is_refused_at_its_start_only(default):
             if not sse.data:
                 continue
             events.append((sse.event, json.loads(sse.data)))
-            if len(events) == 2:  # the first frame is out: crowd the queue while the rest run
-                crowd = threading.Thread(
-                    target=lambda: statuses.extend(
-                        a.status_code
-                        for a in at_once(
-                            [lambda b=blob: detect(default.url, b) for blob in IMAGES[:8]]
-                        )
-                    )
-                )
-                crowd.start()
-    crowd.join()
+            if len(events) == 2:  # the first frame is out; the second is held
+                gate.wait(waiting=1)
+                statuses = [detect(default.url, blob).status_code for blob in IMAGES[:8]]
+                gate.open()
     names = [name for name, _ in events]
     assert names == ["start"] + ["frame"] * frames + ["end"], events[-1]
     assert events[-1][1]["frames"] == frames
-    assert set(statuses) <= {200, 429} and len(statuses) == 8
+    assert statuses == [429] * 8
 
 
 # --- failures inside inference ----------------------------------------------------------------
@@ -307,41 +316,37 @@ def poison_png(size: tuple[int, int] = (160, 160)) -> bytes:
     return encode(np.full((*size, 3), POISON_RGB, np.uint8))
 
 
-def test_inference_error_is_a_logged_500_and_the_server_stays_healthy(faulty):
-    answer = detect(faulty.url, poison_png(), headers={"X-Request-Id": "poison-alone-1"})
+def test_inference_error_is_a_logged_500_and_the_server_stays_healthy(batching):
+    answer = detect(batching.url, poison_png(), headers={"X-Request-Id": "poison-alone-1"})
     body = assert_problem(answer, 500, "internal")
     assert body["request_id"] == "poison-alone-1"
     assert "injected fault" not in answer.text  # internals stay in the logs
-    logs = faulty.logs()
+    logs = batching.logs()
     assert "unhandled error in request poison-alone-1" in logs
     assert "RuntimeError: injected fault" in logs
-    assert httpx.get(faulty.url + "/health").status_code == 200
-    assert detect(faulty.url, IMAGES[0]).status_code == 200
-    assert metric(faulty, "yolo_queue_depth", model=MODEL) == 0
+    assert httpx.get(batching.url + "/health").status_code == 200
+    assert detect(batching.url, IMAGES[0]).status_code == 200
+    assert metric(batching.url, "yolo_queue_depth", model=MODEL) == 0
 
 
-def test_a_bad_input_in_a_batch_fails_alone(faulty):
+def test_a_bad_input_in_a_batch_fails_alone(batching):
     good = [encode(rgb) for rgb, _ in scenes(8, seed=11, sizes=((160, 160),))]
-    want = [detect(faulty.url, blob).json()["results"][0]["detections"] for blob in good]
-    # Hold the model's only instance so that every request below waits for the same batch.
-    thread, slow = slow_request(faulty)
+    want = [detect(batching.url, blob).json()["results"][0]["detections"] for blob in good]
     jobs = [*good, poison_png(), b"not an image"]
     ids = [f"batch-{i}" for i in range(len(jobs))]
-    answers = at_once(
-        [
-            lambda b=blob, i=rid: detect(faulty.url, b, {"X-Request-Id": i})
-            for blob, rid in zip(jobs, ids, strict=True)
-        ]
-    )
-    thread.join()
-    assert slow[0].status_code == 200
+    calls = [
+        lambda b=blob, i=rid: detect(batching.url, b, {"X-Request-Id": i})
+        for blob, rid in zip(jobs, ids, strict=True)
+    ]
+    # the last one fails to decode (400) and never queues: the other nine form one batch
+    answers = held_burst(batching, calls, queued=9)
     for got, expected in zip(answers, want, strict=False):
         assert got.status_code == 200, got.text
         assert same_detections(got.json()["results"][0]["detections"], expected)
     assert_problem(answers[-2], 500, "internal")
     assert_problem(answers[-1], 400, "invalid-image")
-    logs = faulty.logs()
+    logs = batching.logs()
     assert "model shapes-detect: a batch of 9 requests failed" in logs
     assert f"unhandled error in request {ids[-2]}" in logs
     assert not any(f"request {rid}" in logs for rid in ids[:-2])
-    assert detect(faulty.url, good[0]).status_code == 200
+    assert detect(batching.url, good[0]).status_code == 200

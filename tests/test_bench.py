@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.bench import percentile, server_timing
+from client.cli import main
+from client.schema import parse_server_timing
+from client.stats import percentile
 from conftest import ROOT, Server, free_port
 from helpers import encode, scenes
 
@@ -52,8 +54,8 @@ def test_percentile_matches_numpy() -> None:
 
 def test_server_timing_header() -> None:
     header = 'decode;dur=2.9, inference;desc="model";dur=14.5,encode;dur="0.4", total, bad;dur=x'
-    assert server_timing(header) == {"decode": 2.9, "inference": 14.5, "encode": 0.4}
-    assert server_timing(None) == {}
+    assert parse_server_timing(header) == {"decode": 2.9, "inference": 14.5, "encode": 0.4}
+    assert parse_server_timing(None) == {}
 
 
 def test_sweep_against_the_server(server: Server, images: list[str], tmp_path: Path) -> None:
@@ -130,33 +132,43 @@ def test_bad_arguments(server: Server) -> None:
     assert run.returncode == 2 and "cannot read missing.jpg" in run.stderr
 
 
-def test_through_the_emulator(emulator, emulator_info_file: Path, images: list[str]) -> None:
-    """The Vertex paths: httpx to the URLs invoke builds, and the SDK's invoke in threads."""
+def test_through_the_emulator(
+    emulator, emulator_info_file: Path, images: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The Vertex paths: httpx to the URLs invoke builds, and the SDK's invoke in threads (in
+    this process: the command's ``main``, without paying the SDK's import for each run)."""
     info = emulator_info_file
     a = emulator.deployed_models["shapes-a"]
     for extra in ((), ("--sdk",)):
-        run = bench(
-            *("--emulator-info", str(info), images[0], *extra),
-            *("--concurrency", "1,2", "--requests", "4", "--warmup", "1", "--json"),
+        code = main(
+            [
+                *("bench", "--emulator-info", str(info), images[0], *extra),
+                *("--concurrency", "1,2", "--requests", "4", "--warmup", "1", "--json"),
+            ]
         )
-        assert run.returncode == 0, run.stderr
-        levels = json.loads(run.stdout)["levels"]
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        levels = json.loads(out)["levels"]
         assert [lv["errors"] for lv in levels] == [0, 0], levels
         assert all(set(lv["served_by"]) <= set(emulator.deployed_models.values()) for lv in levels)
         assert all("inference" in lv["server_timing_ms"] for lv in levels)  # forwarded by Vertex
-    run = bench(
-        *("--emulator-info", str(info), images[0], "--deployed-model-id", a),
-        *("--concurrency", "2", "--requests", "4", "--warmup", "0", "--json"),
+    code = main(
+        [
+            *("bench", "--emulator-info", str(info), images[0], "--deployed-model-id", a),
+            *("--concurrency", "2", "--requests", "4", "--warmup", "0", "--json"),
+        ]
     )
-    assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout)["levels"][0]["served_by"] == {a: 4}
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert json.loads(out)["levels"][0]["served_by"] == {a: 4}
 
 
 def test_perf_short(tmp_path: Path) -> None:
     """The benchmark's CI mode: it runs end to end and prints every figure (speed not judged)."""
     out = tmp_path / "perf.json"
     run = subprocess.run(
-        [sys.executable, "tests/bench/perf.py", "--short", "--json", str(out)],
+        [sys.executable, "tests/bench/perf.py", "--short", "--requests", "10", "--frames", "20"]
+        + ["--warmup", "1", "--json", str(out)],
         cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         capture_output=True,

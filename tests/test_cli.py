@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from app.demo.shapes import moving_shape_frames, write_video
+from client.cli import main
 from conftest import ROOT
 from helpers import encode, scenes
 
@@ -131,22 +132,31 @@ def test_stream_error_event_exits_5(server, tmp_path):
 # --- through the real SDK against the emulator ---------------------------------------------------
 
 
-def test_emulator_info_every_subcommand(emulator, emulator_info_file, image, video, tmp_path):
+def test_emulator_info_every_subcommand(
+    emulator, emulator_info_file, image, video, tmp_path, capsys
+):
+    """Each command through the SDK (in this process: the same ``main`` the subprocesses above
+    run, without paying the SDK's import five times)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([*args, "--emulator-info", str(emulator_info_file)])
+        out, err = capsys.readouterr()
+        return code, out, err
+
     b = emulator.deployed_models["shapes-b"]
-    at = ("--emulator-info", str(emulator_info_file))
-    listing = json.loads(cli("models", *at, "--deployed-model-id", b, "--json").stdout)
-    assert listing["deployed_model_id"] == b
-    out = cli("detect", *at, str(image), "--deployed-model-id", b)
-    assert out.returncode == 0, out.stderr
-    assert "[shapes-segment" in out.stdout and f"on deployed model {b}]" in out.stdout
-    out = cli("segment", *at, str(image), "--model", "shapes-segment", "--json")
-    assert json.loads(out.stdout)["task"] == "segment", out.stderr
+    code, out, err = run("models", "--deployed-model-id", b, "--json")
+    assert code == 0 and json.loads(out)["deployed_model_id"] == b, err
+    code, out, err = run("detect", str(image), "--deployed-model-id", b)
+    assert code == 0, err
+    assert "[shapes-segment" in out and f"on deployed model {b}]" in out
+    code, out, err = run("segment", str(image), "--model", "shapes-segment", "--json")
+    assert code == 0 and json.loads(out)["task"] == "segment", err
     drawn = tmp_path / "drawn.jpg"
-    out = cli("annotate", *at, str(image), "-o", str(drawn), "--deployed-model-id", b)
-    assert out.returncode == 0 and Image.open(drawn).format == "JPEG", out.stderr
-    out = cli("stream", *at, str(video), "--deployed-model-id", b, "--max-frames", "4")
-    assert out.returncode == 0, out.stderr
-    assert f"on deployed model {b}]" in out.stdout and "4 frames in" in out.stdout
+    code, out, err = run("annotate", str(image), "-o", str(drawn), "--deployed-model-id", b)
+    assert code == 0 and Image.open(drawn).format == "JPEG", err
+    code, out, err = run("stream", str(video), "--deployed-model-id", b, "--max-frames", "4")
+    assert code == 0, err
+    assert f"on deployed model {b}]" in out and "4 frames in" in out
 
 
 def test_emulator_explicit_options_and_errors(emulator, image):

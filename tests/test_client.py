@@ -57,7 +57,8 @@ from client._retry import parse_retry_after
 from client.media import encode_image, sniff
 from client.schema import AnnotateResponse, InferenceResponse, ModelList
 from client.sse import LineSplitter, SSEDecoder, StreamDecoder, iter_sse
-from client.transports import SCOPES, _sdk_lines
+from client.transports import _sdk_lines
+from conftest import PATIENCE_S
 from helpers import encode, scenes
 
 # --- SSE parsing on byte lines (as Endpoint.invoke(stream=True) yields them) ------------------
@@ -566,12 +567,10 @@ def test_retries_503_honouring_retry_after(tiny_server):
     url, script = tiny_server
     script.answers = [(503, PROBLEM, PROBLEM_503)] * 2 + [(200, JSON, json.dumps(MODELS).encode())]
     client = Client.from_url(url, retries=RetryPolicy(attempts=3, backoff=0.01))
-    started = time.monotonic()
     assert client.models().deployed_model_id == "dm-r"
     assert len(script.seen) == 3
     gaps = [b - a for a, b in zip(script.seen, script.seen[1:], strict=False)]
     assert all(gap >= 0.95 for gap in gaps), gaps  # Retry-After: 1, not the 0.01 s backoff
-    assert time.monotonic() - started < 10
 
 
 def test_retries_are_bounded(tiny_server):
@@ -612,7 +611,9 @@ def test_retry_after_http_date(tiny_server):
     script.answers += [(200, JSON, json.dumps(MODELS).encode())]
     client = Client.from_url(url, retries=RetryPolicy(attempts=2, backoff=0.01))
     assert client.models().deployed_model_id == "dm-r"
-    assert 0.9 <= script.seen[1] - script.seen[0] < 5
+    # the date is 1 to 2 s away: waited for it (not the 0.01 s backoff), and not taken for a
+    # local time hours off (which would be over the 20 s max_backoff: not retried at all)
+    assert 0.9 <= script.seen[1] - script.seen[0] < 20
 
 
 def test_retry_after_dates_without_a_zone_are_utc():
@@ -841,12 +842,19 @@ def test_vertex_close_leaves_a_callers_endpoint_open(emulator):
 
 
 class TokenEndpoint:
-    """A tiny OAuth token endpoint: counts refreshes; answers a token, or ``invalid_grant``."""
+    """A tiny OAuth token endpoint: counts refreshes; answers a token, or ``invalid_grant``.
+
+    Each refresh waits until ``release`` is set (``arrived`` is set when one has come), so a
+    test can hold one in flight while other calls pile up behind it.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.refreshes = 0
         self.refuse = False
+        self.arrived = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
 
     def credentials(self):
         import google.oauth2.credentials
@@ -869,7 +877,8 @@ def token_endpoint() -> Iterator[TokenEndpoint]:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             endpoint = holder[0]
             endpoint.refreshes += 1
-            time.sleep(0.2)  # long enough for every concurrent call to be waiting
+            endpoint.arrived.set()
+            endpoint.release.wait(PATIENCE_S)
             if endpoint.refuse:
                 status, answer = 400, {"error": "invalid_grant", "error_description": "revoked"}
             else:
@@ -898,7 +907,14 @@ def test_async_vertex_refreshes_the_token_once_for_concurrent_calls(emulator, to
 
     async def main() -> None:
         async with AsyncClient(transport) as client:
-            results = await asyncio.gather(*(client.models() for _ in range(16)))
+            token_endpoint.release.clear()  # the first refresh is held until every call waits
+            calls = [asyncio.ensure_future(client.models()) for _ in range(16)]
+            await asyncio.to_thread(token_endpoint.arrived.wait, PATIENCE_S)
+            for _ in range(20):  # the other calls reach the refresh lock (no I/O before it)
+                await asyncio.sleep(0)
+            assert not any(call.done() for call in calls)
+            token_endpoint.release.set()
+            results = await asyncio.gather(*calls)
             assert len(results) == 16 and transport.credentials.token == "token-1"
 
     asyncio.run(main())
@@ -956,7 +972,8 @@ def test_async_vertex_scopes_credentials_like_the_sdk():
         "127.0.0.1:1", "projects/p/locations/l/endpoints/e", credentials=creds
     )
     assert (
-        list(transport.credentials.scopes) == SCOPES and not transport.credentials.requires_scopes
+        list(transport.credentials.scopes) == ["https://www.googleapis.com/auth/cloud-platform"]
+        and not transport.credentials.requires_scopes
     )
     asyncio.run(transport.aclose())
 

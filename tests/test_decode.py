@@ -1,5 +1,5 @@
 """Decoding: JPEG draft mode (a large JPEG decoded reduced, results in full-size coordinates),
-colour order and EXIF orientation, through ``app.media`` and through real servers with
+colour order and EXIF orientation, through ``app.images`` and through real servers with
 ``SERVE_JPEG_DRAFT`` on (the default) and off."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.media import decode_images, draft_size, open_image, to_bgr
+from app.images import decode_images, draft_size, open_image, to_bgr
 from conftest import Server, serving
 from helpers import box_iou, det_box, encode, mask_iou, match, polygons_mask, scenes
 
@@ -99,10 +99,11 @@ def detect(url: str, route: str, blob: bytes, **params) -> dict:
 
 @pytest.mark.parametrize("route", ["/detect", "/segment"])
 def test_draft_gives_the_same_results_in_full_size_coordinates(server, full_server, route):
+    params = {"rle": "true"} if route == "/segment" else {}
     for rgb, truth in BIG:
         blob = jpeg(rgb)
-        (on,) = detect(server.url, route, blob, rle="true")["results"]
-        (off,) = detect(full_server.url, route, blob, rle="true")["results"]
+        (on,) = detect(server.url, route, blob, **params)["results"]
+        (off,) = detect(full_server.url, route, blob, **params)["results"]
         assert (on["width"], on["height"]) == (off["width"], off["height"]) == (2560, 1920)
         assert len(on["detections"]) == len(off["detections"])
         for d in off["detections"]:

@@ -37,12 +37,24 @@ from client.emulator import (
     EmulatorInfo,
     validate,
 )
-from client.emulator.config import CONTAINER_ENV
 from client.emulator.resources import ApiError, Store
-from conftest import ROOT, pid_alive
+from conftest import PATIENCE_S, ROOT, pid_alive, wait_until
 from helpers import encode, scenes
 
 CHILD = str(Path(__file__).with_name("emulator_child.py"))
+# What Vertex sets in a custom container (the "Environment variables" of its custom-container
+# requirements page), written out here rather than read from the emulator it checks.
+VERTEX_CONTAINER_ENV = {
+    "AIP_HTTP_PORT",
+    "AIP_HEALTH_ROUTE",
+    "AIP_DEPLOYED_MODEL_ID",
+    "AIP_ENDPOINT_ID",
+    "AIP_PROJECT_NUMBER",
+    "AIP_STORAGE_URI",
+    "AIP_MODE",
+    "AIP_FRAMEWORK",
+    "AIP_MACHINE_TYPE",
+}
 
 
 def sdk_endpoint(info: EmulatorInfo) -> aiplatform.Endpoint:
@@ -313,7 +325,7 @@ def test_request_is_forwarded_faithfully(toy: EmulatorInfo, toy_http: httpx.Clie
     assert r.headers["x-request-id"] == "req-1" and served_by(r) == b
     # Vertex's container environment, plus the declared env and storage URI.
     env = echo["env"]
-    assert set(CONTAINER_ENV) <= set(env), set(CONTAINER_ENV) - set(env)
+    assert set(env) >= VERTEX_CONTAINER_ENV, VERTEX_CONTAINER_ENV - set(env)
     assert "AIP_PREDICT_ROUTE" not in env  # inherited AIP_* are dropped
     assert env["SERVE_HOST"] == "127.0.0.1"  # not the inherited 0.0.0.0
     assert env["AIP_DEPLOYED_MODEL_ID"] == b
@@ -379,36 +391,31 @@ def test_dot_segments_and_root_never_reach_the_container(toy: EmulatorInfo) -> N
         conn.close()
 
 
-def assert_spread(arrivals: list[float], delay: float) -> None:
-    """Events sent ``delay`` apart arrived spread out: buffered, they would arrive together at
-    the end (a spread near 0). Half the sending span leaves room for a loaded machine."""
-    spread = arrivals[-1] - arrivals[0]
-    assert spread >= 0.5 * delay * (len(arrivals) - 1), f"arrivals spread over {spread:.3f} s"
-
-
-def test_sse_arrives_incrementally(toy: EmulatorInfo, toy_http: httpx.Client) -> None:
-    arrivals, events = [], []
-    url = toy.invoke_url("/sse?n=4&delay=0.4")
-    with toy_http.stream("POST", url) as r:
+def test_sse_arrives_incrementally(
+    toy: EmulatorInfo, toy_http: httpx.Client, tmp_path: Path
+) -> None:
+    """Each event arrives while the server waits for the client to let the next one go (a file
+    the toy server polls): a proxy that buffered would never deliver the first."""
+    gate, events = tmp_path / "gate", []
+    with toy_http.stream("POST", toy.invoke_url(f"/sse?n=4&gate={gate}")) as r:
         assert r.status_code == 200
         assert r.headers["content-type"] == "text/event-stream"
         for line in r.iter_lines():
             if line.startswith("data: "):
-                arrivals.append(time.monotonic())
                 events.append(json.loads(line[6:])["i"])
+                Path(f"{gate}.{events[-1] + 1}").touch()
     assert events == [0, 1, 2, 3]
-    assert_spread(arrivals, 0.4)
 
 
-def test_sse_through_sdk_stream(toy_endpoint: aiplatform.Endpoint) -> None:
-    lines, arrivals = [], []
-    for line in toy_endpoint.invoke("/sse?n=3&delay=0.4", b"", {}, stream=True):
+def test_sse_through_sdk_stream(toy_endpoint: aiplatform.Endpoint, tmp_path: Path) -> None:
+    """The same through the SDK's ``invoke(stream=True)`` line iterator."""
+    gate, lines = tmp_path / "gate", []
+    for line in toy_endpoint.invoke(f"/sse?n=3&gate={gate}", b"", {}, stream=True):
         lines.append(line)
         if line.startswith(b"data: "):
-            arrivals.append(time.monotonic())
+            Path(f"{gate}.{json.loads(line[6:])['i'] + 1}").touch()
     assert lines[:3] == [b"event: tick", lines[1], b""] and lines[1].startswith(b"data: ")
-    assert len(lines) == 9 and len(arrivals) == 3
-    assert_spread(arrivals, 0.4)
+    assert len(lines) == 9 and sum(line.startswith(b"data: ") for line in lines) == 3
 
 
 def test_client_disconnect_closes_upstream(
@@ -423,12 +430,10 @@ def test_client_disconnect_closes_upstream(
             received += line.startswith("data: ")
             if received == 3:
                 break
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if closed(events_file) > before:
-            return
-        time.sleep(0.05)
-    pytest.fail("the server's stream did not see the disconnect: upstream was not closed")
+    wait_until(
+        lambda: closed(events_file) > before,
+        "the server's stream to see the disconnect (upstream closed)",
+    )
 
 
 def closed(events_file: Path, line: str = "closed") -> int:
@@ -448,14 +453,14 @@ def wait_for_closed(events_file: Path, line: str, before: int, timeout: float) -
 def test_client_leaving_before_the_answer_closes_upstream(
     toy: EmulatorInfo, toy_http: httpx.Client
 ) -> None:
-    """The caller hangs up while the server still works on its answer (no headers yet): the
-    server must see the disconnect well before it would have answered (5 s)."""
+    """The caller hangs up while the server still works on its answer (no headers yet, and none
+    for an hour): the server sees the disconnect."""
     b = toy.deployed_models["toy-b"]
     events_file = Path(toy.logs["toy-b"]).parent.parent / "b-events"
     before = closed(events_file, "slow-closed")
     with pytest.raises(httpx.ReadTimeout):
-        toy_http.post(toy.invoke_url("/slow?delay=5", b), timeout=0.5)
-    assert wait_for_closed(events_file, "slow-closed", before, timeout=3), (
+        toy_http.post(toy.invoke_url("/slow?delay=3600", b), timeout=0.5)
+    assert wait_for_closed(events_file, "slow-closed", before, timeout=PATIENCE_S), (
         "the server never saw the caller leave: the upstream request stayed open"
     )
 
@@ -491,16 +496,14 @@ def test_dead_server_gets_503_and_sigterm_leaves_no_orphans(tmp_path: Path) -> N
         os.kill(pids["toy-a"], signal.SIGKILL)
         a = info.deployed_models["toy-a"]
         with httpx.Client(verify=trusting(info), timeout=10) as client:
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + PATIENCE_S
             while (r := client.post(info.invoke_url("/echo", a))).status_code != 503:
                 assert time.monotonic() < deadline, r.text
                 time.sleep(0.1)
             assert "not running" in google_error(r, 503) or "not reachable" in r.text
             assert client.post(info.invoke_url("/echo", info.deployed_models["toy-b"])).is_success
-        deadline = time.monotonic() + 5
-        while "exited with code" not in emu.output() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert "toy-a" in emu.output() and "exited with code" in emu.output()
+        wait_until(lambda: "exited with code" in emu.output(), "the exit to be logged")
+        assert "toy-a" in emu.output()
         info_file = emu.workdir / "info.json"
         assert info_file.exists()
         assert emu.stop(timeout=20) == 0
@@ -520,10 +523,10 @@ def test_sigkilled_emulator_leaves_no_orphans_nor_files(tmp_path: Path) -> None:
         # In the launcher's work dir, not the system's temp dir: removed even after a SIGKILL.
         assert key.is_relative_to(emu.workdir)
         os.kill(info.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while any(pid_alive(p) for p in info.server_pids.values()):
-            assert time.monotonic() < deadline, "servers outlived a SIGKILLed emulator"
-            time.sleep(0.05)
+        wait_until(
+            lambda: not any(pid_alive(p) for p in info.server_pids.values()),
+            "the servers of a SIGKILLed emulator to die with it",
+        )
         assert key.exists()  # the SIGKILLed emulator could not remove it ...
     assert not key.parent.exists()  # ... its launcher did
     assert not emu.workdir.exists()
@@ -539,17 +542,17 @@ def test_inference_timeout_then_sigint(tmp_path: Path) -> None:
         a = info.deployed_models["toy-a"]
         with httpx.Client(verify=trusting(info), timeout=20) as client:
             t0 = time.monotonic()
-            r = client.post(info.invoke_url("/slow?delay=5", a))
+            r = client.post(info.invoke_url("/slow?delay=3600", a))  # it would answer in an hour
             assert "inference timeout (1.5 s)" in google_error(r, 504)
-            assert 1.4 < time.monotonic() - t0 < 4
-            assert wait_for_closed(tmp_path / "a-events", "slow-closed", 0, timeout=3)
+            assert time.monotonic() - t0 >= 1.4
+            assert wait_for_closed(tmp_path / "a-events", "slow-closed", 0, timeout=PATIENCE_S)
             received, t0 = 0, time.monotonic()
             forever = info.invoke_url("/forever?delay=0.1", a)
             with pytest.raises(httpx.RemoteProtocolError), client.stream("POST", forever) as s:
                 assert s.status_code == 200  # a stream cut, not ended
                 for line in s.iter_lines():
                     received += line.startswith("data: ")
-            assert received >= 3 and 1.4 < time.monotonic() - t0 < 5
+            assert received >= 1 and time.monotonic() - t0 >= 1.4  # a stream that never ends
         os.kill(info.pid, signal.SIGINT)
         assert emu.proc is not None and emu.proc.wait(20) == 0, emu.output()
         assert not any(pid_alive(p) for p in info.server_pids.values())

@@ -113,13 +113,59 @@ def test_too_many_images(client):
         ({"iou": "-0.1"}, "iou", ">= 0.0"),
         ({"max_det": "0"}, "max_det", ">= 1"),
         ({"imgsz": "8"}, "imgsz", ">= 32"),
-        ({"format": "gif"}, "format", "jpeg"),
         ({"confidence": "0.5"}, "confidence", "known parameters"),
     ],
 )
 def test_bad_parameter(client, params, field, needle):
     body = assert_problem(png_post(client, params=params), 400, "invalid-parameter", needle)
     assert body["field"] == field
+
+
+def test_bad_format_on_annotate(client):
+    r = png_post(client, "/annotate", params={"format": "gif"})
+    assert assert_problem(r, 400, "invalid-parameter", "jpeg, png")["field"] == "format"
+
+
+# Each route's own parameters beyond /detect's; the others are refused there.
+OWN = {
+    "/detect": {},
+    "/predict": {"confidence": "0.5"},
+    "/segment": {"rle": "true"},
+    "/annotate": {"format": "png"},
+}
+
+
+@pytest.mark.parametrize("route", list(OWN))
+@pytest.mark.parametrize("source", ["query", "form", "json"])
+def test_each_route_takes_exactly_its_own_parameters(client, route, source):
+    """A parameter of another route is a 400 naming it, from the query string, a multipart
+    field or the JSON parameters alike; the route's own ones are accepted from each source."""
+
+    def post(params: dict[str, str]) -> httpx.Response:
+        if source == "query":
+            return png_post(client, route, params=params)
+        if source == "form":
+            return client.post(route, files={"image": ("a.png", PNG, "image/png")}, data=params)
+        body = {"instances": [{"image": b64(PNG)}], "parameters": params}
+        return client.post(route, json=body, headers={"Accept": "application/json"})
+
+    others = {k: v for r, own in OWN.items() if r != route for k, v in own.items()}
+    for name, value in others.items():
+        if name in OWN[route]:
+            continue
+        body = assert_problem(post({name: value}), 400, "invalid-parameter", "known parameters")
+        assert body["field"] == name, (route, source, body)
+    for name in ("track", "vid_stride", "max_frames"):  # /stream's
+        assert assert_problem(post({name: "1"}), 400, "invalid-parameter")["field"] == name
+    assert post({**OWN[route], "conf": "0.3"}).status_code == 200
+
+
+def test_detect_refuses_rle_and_format(client):
+    """The bug this guards against: /detect used to take /segment's rle and /annotate's format."""
+    for query in ("rle=true", "format=png"):
+        r = client.post(f"/detect?{query}", content=PNG, headers={"Content-Type": "image/png"})
+        body = assert_problem(r, 400, "invalid-parameter", "unknown field")
+        assert body["field"] == query.split("=")[0]
 
 
 def test_bad_parameter_in_json_and_form(client):

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
-import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from conftest import BUS_JPG, ROOT, serving, start_server
+from conftest import BUS_JPG, INSTRUMENTED, ROOT, serving, start_server, wait_until
 from helpers import decode
 
 
@@ -18,42 +17,48 @@ from helpers import decode
 def random_server(tmp_path_factory):
     """A randomly initialised yolo11n (from Ultralytics' bundled yolo11n.yaml): no weights at all.
 
-    The test records /health and /detect from the first moment the port answers.
+    Instrumented: its loading is held at the gate (the warm-up predict) until the test has
+    recorded /health and /detect while loading; then the gate opens.
     """
-    srv = start_server(tmp_path_factory.mktemp("random"), {"SERVE_MODELS": "random=yolo11n.yaml"})
-    seen: list[tuple[int, int]] = []  # (health status, detect status) while loading
-    deadline = time.monotonic() + 180
+    srv = start_server(
+        tmp_path_factory.mktemp("random"),
+        {"SERVE_MODELS": "random=yolo11n.yaml", "TEST_GATE_PERMITS": "0"},
+        INSTRUMENTED,
+    )
     try:
-        while time.monotonic() < deadline:
-            try:
-                health = httpx.get(srv.url + "/health", timeout=5)
-            except httpx.TransportError:
-                time.sleep(0.02)
-                continue
-            detect = None
-            if health.status_code == 503:
-                detect = httpx.post(
-                    srv.url + "/detect",
-                    content=b"x",
-                    headers={"Content-Type": "image/png"},
-                    timeout=5,
-                )
-            seen.append((health.status_code, detect))
-            if health.status_code == 200:
-                break
-            time.sleep(0.02)
-        srv.seen = seen
+        srv.gate.wait(waiting=1)  # the warm-up predict is held: the model is still loading
+        wait_until(lambda: answers(srv.url + "/health"), "the port to answer")
+        health = httpx.get(srv.url + "/health", timeout=10)
+        detect = httpx.post(
+            srv.url + "/detect", content=b"x", headers={"Content-Type": "image/png"}, timeout=10
+        )
+        srv.seen = [(health, detect)]
+        srv.gate.open()
+        srv.wait_healthy()
+        srv.seen.append((httpx.get(srv.url + "/health", timeout=10), None))
         yield srv
     finally:
         srv.stop()
 
 
-def test_health_goes_from_503_to_200(random_server):
-    statuses = [h for h, _ in random_server.seen]
-    assert statuses[0] == 503 and statuses[-1] == 200, statuses
-    assert statuses == sorted(statuses, reverse=True), "never back to 503 once healthy"
-    healthy = httpx.get(random_server.url + "/health").json()
-    assert healthy == {"status": "ok", "deployed_model_id": "local", "models": {"random": True}}
+def answers(url: str) -> bool:
+    try:
+        httpx.get(url, timeout=5)
+    except httpx.TransportError:
+        return False
+    return True
+
+
+def test_health_goes_from_503_loading_to_200(random_server):
+    (loading, _), (ready, _) = random_server.seen
+    assert loading.status_code == 503 and loading.json()["status"] == "loading"
+    assert loading.json()["models"] == {"random": False}
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "status": "ok",
+        "deployed_model_id": "local",
+        "models": {"random": True},
+    }
 
 
 def test_requests_while_loading_get_503_problem(random_server):
@@ -87,26 +92,20 @@ def test_big_real_photo_through_random_model(random_server):
 
 
 def test_inference_does_not_block_the_event_loop(random_server):
-    """While a long batch runs in a worker thread, /health still answers at once."""
+    """While a batch is in inference (held at the gate, in its worker thread), /health answers."""
     files = [("image", (f"{i}.jpg", BUS_JPG.read_bytes(), "image/jpeg")) for i in range(8)]
-    done = threading.Event()
-    result = {}
-
-    def long_request():
-        result["r"] = httpx.post(
-            random_server.url + "/detect", files=files, params={"imgsz": 1280}, timeout=300
-        )
-        done.set()
-
-    worker = threading.Thread(target=long_request)
-    worker.start()
-    time.sleep(1.0)  # the batch is decoded and in the model by now
-    assert not done.is_set(), "the batch finished too fast to tell anything"
-    health = httpx.get(random_server.url + "/health", timeout=10)
-    assert health.status_code == 200
-    assert not done.is_set(), "/health waited for the batch"
-    worker.join()
-    assert result["r"].status_code == 200 and len(result["r"].json()["results"]) == 8
+    gate = random_server.gate
+    gate.close()
+    waiting = gate.state()["waiting"]
+    with ThreadPoolExecutor(1) as pool:
+        batch = pool.submit(httpx.post, random_server.url + "/detect", files=files, timeout=300)
+        gate.wait(waiting=waiting + 1)
+        health = httpx.get(random_server.url + "/health", timeout=10)
+        assert health.status_code == 200
+        assert not batch.done(), "/health was answered while the batch was still in inference"
+        gate.open()
+        result = batch.result()
+    assert result.status_code == 200 and len(result.json()["results"]) == 8
 
 
 @pytest.mark.parametrize(

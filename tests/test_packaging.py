@@ -319,7 +319,7 @@ def test_wheel_holds_what_the_image_needs_and_keeps_the_sdk_out_of_the_server(tm
     weights = [
         "app/demo/weights/" + n for n in ("shapes-detect.pt", "shapes-segment.pt", "MODEL_CARD.md")
     ]
-    assert "app/routes/inference.py" in sources and "client/schema.py" in sources
+    assert "app/routes/images.py" in sources and "client/schema.py" in sources
     assert [n for n in sources + weights if n not in names] == []
     assert not any(n.startswith("tests/") for n in names)
 

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from app.demo.shapes import draw_scene  # noqa: E402
-from client.bench import percentile  # noqa: E402
+from client.stats import percentile  # noqa: E402
 from servers import serving  # noqa: E402
 
 

@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from app.demo.shapes import draw_scene  # noqa: E402
-from app.inference import image_result, restore_size  # noqa: E402
-from app.media import open_image, to_bgr  # noqa: E402
+from app.images import open_image, to_bgr  # noqa: E402
 from app.offline import configure_ultralytics  # noqa: E402
+from app.results import image_result, restore_size  # noqa: E402
 from helpers import box_iou, det_box, mask_iou, match, polygons_mask  # noqa: E402
 
 DEMO = ROOT / "app/demo/weights"

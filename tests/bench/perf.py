@@ -46,9 +46,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from app.demo.shapes import draw_scene, moving_shape_frames, write_video  # noqa: E402
 from app.offline import configure_ultralytics  # noqa: E402
-from client.bench import Level, Reply, percentile, run_level  # noqa: E402
-from client.schema import CommonParameters, StreamFrame  # noqa: E402
+from client.bench import Level, Reply, run_level  # noqa: E402
+from client.schema import DetectParameters, StreamFrame  # noqa: E402
 from client.sse import StreamDecoder, iter_lines  # noqa: E402
+from client.stats import percentile  # noqa: E402
 from servers import start_server  # noqa: E402
 
 DEMO_MODEL = ROOT / "app/demo/weights/shapes-detect.pt"
@@ -217,7 +218,7 @@ def local_phase(args: Any, inputs: dict[str, Any]) -> dict[str, Any]:
     from app.offline import disable_sync
 
     disable_sync()
-    p = CommonParameters()
+    p = DetectParameters()
     model = YOLO(args.model)
     kwargs = dict(
         conf=p.conf, iou=p.iou, max_det=p.max_det, imgsz=args.imgsz, device=args.device,

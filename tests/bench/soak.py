@@ -9,9 +9,15 @@ Checks (exit status 1 when one fails):
   a stream must end with its ``end`` event; a connection error is a failure;
 * resident memory of the server after the load within ``--max-growth`` % (5) of its size after
   the warm-up;
-* after the disconnects: ``yolo_streams_active`` back to 0 and ``yolo_stream_frames_total``
-  no longer growing (the dropped streams' inference stopped), the server's thread count back
-  to its level after the warm-up, and its ``SERVE_TMP_DIR`` empty.
+* after the disconnects: ``yolo_streams_active`` back to 0 (a stream stops counting once its
+  source is closed, FFmpeg's decoder threads with it) and ``yolo_stream_frames_total`` no longer
+  growing (the dropped streams' inference stopped), and its ``SERVE_TMP_DIR`` empty;
+* threads: every Python thread of the server in a pool of bounded size (``yolo_threads``):
+  inference (one per model instance: exactly that many), workers (anyio's pool, at most its
+  40) and the main thread, none unaccounted for. So no stream owns a thread that could outlive
+  it, and a pool growing to its size is not a leak. The process's other (native) threads, the
+  libraries' own (PyTorch's OpenMP teams, one per thread that runs torch ops; FFmpeg's, per open
+  video), are printed beside them.
 
 It starts its own ``python -m app`` (``SERVE_METRICS=true``, a temp dir of its own) unless given
 ``--url`` (then ``--pid`` and ``--tmp-dir`` enable the memory, thread and temp-dir checks)::
@@ -40,13 +46,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from app.demo.shapes import moving_shape_frames, write_video  # noqa: E402
-from client.bench import percentile  # noqa: E402
+from client.stats import percentile  # noqa: E402
 from helpers import encode, scenes  # noqa: E402
 from servers import serving  # noqa: E402
 
 ROUTES = ("/detect", "/segment", "/annotate", "/stream")
 MiB = 1024 * 1024
-IDLE_THREAD_SECONDS = 11.0  # anyio ends a worker thread idle for 10 s
+WORKER_THREADS = 40  # anyio's default thread limiter: its pool never holds more
 
 
 @dataclass
@@ -194,13 +200,23 @@ def metric_sum(url: str, name: str) -> float:
     )
 
 
-def settled_threads(url: str, proc: psutil.Process, inputs: Inputs) -> int:
-    """The server's thread count (native threads included: torch, FFmpeg) once idle worker
-    threads are retired: anyio ends those idle for 10 s when it next starts work."""
-    time.sleep(IDLE_THREAD_SECONDS)
-    for image in inputs.images[:2]:
-        httpx.post(url + "/detect", content=image, headers={"Content-Type": "image/png"})
-    return proc.num_threads()
+def thread_pools(url: str) -> dict[str, int]:
+    """The server's Python threads by pool (``yolo_threads``)."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    found = re.findall(r'^yolo_threads\{pool="(\w+)"\} (\S+)$', text, re.M)
+    return {pool: int(float(n)) for pool, n in found}
+
+
+def thread_problems(pools: dict[str, int], instances: int) -> list[str]:
+    """What is wrong with the server's threads: a pool over its size, or threads of no pool."""
+    problems = []
+    if pools.get("other", 0):
+        problems.append(f"{pools['other']} Python thread(s) of no known pool")
+    if pools.get("inference", 0) != instances:
+        problems.append(f"{pools.get('inference', 0)} inference threads, not {instances}")
+    if pools.get("worker", 0) > WORKER_THREADS:
+        problems.append(f"{pools['worker']} worker threads, over {WORKER_THREADS}")
+    return problems
 
 
 def wait_for(check, timeout: float, step: float = 0.5) -> bool:
@@ -222,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="an already running server (started with SERVE_METRICS)")
     parser.add_argument("--pid", type=int, help="with --url: its process id (memory, threads)")
     parser.add_argument("--tmp-dir", type=Path, help="with --url: its SERVE_TMP_DIR")
+    parser.add_argument(
+        "--instances", type=int, default=2, help="with --url: its models x SERVE_WORKERS (2)"
+    )
     args = parser.parse_args(argv)
     warmup = args.warmup if args.warmup is not None else min(10.0, args.duration / 4)
 
@@ -247,7 +266,7 @@ def soak(args, warmup: float, inputs: Inputs, url: str, pid, tmp_dir) -> int:
 
     asyncio.run(load(url, inputs, args.concurrency, warmup, tally))
     rss0 = proc.memory_info().rss if proc else None
-    threads0 = settled_threads(url, proc, inputs) if proc else None
+    threads0 = proc.num_threads() if proc else None
     frames_before = metric_sum(url, "yolo_stream_frames_total")
 
     started = time.monotonic()
@@ -305,11 +324,10 @@ def soak(args, warmup: float, inputs: Inputs, url: str, pid, tmp_dir) -> int:
         problems.append("streams still active after the disconnects")
     if frames_b != frames_a:
         problems.append("dropped streams are still being inferred")
-    if proc:
-        threads1 = settled_threads(url, proc, inputs)
-        print(f"  threads (idle workers retired): {threads0} after warm-up, {threads1} now")
-        if threads1 > threads0:
-            problems.append(f"threads: {threads1} > {threads0}")
+    pools = thread_pools(url)
+    native = f"; all threads {threads0} after warm-up, {proc.num_threads()} now" if proc else ""
+    print(f"  python threads by pool: {pools}{native}")
+    problems += thread_problems(pools, args.instances)
     if tmp_dir is not None:
         left = sorted(p.name for p in Path(tmp_dir).iterdir())
         print(f"  temp dir: {len(left)} entries{': ' + ', '.join(left[:5]) if left else ''}")
