@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ class Settings:
     health_route: str = "/health"
     storage_uri: str | None = None
     deployed_model_id: str = "local"
+    replica_id: str = "local"  # this process: host name and pid (from_env); on Vertex, the pod
     models: tuple[ModelSpec, ...] = field(default_factory=tuple)
     default_model: str | None = None
     max_body_bytes: int = 10 * MB
@@ -115,7 +117,8 @@ class Settings:
             return default
 
         health = get("AIP_HEALTH_ROUTE") or "/health"
-        if not re.fullmatch(r"/[A-Za-z0-9._~/-]*", health) or health == "/":
+        # Vertex's default is /v1/endpoints/ENDPOINT/deployedModels/DEPLOYED_MODEL:predict
+        if not re.fullmatch(r"/[A-Za-z0-9._~/:@-]*", health) or health == "/" or "//" in health:
             errors.append(f"AIP_HEALTH_ROUTE={health!r} must be a path such as /health")
 
         storage = get("AIP_STORAGE_URI")
@@ -154,6 +157,7 @@ class Settings:
             health_route=health,
             storage_uri=storage,
             deployed_model_id=get("AIP_DEPLOYED_MODEL_ID") or "local",
+            replica_id=f"{socket.gethostname()}-{os.getpid()}",
             models=models,
             default_model=default or (names[0] if names else None),
             max_body_bytes=integer("SERVE_MAX_BODY_BYTES", 10 * MB, 1024, 1024 * MB),

@@ -96,7 +96,7 @@ def create_app(
         lifespan=[load_models],
         state=State({"registry": registry, "settings": settings, "shutdown": shutdown}),
         exception_handlers={Exception: handle_exception},
-        before_send=[identify(settings.deployed_model_id)],
+        before_send=[identify(settings.deployed_model_id, settings.replica_id)],
         middleware=middleware,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=openapi,

@@ -1,5 +1,5 @@
-"""Headers on every response (the request id, echoed or generated, and the deployed model id),
-and one log line per request."""
+"""Headers on every response (the request id, echoed or generated, the deployed model id and
+the replica's), and one log line per request."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from client.schema import parse_server_timing
 
 REQUEST_ID_HEADER = "X-Request-Id"
 DEPLOYED_MODEL_HEADER = "X-Deployed-Model-Id"
+REPLICA_HEADER = "X-Replica-Id"
 _VALID_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 access_log = logging.getLogger("app.access")
 
@@ -38,10 +39,11 @@ def request_id(scope: Any) -> str:
     return rid
 
 
-def identify(deployed_model_id: str) -> Callable[[Any, Any], Awaitable[None]]:
+def identify(deployed_model_id: str, replica: str) -> Callable[[Any, Any], Awaitable[None]]:
     """A Litestar ``before_send`` hook: runs for every response, unknown routes and errors included.
 
-    Vertex does not say which deployed model answered an ``/invoke`` call, so the server does.
+    Vertex does not say which deployed model (nor which of its replicas) answered an ``/invoke``
+    call, so the server does.
     """
 
     async def before_send(message: Any, scope: Any) -> None:
@@ -49,6 +51,7 @@ def identify(deployed_model_id: str) -> Callable[[Any, Any], Awaitable[None]]:
             headers = MutableScopeHeaders.from_message(message)
             headers[REQUEST_ID_HEADER] = request_id(scope)
             headers[DEPLOYED_MODEL_HEADER] = deployed_model_id
+            headers[REPLICA_HEADER] = replica
 
     return before_send
 

@@ -292,4 +292,5 @@ class Registry:
             models=[m.info(m.name == self.default_name) for m in self.models.values()],
             default_model=self.default_name,
             deployed_model_id=self.settings.deployed_model_id,
+            replica_id=self.settings.replica_id,
         )

@@ -115,6 +115,7 @@ class StreamSession:
                 model=self.model.name,
                 version=self.model.version,
                 deployed_model_id=self.settings.deployed_model_id,
+                replica_id=self.settings.replica_id,
                 task=self.model.task,
                 source=src.kind,
                 fps=src.fps,

@@ -66,6 +66,7 @@ class InferenceResponse(Struct, frozen=True, kw_only=True):
     deployed_model_id: str
     task: str
     results: list[ImageResult]
+    replica_id: str | None = None  # the replica that answered (also the X-Replica-Id header)
 
 
 class AnnotatedImage(Struct, frozen=True, kw_only=True):
@@ -85,6 +86,7 @@ class AnnotateResponse(Struct, frozen=True, kw_only=True):
     version: str
     deployed_model_id: str
     results: list[AnnotatedImage]
+    replica_id: str | None = None
 
 
 class ModelInfo(Struct, frozen=True, kw_only=True):
@@ -106,6 +108,7 @@ class ModelList(Struct, frozen=True, kw_only=True):
     models: list[ModelInfo]
     default_model: str | None
     deployed_model_id: str
+    replica_id: str | None = None
 
 
 class Health(Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -114,6 +117,7 @@ class Health(Struct, frozen=True, kw_only=True, omit_defaults=True):
 
     status: Literal["ok", "loading", "failed", "shutting-down"]
     deployed_model_id: str
+    replica_id: str  # which replica of the deployed model answered: host name and process id
     models: dict[str, bool]
     detail: str | None = None
 
@@ -229,6 +233,7 @@ class StreamStart(Struct, frozen=True, kw_only=True):
     width: int
     height: int
     track: Tracker
+    replica_id: str | None = None  # the replica running the stream (an SDK stream hides headers)
 
 
 class StreamFrame(Struct, frozen=True, kw_only=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +58,7 @@ def test_health_goes_from_503_loading_to_200(random_server):
     assert ready.json() == {
         "status": "ok",
         "deployed_model_id": "local",
+        "replica_id": f"{socket.gethostname()}-{random_server.proc.pid}",
         "models": {"random": True},
     }
 

@@ -116,13 +116,13 @@ def run_image_command(cmd: list[str] | str, env: dict[str, str]) -> subprocess.C
 
 def test_dockerfile_command_serves_and_its_healthcheck_follows_the_vertex_variables(tmp_path):
     """Runs the Dockerfile's exact CMD and HEALTHCHECK (with its ENV) here, where `python` is
-    this venv's, with the health route Vertex sets for a custom container."""
+    this venv's, with the health route Vertex sets for a model uploaded without one."""
     image = Dockerfile.parse()
     assert image.cmd == ["python", "-m", "app"]
     assert image.healthcheck == ["python", "-m", "app", "--healthcheck"]
     assert image.args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
     assert image.env["SERVE_MODELS"] == ""  # ARG default: the demo models or AIP_STORAGE_URI
-    route = "/v1/endpoints/123/deployedModels/456"
+    route = "/v1/endpoints/1/deployedModels/2:predict"  # Vertex's default, ':' and all
     env = image.run_env(tmp_path, AIP_HEALTH_ROUTE=route)
     with serving(tmp_path, env, image.cmd, health=route) as srv:
         r = httpx.get(srv.url + "/models")

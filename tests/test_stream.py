@@ -81,7 +81,7 @@ def centre(d: dict) -> tuple[float, float]:
     return (x1 + x2) / 2, (y1 + y2) / 2
 
 
-def test_video_with_tracking_follows_the_shape(http, mp4):
+def test_video_with_tracking_follows_the_shape(http, mp4, stream_server):
     events = stream(
         http, content=mp4, params={"track": "bytetrack"}, headers={"Content-Type": "video/mp4"}
     )
@@ -92,6 +92,7 @@ def test_video_with_tracking_follows_the_shape(http, mp4):
         "model": "shapes-detect",
         "version": start["version"],
         "deployed_model_id": "dm-stream",
+        "replica_id": f"{socket.gethostname()}-{stream_server[0].proc.pid}",
         "task": "detect",
         "source": "video",
         "fps": 10.0,

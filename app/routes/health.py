@@ -36,6 +36,7 @@ def health_handler(path: str) -> HTTPRouteHandler:
         body = Health(
             status=status,  # type: ignore[arg-type]
             deployed_model_id=settings.deployed_model_id,
+            replica_id=settings.replica_id,
             models={name: name in registry.models for name in registry.expected()},
             detail=registry.error,
         )

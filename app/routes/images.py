@@ -55,6 +55,7 @@ async def _results(
             deployed_model_id=settings.deployed_model_id,
             task=inferred.model.task,
             results=[image_result(r, with_masks, rle) for r in inferred.results],
+            replica_id=settings.replica_id,
         )
     )
     return Response(body, headers=inferred.headers())
@@ -157,6 +158,7 @@ class ImagesController(Controller):
                     version=inferred.model.version,
                     deployed_model_id=settings.deployed_model_id,
                     results=results,
+                    replica_id=settings.replica_id,
                 )
 
             body = await inferred.encode(encode_json)
