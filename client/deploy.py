@@ -27,6 +27,7 @@ import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -42,8 +43,9 @@ INVOKE_ROUTE_PREFIX = "/*"  # every path of the container under /invoke (the onl
 
 @dataclass(frozen=True)
 class Ref:
-    """A value that is the result of an earlier call (or one the run supplies), by name; printed
-    as ``shown`` (default: the name)."""
+    """A value that is the result of an earlier call (or one the run supplies), by name, dotted
+    for an attribute of it (``endpoint.resource_name``); printed as ``shown`` (default: the
+    name)."""
 
     name: str
     shown: str | None = None
@@ -52,12 +54,13 @@ class Ref:
         return self.shown or self.name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class SdkCall:
     """One SDK call, as ``--dry-run`` prints it: ``result = func(*args, **kwargs)``.
 
     ``func`` is dotted: ``aiplatform.Model.upload``, or ``endpoint.deploy`` on an earlier
-    call's result; arguments may be :class:`Ref` to earlier results.
+    call's result; arguments may be :class:`Ref` to earlier results, or calls themselves (a
+    request message built in place: ``aiplatform.gapic.MachineSpec(...)``), in lists too.
     """
 
     func: str
@@ -65,30 +68,48 @@ class SdkCall:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     result: str | None = None
 
-    def __str__(self) -> str:
+    def __repr__(self) -> str:
         params = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
-        call = f"{self.func}({', '.join(params)})"
-        return f"{self.result} = {call}" if self.result else call
+        return f"{self.func}({', '.join(params)})"
+
+    def __str__(self) -> str:
+        return f"{self.result} = {self!r}" if self.result else repr(self)
 
 
 def execute(calls: Sequence[SdkCall], names: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Make the calls, in order, with ``google.cloud.aiplatform`` as ``aiplatform``; return every
-    named value (``names`` and the calls' results)."""
+    """Make the calls, in order, with ``google.cloud.aiplatform`` as ``aiplatform`` (and
+    :func:`allocate_traffic`); return every named value (``names`` and the calls' results)."""
     from google.cloud import aiplatform
 
-    scope: dict[str, Any] = {"aiplatform": aiplatform, **(names or {})}
+    scope: dict[str, Any] = {
+        "aiplatform": aiplatform,
+        "allocate_traffic": allocate_traffic,
+        **(names or {}),
+    }
+
+    def lookup(dotted: str) -> Any:
+        first, *path = dotted.split(".")
+        found = scope[first]
+        for attribute in path:
+            found = getattr(found, attribute)
+        return found
 
     def value(v: Any) -> Any:
-        return scope[v.name] if isinstance(v, Ref) else v
+        if isinstance(v, Ref):
+            return lookup(v.name)
+        if isinstance(v, SdkCall):
+            return call(v)
+        if isinstance(v, list):
+            return [value(item) for item in v]
+        return v
 
-    for call in calls:
-        first, *path = call.func.split(".")
-        target = scope[first]
-        for attribute in path:
-            target = getattr(target, attribute)
-        result = target(*map(value, call.args), **{k: value(v) for k, v in call.kwargs.items()})
-        if call.result:
-            scope[call.result] = result
+    def call(c: SdkCall) -> Any:
+        return lookup(c.func)(*map(value, c.args), **{k: value(v) for k, v in c.kwargs.items()})
+
+    for c in calls:
+        result = call(c)
+        if c.result:
+            scope[c.result] = result
     return scope
 
 
@@ -102,6 +123,43 @@ class UploadedModel(msgspec.Struct, frozen=True, kw_only=True):
     display_name: str
 
 
+#: the autoscaling targets a deploy can set, by option name, as Vertex names their metrics
+AUTOSCALING_METRICS = {
+    "cpu_utilization": "aiplatform.googleapis.com/prediction/online/cpu/utilization",
+    "accelerator_duty_cycle": "aiplatform.googleapis.com/prediction/online/accelerator/duty_cycle",
+    "request_count_per_minute": "aiplatform.googleapis.com/prediction/online/request_count",
+}
+
+
+class Replica(msgspec.Struct, frozen=True, kw_only=True):
+    """One replica of a deployed model, as the emulator's info file lists it (Vertex does not
+    show its replicas' pods)."""
+
+    id: str
+    pid: int | None
+    port: int
+    state: str
+    restarts: int
+
+
+class ScaleEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """A change of a deployed model's replica count (the emulator's info file)."""
+
+    time: str
+    deployed_model_id: str
+    name: str
+    replicas_from: int
+    replicas_to: int
+    reason: str
+
+
+class _FleetFile(msgspec.Struct):
+    """The fields of an emulator's info file read for the replicas (others are ignored)."""
+
+    replicas: dict[str, list[Replica]] = {}  # deployed model id -> its replicas
+    scale_events: list[ScaleEvent] = []
+
+
 class DeployedModelStatus(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     display_name: str
@@ -112,6 +170,12 @@ class DeployedModelStatus(msgspec.Struct, frozen=True, kw_only=True):
     accelerator_count: int | None = None
     min_replica_count: int | None = None
     max_replica_count: int | None = None
+    available_replica_count: int | None = None  # replicas serving now
+    autoscaling: dict[str, int] = {}  # AUTOSCALING_METRICS name -> target
+    spot: bool = False
+    enable_access_logging: bool = False
+    disable_container_logging: bool = False
+    replicas: list[Replica] | None = None  # with an emulator's info file only
 
 
 class EndpointStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -125,6 +189,7 @@ class EndpointStatus(msgspec.Struct, frozen=True, kw_only=True):
     inference_timeout_s: float | None
     traffic_split: dict[str, int]
     deployed_models: list[DeployedModelStatus]
+    scale_events: list[ScaleEvent] | None = None  # with an emulator's info file only
 
 
 class Deployment(msgspec.Struct, frozen=True, kw_only=True):
@@ -132,15 +197,27 @@ class Deployment(msgspec.Struct, frozen=True, kw_only=True):
     endpoint: EndpointStatus
 
 
+class PendingDeployment(msgspec.Struct, frozen=True, kw_only=True):
+    """A deploy sent without waiting (``--no-wait``): its long-running operation."""
+
+    operation: str
+    endpoint: str
+
+
 def status(endpoint: Any) -> EndpointStatus:
     """An ``aiplatform.Endpoint`` (as last read) as an :class:`EndpointStatus`."""
     resource = endpoint.gca_resource
     split = {k: int(v) for k, v in resource.traffic_split.items()}
+    metric_names = {metric: name for name, metric in AUTOSCALING_METRICS.items()}
     models = []
     for d in resource.deployed_models:
         resources = d.dedicated_resources
         spec = resources.machine_spec
         accelerator = spec.accelerator_type.name if spec.accelerator_type else None
+        targets = {
+            metric_names.get(m.metric_name, m.metric_name): m.target
+            for m in resources.autoscaling_metric_specs
+        }
         models.append(
             DeployedModelStatus(
                 id=d.id,
@@ -152,6 +229,11 @@ def status(endpoint: Any) -> EndpointStatus:
                 accelerator_count=spec.accelerator_count or None,
                 min_replica_count=resources.min_replica_count or None,
                 max_replica_count=resources.max_replica_count or None,
+                available_replica_count=d.status.available_replica_count if d.status else None,
+                autoscaling=targets,
+                spot=resources.spot,
+                enable_access_logging=d.enable_access_logging,
+                disable_container_logging=d.disable_container_logging,
             )
         )
     timeout = resource.client_connection_config.inference_timeout
@@ -167,8 +249,27 @@ def status(endpoint: Any) -> EndpointStatus:
     )
 
 
+def with_replicas(endpoint: EndpointStatus, info_file: str) -> EndpointStatus:
+    """``endpoint`` with its deployed models' replicas and scale events from a running
+    emulator's info file."""
+    try:
+        fleet = msgspec.json.decode(Path(info_file).read_bytes(), type=_FleetFile)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise errors.ParameterError(f"cannot read {info_file}: {exc}") from None
+    ids = {d.id for d in endpoint.deployed_models}
+    return msgspec.structs.replace(
+        endpoint,
+        deployed_models=[
+            msgspec.structs.replace(d, replicas=fleet.replicas.get(d.id, []))
+            for d in endpoint.deployed_models
+        ],
+        scale_events=[e for e in fleet.scale_events if e.deployed_model_id in ids],
+    )
+
+
 def status_lines(endpoint: EndpointStatus) -> list[str]:
-    """The endpoint, one line per field, then one per deployed model."""
+    """The endpoint, one line per field, then each deployed model (and, from an emulator, its
+    replicas and the scale events)."""
     timeout = f"{endpoint.inference_timeout_s:g} s" if endpoint.inference_timeout_s else "default"
     lines = [
         f"endpoint {endpoint.resource_name}",
@@ -182,10 +283,28 @@ def status_lines(endpoint: EndpointStatus) -> list[str]:
         machine = d.machine_type or "?"
         if d.accelerator_type:
             machine += f" + {d.accelerator_count or 1} x {d.accelerator_type}"
+        if d.spot:
+            machine += ", spot"
+        available = "" if d.available_replica_count is None else f", {d.available_replica_count} up"
         lines.append(
             f"    {d.id}  {d.traffic_percentage:3d}%  {d.display_name}  ({d.model}; {machine}, "
-            f"replicas {d.min_replica_count}-{d.max_replica_count})"
+            f"replicas {d.min_replica_count}-{d.max_replica_count}{available})"
         )
+        if d.autoscaling:
+            targets = ", ".join(f"{k} {v}" for k, v in d.autoscaling.items())
+            lines.append(f"      autoscaling on {targets}")
+        for r in d.replicas or []:
+            lines.append(
+                f"      replica {r.id}  {r.state:8s}  pid {r.pid or '-'}  port {r.port}  "
+                f"restarts {r.restarts}"
+            )
+    if endpoint.scale_events:
+        lines.append("  scale events")
+        for e in endpoint.scale_events:
+            lines.append(
+                f"    {e.time}  {e.name} ({e.deployed_model_id})  {e.replicas_from} -> "
+                f"{e.replicas_to}  {e.reason}"
+            )
     return lines
 
 
@@ -224,7 +343,7 @@ class Option:
     """One option of an action (the command line gives it as ``--name``, or positionally).
 
     ``kind`` converts the text; ``many`` collects repeats into a list (or, positional, takes
-    one or more values).
+    one or more values); ``flag`` is a switch (False unless given).
     """
 
     name: str
@@ -235,6 +354,7 @@ class Option:
     many: bool = False
     positional: bool = False
     metavar: str | None = None
+    flag: bool = False
 
 
 @dataclass(frozen=True)
@@ -325,43 +445,186 @@ def create_endpoint_calls(
     return [SdkCall("aiplatform.Endpoint.create", kwargs=kwargs, result="endpoint")]
 
 
-def deploy_calls(
-    endpoint: str,
-    model: str,
-    *,
-    display_name: str | None = None,
-    traffic_percentage: int | None = None,
-    machine_type: str = DEFAULT_MACHINE_TYPE,
-    accelerator_type: str | None = None,
-    accelerator_count: int | None = None,
-    min_replica_count: int = 1,
-    max_replica_count: int = 1,
-) -> list[SdkCall]:
-    kwargs: dict[str, Any] = {"model": Ref("model")}
-    optional = {
-        "deployed_model_display_name": display_name,
-        "traffic_percentage": traffic_percentage,
-        "machine_type": machine_type,
-        "accelerator_type": accelerator_type,
-        "accelerator_count": accelerator_count,
-        "min_replica_count": min_replica_count,
-        "max_replica_count": max_replica_count,
-    }
-    kwargs |= {k: v for k, v in optional.items() if v is not None}
-    return [
+@dataclass(frozen=True)
+class DeploySpec:
+    """``endpoint.deploy``'s options: the machine, the replicas and how they scale, logging.
+
+    ``min_replica_count`` replicas serve from the start; Vertex adds up to ``max_replica_count``
+    when a target is passed (CPU or accelerator duty cycle in percent, requests per minute per
+    replica; with none, Vertex scales on CPU at 60 %). ``accelerator_duty_cycle`` needs an
+    accelerator. ``spot``: preemptible VMs. ``deploy_request_timeout``: seconds for the deploy
+    request itself (not for the deployment). ``wait=False`` sends the deploy and returns its
+    operation (``deploy status`` shows the deployed model once its replicas are healthy).
+    """
+
+    display_name: str | None = None
+    traffic_percentage: int | None = None
+    machine_type: str = DEFAULT_MACHINE_TYPE
+    accelerator_type: str | None = None
+    accelerator_count: int | None = None
+    min_replica_count: int = 1
+    max_replica_count: int = 1
+    cpu_utilization: int | None = None
+    accelerator_duty_cycle: int | None = None
+    request_count_per_minute: int | None = None
+    spot: bool = False
+    deploy_request_timeout: float | None = None
+    enable_access_logging: bool = False
+    disable_container_logging: bool = False
+    wait: bool = True
+
+    def check(self) -> None:
+        """Refuse what Vertex would refuse (or the SDK silently drop), before any call."""
+        if self.min_replica_count < 1:
+            raise errors.ParameterError(f"min replicas {self.min_replica_count}: at least 1")
+        if self.max_replica_count < self.min_replica_count:
+            raise errors.ParameterError(
+                f"max replicas {self.max_replica_count} is below min replicas "
+                f"{self.min_replica_count}"
+            )
+        for name in ("cpu_utilization", "accelerator_duty_cycle"):
+            value = getattr(self, name)
+            if value is not None and not 1 <= value <= 100:
+                raise errors.ParameterError(f"{name} target {value}: a percent in 1..100")
+        if self.request_count_per_minute is not None and self.request_count_per_minute < 1:
+            raise errors.ParameterError("the request count per minute target must be >= 1")
+        if self.accelerator_duty_cycle is not None and not self.accelerator_type:
+            raise errors.ParameterError(
+                "an accelerator duty cycle target needs an accelerator (--accelerator-type)"
+            )
+        if self.traffic_percentage is not None and not 0 <= self.traffic_percentage <= 100:
+            raise errors.ParameterError(f"traffic percentage {self.traffic_percentage}: 0..100")
+
+    def targets(self) -> dict[str, int]:
+        return {
+            name: target
+            for name in AUTOSCALING_METRICS
+            if (target := getattr(self, name)) is not None
+        }
+
+
+def allocate_traffic(split: Mapping[str, int], percent: int | None) -> dict[str, int]:
+    """The split of a deploy that gives the new model (``"0"``) ``percent`` and scales the
+    others down, as ``Endpoint.deploy`` computes it (the first model on an endpoint takes 100)."""
+    if not split:
+        if percent not in (None, 0, 100):
+            raise errors.ParameterError(
+                f"the endpoint has no deployed model: the first takes 100% of the traffic, not "
+                f"{percent}%"
+            )
+        return {"0": 100}
+    percent = percent or 0
+    rest = 100 - percent
+    new = {k: int(v / 100 * rest) for k, v in split.items()}
+    left = rest - sum(new.values())
+    for key in list(new)[:left]:
+        new[key] += 1
+    return {**new, "0": percent}
+
+
+def deploy_calls(endpoint: str, model: str, spec: DeploySpec = DeploySpec()) -> list[SdkCall]:
+    """``endpoint.deploy`` with ``spec``; with ``spec.wait`` off, the same request through the
+    SDK's API client (``deploy_model``), which returns the operation instead of waiting."""
+    spec.check()
+    reads = [
         SdkCall("aiplatform.Endpoint", (endpoint,), result="endpoint"),
         SdkCall("aiplatform.Model", (model,), result="model"),
+    ]
+    if not spec.wait:
+        return reads + _deploy_request_calls(spec)
+    kwargs: dict[str, Any] = {"model": Ref("model")}
+    optional = {
+        "deployed_model_display_name": spec.display_name,
+        "traffic_percentage": spec.traffic_percentage,
+        "machine_type": spec.machine_type,
+        "accelerator_type": spec.accelerator_type,
+        "accelerator_count": spec.accelerator_count,
+        "min_replica_count": spec.min_replica_count,
+        "max_replica_count": spec.max_replica_count,
+        **{f"autoscaling_target_{name}": target for name, target in spec.targets().items()},
+        "spot": spec.spot or None,
+        "deploy_request_timeout": spec.deploy_request_timeout,
+        "enable_access_logging": spec.enable_access_logging or None,
+        "disable_container_logging": spec.disable_container_logging or None,
+    }
+    kwargs |= {k: v for k, v in optional.items() if v is not None}
+    return reads + [
         SdkCall("endpoint.list_models", result="before"),
         SdkCall("endpoint.deploy", kwargs=kwargs),
     ]
 
 
-def _deployment(scope: Mapping[str, Any]) -> Deployment:
-    """The endpoint after the deploy (the SDK re-reads it), and the deployed model it gained."""
+def _deploy_request_calls(spec: DeploySpec) -> list[SdkCall]:
+    """The DeployModel request ``endpoint.deploy`` makes for ``spec`` (its own fields, as the SDK
+    fills them), sent through the endpoint's API client without waiting for the operation."""
+    machine: dict[str, Any] = {"machine_type": spec.machine_type}
+    if spec.accelerator_type:
+        machine |= {
+            "accelerator_type": spec.accelerator_type,
+            "accelerator_count": spec.accelerator_count or 1,
+        }
+    resources: dict[str, Any] = {
+        "machine_spec": SdkCall("aiplatform.gapic.MachineSpec", kwargs=machine),
+        "min_replica_count": spec.min_replica_count,
+        "max_replica_count": spec.max_replica_count,
+    }
+    if spec.targets():
+        resources["autoscaling_metric_specs"] = [
+            SdkCall(
+                "aiplatform.gapic.AutoscalingMetricSpec",
+                kwargs={"metric_name": AUTOSCALING_METRICS[name], "target": target},
+            )
+            for name, target in spec.targets().items()
+        ]
+    if spec.spot:
+        resources["spot"] = True
+    deployed: dict[str, Any] = {
+        "model": Ref("model.versioned_resource_name"),
+        "dedicated_resources": SdkCall("aiplatform.gapic.DedicatedResources", kwargs=resources),
+    }
+    optional = {
+        "display_name": spec.display_name,
+        "enable_access_logging": spec.enable_access_logging or None,
+        "disable_container_logging": spec.disable_container_logging or None,
+    }
+    deployed |= {k: v for k, v in optional.items() if v is not None}
+    request: dict[str, Any] = {
+        "endpoint": Ref("endpoint.resource_name"),
+        "deployed_model": SdkCall("aiplatform.gapic.DeployedModel", kwargs=deployed),
+        "traffic_split": Ref("split"),
+    }
+    if spec.deploy_request_timeout is not None:
+        request["timeout"] = spec.deploy_request_timeout
+    return [
+        SdkCall(
+            "allocate_traffic",
+            (Ref("endpoint.traffic_split"), spec.traffic_percentage),
+            result="split",
+        ),
+        SdkCall("endpoint.api_client.deploy_model", kwargs=request, result="operation"),
+    ]
+
+
+def _deployment(scope: Mapping[str, Any]) -> Deployment | PendingDeployment:
+    """The endpoint after the deploy (the SDK re-reads it) and the deployed model it gained; or,
+    not waiting, the deploy's operation."""
+    if "operation" in scope:
+        return PendingDeployment(
+            operation=scope["operation"].operation.name, endpoint=scope["endpoint"].resource_name
+        )
     endpoint = status(scope["endpoint"])
     before = {d.id for d in scope["before"]}
     new = [d.id for d in endpoint.deployed_models if d.id not in before]
     return Deployment(deployed_model_id=new[0] if new else "", endpoint=endpoint)
+
+
+def _deployment_lines(result: Deployment | PendingDeployment) -> list[str]:
+    if isinstance(result, PendingDeployment):
+        return [
+            f"deploying: operation {result.operation}",
+            "the deployed model appears in `deploy status` once its replicas are healthy",
+        ]
+    return [f"deployed model {result.deployed_model_id}", *status_lines(result.endpoint)]
 
 
 def split_calls(endpoint: str, split: Mapping[str, int]) -> list[SdkCall]:
@@ -422,16 +685,24 @@ def _upload_spec(o: Mapping[str, Any]) -> UploadSpec:
     )
 
 
-def _deploy_options(o: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "display_name": o["display_name"],
-        "traffic_percentage": o["traffic_percentage"],
-        "machine_type": o["machine_type"],
-        "accelerator_type": o["accelerator_type"],
-        "accelerator_count": o["accelerator_count"],
-        "min_replica_count": o["min_replicas"],
-        "max_replica_count": o["max_replicas"],
-    }
+def _deploy_spec(o: Mapping[str, Any]) -> DeploySpec:
+    return DeploySpec(
+        display_name=o["display_name"],
+        traffic_percentage=o["traffic_percentage"],
+        machine_type=o["machine_type"],
+        accelerator_type=o["accelerator_type"],
+        accelerator_count=o["accelerator_count"],
+        min_replica_count=o["min_replicas"],
+        max_replica_count=o["max_replicas"],
+        cpu_utilization=o["autoscaling_target_cpu_utilization"],
+        accelerator_duty_cycle=o["autoscaling_target_accelerator_duty_cycle"],
+        request_count_per_minute=o["autoscaling_target_request_count_per_minute"],
+        spot=o["spot"],
+        deploy_request_timeout=o["deploy_request_timeout"],
+        enable_access_logging=o["enable_access_logging"],
+        disable_container_logging=o["disable_container_logging"],
+        wait=not o["no_wait"],
+    )
 
 
 #: Every ``deploy`` action, in ``--help`` order.
@@ -489,12 +760,42 @@ ACTIONS: dict[str, Action] = {
                 ),
                 Option("accelerator_type", "e.g. NVIDIA_L4"),
                 Option("accelerator_count", "accelerators per replica", int),
-                Option("min_replicas", "default 1", int, 1),
-                Option("max_replicas", "default 1", int, 1),
+                Option("min_replicas", "replicas serving from the start (default 1)", int, 1),
+                Option("max_replicas", "up to this many under load (default 1)", int, 1),
+                Option(
+                    "autoscaling_target_cpu_utilization",
+                    "scale on CPU (percent; Vertex's default 60)",
+                    int,
+                    metavar="PERCENT",
+                ),
+                Option(
+                    "autoscaling_target_accelerator_duty_cycle",
+                    "scale on accelerator use (percent)",
+                    int,
+                    metavar="PERCENT",
+                ),
+                Option(
+                    "autoscaling_target_request_count_per_minute",
+                    "scale on requests per minute per replica",
+                    int,
+                    metavar="N",
+                ),
+                Option("spot", "run on Spot VMs (preemptible)", flag=True),
+                Option(
+                    "deploy_request_timeout",
+                    "for the deploy request itself",
+                    float,
+                    metavar="SECONDS",
+                ),
+                Option("enable_access_logging", "log each request (Cloud Logging)", flag=True),
+                Option(
+                    "disable_container_logging", "drop the container's stdout/stderr", flag=True
+                ),
+                Option("no_wait", "return the operation at once; then `deploy status`", flag=True),
             ),
-            lambda o: deploy_calls(o["endpoint"], o["model"], **_deploy_options(o)),
+            lambda o: deploy_calls(o["endpoint"], o["model"], _deploy_spec(o)),
             _deployment,
-            lambda d: [f"deployed model {d.deployed_model_id}", *status_lines(d.endpoint)],
+            _deployment_lines,
         ),
         Action(
             "split",
@@ -560,11 +861,14 @@ def create_endpoint(
     return _run(calls, _endpoint)
 
 
-def deploy_model(endpoint: str, model: str, **options: Any) -> Deployment:
-    """Deploy ``model`` to ``endpoint`` (waits until it serves); ``options`` as
-    :func:`deploy_calls`. ``traffic_percentage`` is the new model's share, the others scaled
-    down to make room (the SDK's default: 100 for the first model, else 0)."""
-    return _run(deploy_calls(endpoint, model, **options), _deployment)
+def deploy_model(
+    endpoint: str, model: str, spec: DeploySpec = DeploySpec()
+) -> Deployment | PendingDeployment:
+    """Deploy ``model`` to ``endpoint``: waits until it serves (a :class:`Deployment`), or, with
+    ``spec.wait`` off, returns the operation (a :class:`PendingDeployment`).
+    ``spec.traffic_percentage`` is the new model's share, the others scaled down to make room
+    (the SDK's default: 100 for the first model, else 0)."""
+    return _run(deploy_calls(endpoint, model, spec), _deployment)
 
 
 def set_traffic_split(endpoint: str, split: Mapping[str, int]) -> EndpointStatus:

@@ -8,11 +8,12 @@ Exception tree::
     │                                     also the builtin ConnectionError)
     ├── TimeoutError                      no answer within the configured timeout (also the builtin)
     ├── AuthenticationError               no credentials / token refresh refused (not retried)
+    │   └── PermissionDeniedError         401 / 403 from the platform (also an APIError)
     ├── APIError                          the server answered an error status (or an error body)
     │   ├── BadRequestError               400
     │   ├── NotFoundError                 404
     │   │   └── DeployedModelNotFoundError  no such deployed model on this endpoint / server
-    │   ├── PayloadTooLargeError          413
+    │   ├── PayloadTooLargeError          413, or Google's 400 "Request payload size exceeds..."
     │   ├── UnsupportedMediaTypeError     415
     │   ├── RateLimitError                429 (retried)
     │   ├── UnavailableError              503 (retried)
@@ -111,7 +112,14 @@ class DeployedModelNotFoundError(NotFoundError):
 
 
 class PayloadTooLargeError(APIError):
-    """413: the body (or the number of images) is over the server's limit."""
+    """413: the body (or the number of images) is over the server's limit; also Vertex's 400
+    ``INVALID_ARGUMENT`` "Request payload size exceeds the limit" (its 10 MB per request)."""
+
+
+class PermissionDeniedError(APIError, AuthenticationError):
+    """401 ``UNAUTHENTICATED`` / 403 ``PERMISSION_DENIED``: the token was refused, or its account
+    may not call this endpoint (``aiplatform.endpoints.predict``). An :class:`APIError` with the
+    platform's body, and an :class:`AuthenticationError`: not retried."""
 
 
 class UnsupportedMediaTypeError(APIError):
@@ -148,6 +156,8 @@ class StreamError(VertexYoloError):
 
 _BY_STATUS: dict[int, type[APIError]] = {
     400: BadRequestError,
+    401: PermissionDeniedError,
+    403: PermissionDeniedError,
     404: NotFoundError,
     413: PayloadTooLargeError,
     415: UnsupportedMediaTypeError,
@@ -169,6 +179,8 @@ class _GoogleError(msgspec.Struct):
 
 
 _decode_google = msgspec.json.Decoder(_GoogleError).decode
+#: the words of Google's front end for a body over the limit (a 400 INVALID_ARGUMENT)
+PAYLOAD_TOO_LARGE = "Request payload size exceeds the limit"
 
 
 def error_class(status: int) -> type[APIError]:
@@ -233,6 +245,8 @@ def api_error(
     cls = error_class(effective)
     if effective == 404 and pinned and _names_deployed_model(problem, body_status, summary, pinned):
         cls = DeployedModelNotFoundError
+    elif effective == 400 and problem is None and PAYLOAD_TOO_LARGE in summary:
+        cls = PayloadTooLargeError
     prefix = f"{effective} from {where}" if where else str(effective)
     return cls(
         f"{prefix}: {summary}",

@@ -67,7 +67,8 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorInfo]
     Yields a :class:`client.emulator.EmulatorInfo`: ``project``, ``location``, ``endpoint_id``,
     ``endpoint`` (resource name), ``control_plane_url``, ``dedicated_endpoint_dns``, ``ca_cert``,
     ``deployed_models`` (name -> id), ``traffic_split`` (id -> percent), ``pid``, ``servers`` and
-    ``server_pids`` (name -> url / pid); ``info.init_kwargs()`` are the ``aiplatform.init``
+    ``server_pids`` (name -> url / pid of its first replica), ``replicas`` (deployed model id ->
+    its replicas); ``info.init_kwargs()`` are the ``aiplatform.init``
     arguments and ``info.env()`` the environment below. For the whole session
     ``REQUESTS_CA_BUNDLE`` names its certificate and ``NO_PROXY`` covers loopback (requests reads
     both per request, so ``Endpoint.invoke`` works). Tests that change the traffic split must
@@ -91,7 +92,8 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorInfo]
         for key, value in info.env().items():
             patch.setenv(key, value)
         yield info
-    survivors = {name: pid for name, pid in info.server_pids.items() if pid_alive(pid)}
+        pids = emu.current().pids()  # every replica now (a restarted one has a new pid)
+    survivors = [pid for pid in pids if pid_alive(pid)]
     assert emu.proc is not None and emu.proc.returncode == 0, emu.output()
     assert not survivors, f"server processes outlived the emulator: {survivors}"
 

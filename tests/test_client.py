@@ -29,6 +29,7 @@ from app.demo.shapes import moving_shape_frames, write_video
 from client import (
     NO_RETRIES,
     Annotation,
+    APIError,
     AsyncClient,
     AsyncHttpTransport,
     AsyncVertexTransport,
@@ -41,6 +42,7 @@ from client import (
     NotFoundError,
     ParameterError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     RateLimitError,
     Request,
     Response,
@@ -589,6 +591,46 @@ def test_no_retry_on_400(tiny_server):
     with pytest.raises(BadRequestError, match="nope"):
         Client.from_url(url, retries=RetryPolicy(attempts=3, backoff=0.01)).models()
     assert len(script.seen) == 1
+
+
+DENIED = (
+    b'{"error": {"code": 403, "message": "Permission \'aiplatform.endpoints.predict\' denied on '
+    b"resource '//aiplatform.googleapis.com/projects/p/locations/l/endpoints/1' (or it may not "
+    b'exist).", "status": "PERMISSION_DENIED"}}'
+)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_permission_denied_is_an_authentication_error_not_retried(tiny_server, status):
+    """Vertex answers a token it refuses (401) or an account without the permission (403) in
+    Google's shape: the client raises one error that is both an APIError (status, body) and an
+    AuthenticationError (what a caller catches for credentials), and does not retry it."""
+    url, script = tiny_server
+    script.answers = [(status, JSON, DENIED)] * 3
+    client = Client.from_url(url, retries=RetryPolicy(attempts=3, backoff=0.01))
+    with pytest.raises(PermissionDeniedError, match="PERMISSION_DENIED") as info:
+        client.models()
+    assert isinstance(info.value, AuthenticationError) and isinstance(info.value, APIError)
+    assert info.value.status == status and "aiplatform.endpoints.predict" in info.value.body
+    assert len(script.seen) == 1
+
+
+def test_vertex_payload_limit_is_payload_too_large(tiny_server):
+    """Google's front end refuses a body over Vertex's 10 MB with a 400 INVALID_ARGUMENT (as the
+    emulator does); the client names it for what it is. Other 400s stay BadRequestError."""
+    url, script = tiny_server
+    too_big = (
+        b'{"error": {"code": 400, "message": "Request payload size exceeds the limit: 10000000 '
+        b'bytes.", "status": "INVALID_ARGUMENT"}}'
+    )
+    script.answers = [(400, JSON, too_big), (400, JSON, b'{"error": {"code": 400}}')]
+    client = Client.from_url(url, retries=NO_RETRIES)
+    with pytest.raises(PayloadTooLargeError, match="exceeds the limit") as info:
+        client.models()
+    assert info.value.status == 400
+    with pytest.raises(BadRequestError) as other:
+        client.models()
+    assert not isinstance(other.value, PayloadTooLargeError)
 
 
 def test_async_client_retries(tiny_server):

@@ -12,12 +12,15 @@ from pathlib import Path
 
 import pytest
 import requests
+from google.api_core import exceptions as gexc
 from google.cloud import aiplatform
 
 from client import cli
+from client.deploy import allocate_traffic
 from client.emulator import ConfigError, Emulator, EmulatorInfo
 from client.emulator.resources import ApiError, ContainerSpec, Store
-from conftest import ROOT, free_port, pid_alive
+from client.errors import ParameterError
+from conftest import ROOT, free_port, pid_alive, wait_until
 
 WEIGHTS = ROOT / "app" / "demo" / "weights"
 IMAGE = "us-docker.pkg.dev/local-project/vertex-yolo/server:test"
@@ -97,6 +100,37 @@ def test_dry_run_makes_no_call(capsys: pytest.CaptureFixture[str]) -> None:
         "endpoint = aiplatform.Endpoint('1')",
     ):
         assert expected in out
+    # The deploy options users ask for, waiting (endpoint.deploy) and not (its API client).
+    options = ["--endpoint", "1", "--model", "2", "--max-replicas", "3", "--spot"]
+    options += ["--autoscaling-target-request-count-per-minute", "60"]
+    options += ["--enable-access-logging", "--deploy-request-timeout", "30"]
+    assert cli.main(["deploy", "deploy", *options, *nowhere]) == 0
+    assert cli.main(["deploy", "deploy", *options, "--no-wait", *nowhere]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "endpoint.deploy(model=model, machine_type='n1-standard-4', min_replica_count=1, "
+        "max_replica_count=3, autoscaling_target_request_count_per_minute=60, spot=True, "
+        "deploy_request_timeout=30.0, enable_access_logging=True)"
+    ) in out
+    assert "split = allocate_traffic(endpoint.traffic_split, None)" in out
+    assert (
+        "operation = endpoint.api_client.deploy_model(endpoint=endpoint.resource_name, "
+        "deployed_model=aiplatform.gapic.DeployedModel(model=model.versioned_resource_name, "
+        "dedicated_resources=aiplatform.gapic.DedicatedResources(machine_spec=aiplatform.gapic."
+        "MachineSpec(machine_type='n1-standard-4'), min_replica_count=1, max_replica_count=3, "
+        "autoscaling_metric_specs=[aiplatform.gapic.AutoscalingMetricSpec(metric_name="
+        "'aiplatform.googleapis.com/prediction/online/request_count', target=60)], spot=True), "
+        "enable_access_logging=True), traffic_split=split, timeout=30.0)"
+    ) in out
+    # Options Vertex would refuse (or the SDK drop) are refused before any call.
+    for bad, message in [
+        (["--min-replicas", "2", "--max-replicas", "1"], "max replicas 1 is below min replicas 2"),
+        (["--min-replicas", "0"], "at least 1"),
+        (["--autoscaling-target-cpu-utilization", "120"], "a percent in 1..100"),
+        (["--autoscaling-target-accelerator-duty-cycle", "50"], "needs an accelerator"),
+    ]:
+        assert cli.main(["deploy", "deploy", "--endpoint", "1", "--model", "2", *bad, *nowhere])
+        assert message in capsys.readouterr().err, bad
     # Against Vertex (no --api-endpoint): no credentials are needed to print the calls.
     assert cli.main(["deploy", "status", "--endpoint", "1", "--dry-run"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "aiplatform.init()"
@@ -140,26 +174,59 @@ def test_deploy_flow(run, info: EmulatorInfo, emu: tuple[Emulator, EmulatorInfo]
     # The emulator started empty: its info file now follows this endpoint.
     assert EmulatorInfo.load(info_file(emu)).endpoint_id == endpoint_id
 
+    # Not waiting: the deploy's operation (named under its endpoint, as Vertex's), then status.
     code, out, err = run(
         *("deploy", "--model", model_a["model_id"], "--traffic-percentage", "100", "--json"),
-        *("--machine-type", "n1-standard-8", "--max-replicas", "2"),
+        *("--machine-type", "n1-standard-8", "--max-replicas", "2", "--no-wait"),
+        *("--autoscaling-target-request-count-per-minute", "100000"),
     )
     assert code == 0, err
-    deployed = json.loads(out)
-    a = deployed["deployed_model_id"]
-    assert deployed["endpoint"]["traffic_split"] == {a: 100}
-    (status_a,) = deployed["endpoint"]["deployed_models"]
+    pending = json.loads(out)
+    endpoint_name = f"projects/{info.project}/locations/{info.location}/endpoints/{endpoint_id}"
+    assert pending["endpoint"] == endpoint_name
+    assert pending["operation"].startswith(endpoint_name + "/operations/")
+
+    def deployed_models() -> list[dict]:
+        code, out, err = run("status", "--json")
+        assert code == 0, err
+        return json.loads(out)["deployed_models"]
+
+    wait_until(lambda: len(deployed_models()) == 1, "the deploy sent without waiting to finish")
+    (status_a,) = deployed_models()
+    a = status_a["id"]
+    assert aiplatform.Endpoint(endpoint_id).traffic_split == {a: 100}
     assert (status_a["display_name"], status_a["machine_type"]) == ("shapes-a", "n1-standard-8")
-    assert status_a["max_replica_count"] == 2
+    assert (status_a["min_replica_count"], status_a["max_replica_count"]) == (1, 2)
+    assert status_a["autoscaling"] == {"request_count_per_minute": 100000}
+    assert status_a["available_replica_count"] == 1 and len(status_a["replicas"]) == 1
     assert status_a["model"].split("/")[-1].startswith(model_a["model_id"])
 
+    # Waiting, through endpoint.deploy: two replicas from the start.
     code, out, err = run(
-        "deploy", "--endpoint", endpoint_id, "--model", model_b, "--traffic-percentage", "20"
+        *("deploy", "--endpoint", endpoint_id, "--model", model_b, "--traffic-percentage", "20"),
+        *("--min-replicas", "2", "--max-replicas", "2", "--spot", "--enable-access-logging"),
+        *("--disable-container-logging", "--deploy-request-timeout", "120"),
     )
     assert code == 0, err
     b = out.split()[2]  # "deployed model ID"
     endpoint = aiplatform.Endpoint(endpoint_id)
     assert endpoint.traffic_split == {a: 80, b: 20}
+    status_b = next(d for d in deployed_models() if d["id"] == b)
+    assert status_b["spot"] and status_b["enable_access_logging"]
+    assert status_b["disable_container_logging"] and status_b["available_replica_count"] == 2
+    # 40 calls pinned to it: both replicas answer (least outstanding requests, ties in turn).
+    replica_ids = Counter(
+        endpoint.invoke("/models", b"", {}, deployed_model_id=b).headers["X-Replica-Id"]
+        for _ in range(40)
+    )
+    assert len(replica_ids) == 2, replica_ids
+    pids = {r["pid"] for r in status_b["replicas"]}
+    assert {int(rid.rsplit("-", 1)[1]) for rid in replica_ids} == pids
+    code, out, err = run("status")
+    assert code == 0, err
+    assert out.count("replica shapes-b-") == 2 and "restarts 0" in out, out
+    assert "autoscaling on request_count_per_minute 100000" in out
+    assert "n1-standard-4, spot, replicas 2-2, 2 up" in out
 
     code, out, err = run("split", f"{a}=60", f"{b}=60")
     assert code == cli.EXIT_API and "must sum to 100" in err, err
@@ -181,10 +248,11 @@ def test_deploy_flow(run, info: EmulatorInfo, emu: tuple[Emulator, EmulatorInfo]
     assert f"dedicated DNS     {info.dedicated_endpoint_dns}" in out
     assert f"{a}   50%  shapes-a" in out and f"{b}   50%  shapes-b" in out
 
-    pids = EmulatorInfo.load(info_file(emu)).server_pids
+    fleet = EmulatorInfo.load(info_file(emu)).replicas
+    a_pids, b_pids = ([r.pid for r in fleet[x]] for x in (a, b))
     code, out, err = run("undeploy", a)
     assert code == 0, err
-    assert not pid_alive(pids["shapes-a"]) and pid_alive(pids["shapes-b"])
+    assert not any(map(pid_alive, a_pids)) and all(map(pid_alive, b_pids))
     assert aiplatform.Endpoint(endpoint_id).traffic_split == {b: 100}
     gone = requests.post(info.invoke_url("/models", a), data=b"", timeout=30)
     assert gone.status_code == 404 and a in gone.json()["error"]["message"]
@@ -194,8 +262,9 @@ def test_deploy_flow(run, info: EmulatorInfo, emu: tuple[Emulator, EmulatorInfo]
     code, out, err = run("undeploy", b, "--json")
     assert code == 0, err
     assert json.loads(out)["deployed_models"] == [] and json.loads(out)["traffic_split"] == {}
-    assert not pid_alive(pids["shapes-b"])
+    assert not any(map(pid_alive, b_pids))
     assert EmulatorInfo.load(info_file(emu)).server_pids == {}
+    assert EmulatorInfo.load(info_file(emu)).replicas == {}
 
 
 def test_bad_inputs(run, info: EmulatorInfo, emu: tuple[Emulator, EmulatorInfo]) -> None:
@@ -240,6 +309,62 @@ def test_bad_inputs(run, info: EmulatorInfo, emu: tuple[Emulator, EmulatorInfo])
     assert "SERVE_MODELS entry 'no-equals-sign' must look like name=source" in err, err
     assert aiplatform.Endpoint(endpoint_id).list_models() == []
     assert "broken" not in EmulatorInfo.load(info_file(emu)).server_pids
+
+
+def test_allocate_traffic_is_the_sdks() -> None:
+    """The split a deploy sent without waiting carries is the one ``Endpoint.deploy`` computes."""
+    for split, percent in [
+        ({}, None),
+        ({"1": 100}, 20),
+        ({"1": 33, "2": 67}, 10),
+        ({"1": 50, "2": 50}, 0),
+    ]:
+        expected = aiplatform.Endpoint._allocate_traffic(
+            split, percent or (100 if not split else 0)
+        )
+        assert allocate_traffic(split, percent) == expected
+    with pytest.raises(ParameterError, match="the first takes 100%"):
+        allocate_traffic({}, 30)
+
+
+def test_vertex_rules_on_routes(info: EmulatorInfo, emu: tuple[Emulator, EmulatorInfo]) -> None:
+    """Upload takes one of predictRoute and invokeRoutePrefix, and only the prefix "/*"; a model
+    uploaded without it deploys (on Vertex's default health route, with a ':' in it) but invoke
+    does not reach it."""
+    aiplatform.init(**info.init_kwargs())
+    with pytest.raises(
+        gexc.BadRequest, match="predictRoute and containerSpec.invokeRoutePrefix cannot both"
+    ):
+        aiplatform.Model.upload(
+            display_name="both",
+            serving_container_image_uri=IMAGE,
+            serving_container_predict_route="/predict",
+            serving_container_invoke_route_prefix="/*",
+        )
+    with pytest.raises(
+        gexc.BadRequest, match="invokeRoutePrefix must be \"/\\*\", not '/detect/\\*'"
+    ):
+        aiplatform.Model.upload(
+            display_name="narrow",
+            serving_container_image_uri=IMAGE,
+            serving_container_invoke_route_prefix="/detect/*",
+        )
+    plain = aiplatform.Model.upload(
+        display_name="plain", serving_container_image_uri=IMAGE, artifact_uri="gs://weights/a"
+    )
+    endpoint = aiplatform.Endpoint.create(display_name="rules", dedicated_endpoint_enabled=True)
+    endpoint.deploy(plain, min_replica_count=1, max_replica_count=1)
+    (deployed,) = endpoint.list_models()
+    # The server took Vertex's default health route, ':' and all, and answers on it.
+    route = f"/v1/endpoints/{endpoint.name}/deployedModels/{deployed.id}:predict"
+    (replica,) = EmulatorInfo.load(info_file(emu)).replicas[deployed.id]
+    assert requests.get(replica.url + route, timeout=30).json()["status"] == "ok"
+    for pinned in (deployed.id, None):
+        refused = endpoint.invoke("/models", b"", {}, deployed_model_id=pinned)
+        assert refused.status_code == 400, refused.text
+        assert "uploaded without invokeRoutePrefix" in refused.json()["error"]["message"]
+    endpoint.undeploy_all()
+    assert not pid_alive(replica.pid)
 
 
 def test_store_split_rules() -> None:

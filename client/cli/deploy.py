@@ -7,9 +7,19 @@ import argparse
 import sys
 from typing import Any
 
+import msgspec
+
 from client import errors
 from client.cli.options import json_text, vertex_target
-from client.deploy import ACTIONS, Action, Connection, Option
+from client.deploy import (
+    ACTIONS,
+    Action,
+    Connection,
+    Deployment,
+    EndpointStatus,
+    Option,
+    with_replicas,
+)
 
 
 def add(sub: Any, name: str, summary: str) -> None:
@@ -61,6 +71,8 @@ def _add_option(parser: argparse.ArgumentParser, option: Option) -> None:
         return
     if option.many:
         kwargs |= {"action": "append", "default": []}
+    elif option.flag:
+        kwargs |= {"action": "store_true"}
     else:
         kwargs |= {"type": option.kind, "default": option.default, "required": option.required}
     parser.add_argument("--" + option.name.replace("_", "-"), **kwargs)
@@ -84,5 +96,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     connection.init()
     result = action.run(options)
+    if args.emulator_info:  # the replicas, which Vertex does not show
+        if isinstance(result, EndpointStatus):
+            result = with_replicas(result, args.emulator_info)
+        elif isinstance(result, Deployment):
+            endpoint = with_replicas(result.endpoint, args.emulator_info)
+            result = msgspec.structs.replace(result, endpoint=endpoint)
     sys.stdout.write(json_text(result) if args.json else "\n".join(action.lines(result)) + "\n")
     return 0

@@ -10,6 +10,7 @@ Examples:
     python -m client.emulator --deploy shapes-a=80 --deploy shapes-b=20
     python -m client.emulator --deploy mine --env mine:SERVE_MODELS=yolo=/w/yolo11n.pt
     python -m client.emulator --empty --gcs-dir /srv/fake-gcs   # then: python -m client deploy
+    python -m client.emulator --replicas shapes-a=2 --replicas shapes-b=1:3 --target-rpm shapes-b=600
 """
 
 from __future__ import annotations
@@ -92,6 +93,46 @@ def parser() -> argparse.ArgumentParser:
         metavar="NAME:MODEL=SOURCE[,MODEL=SOURCE]",
         help="model sources for NAME's server (sets SERVE_MODELS)",
     )
+    p.add_argument(
+        "--replicas",
+        action="append",
+        default=[],
+        metavar="NAME=MIN[:MAX]",
+        help="NAME's replicas, as a deploy's min_replica_count and max_replica_count (1)",
+    )
+    p.add_argument(
+        "--target-rpm",
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="NAME's autoscaling target: requests per minute per replica (else CPU 60 %%, "
+        "Vertex's default, when MAX > MIN)",
+    )
+    f = p.add_argument_group("the fleet (Vertex's replicas: probes, restarts, scaling)")
+    f.add_argument("--probe-interval", type=float, help="seconds between health probes (1)")
+    f.add_argument(
+        "--restart-backoff",
+        type=float,
+        help="first back-off before restarting a crashed replica again, doubling (10 s)",
+    )
+    f.add_argument(
+        "--grace-period",
+        type=float,
+        help="seconds from SIGTERM to SIGKILL when a replica stops (30: the server drains 25)",
+    )
+    f.add_argument(
+        "--replica-capacity",
+        type=int,
+        help="requests in flight per replica; beyond it on all: 429 RESOURCE_EXHAUSTED (64)",
+    )
+    f.add_argument(
+        "--autoscale-window", type=float, help="seconds the request rate is counted over (60)"
+    )
+    f.add_argument(
+        "--scale-down-delay",
+        type=float,
+        help="seconds the load must stay below target before a replica goes (600)",
+    )
     p.add_argument("--project", help="default: local-project")
     p.add_argument("--project-number", help="default: a number derived from the project")
     p.add_argument("--location", help="default: us-central1")
@@ -130,6 +171,12 @@ TOP_FLAGS = (
     "inference_timeout",
     "log_dir",
     "gcs_dir",
+    "probe_interval",
+    "restart_backoff",
+    "grace_period",
+    "replica_capacity",
+    "autoscale_window",
+    "scale_down_delay",
 )
 
 
@@ -195,6 +242,21 @@ def build_config(args: argparse.Namespace) -> EmulatorConfig:
         if name:
             sources = dict(part.partition("=")[::2] for part in value.split(",") if part)
             edit(name, models={**models[name].models, **sources})
+    for item in args.replicas:
+        name, value = target("--replicas", item, "=")
+        if name:
+            low, _, high = value.partition(":")
+            try:
+                edit(name, replicas=int(low), max_replicas=int(high) if high else None)
+            except ValueError:
+                errors.append(f"--replicas {item!r} must look like NAME=MIN or NAME=MIN:MAX")
+    for item in args.target_rpm:
+        name, value = target("--target-rpm", item, "=")
+        if name:
+            try:
+                edit(name, target_requests_per_minute=int(value))
+            except ValueError:
+                errors.append(f"--target-rpm {item!r}: the target must be an integer")
     if args.info_file is not None and args.info_file.is_dir():
         errors.append(f"--info-file {str(args.info_file)!r} is a directory")
     elif args.info_file is not None and (

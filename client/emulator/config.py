@@ -80,6 +80,9 @@ class DeployedModelConfig:
 
     ``percent`` is its share of untargeted traffic (``None``: split evenly with the others).
     ``id`` is the deployed model id (default: a random 19-digit number, as Vertex makes).
+    ``replicas`` to ``max_replicas`` (default: as many) is its replica count, as a deploy's
+    ``min_replica_count`` and ``max_replica_count``; ``target_requests_per_minute`` its
+    autoscaling target per replica (else CPU utilisation, Vertex's default, when max > min).
     """
 
     name: str
@@ -90,6 +93,9 @@ class DeployedModelConfig:
     storage_uri: str | None = None
     health_route: str = "/health"
     id: str | None = None
+    replicas: int = 1
+    max_replicas: int | None = None
+    target_requests_per_minute: int | None = None
 
     def server_env(self) -> dict[str, str]:
         """The declared environment (the model's ``containerSpec.env``), ``models`` folded in."""
@@ -139,9 +145,11 @@ class EmulatorConfig:
     """The whole emulator: where it listens, the endpoint and what is deployed on it.
 
     Ports 0 pick free ports. ``startup_timeout`` bounds the wait for every server to answer its
-    health route (and a runtime deploy's, unless its model sets a deployment timeout). ``inference_timeout`` is the endpoint's total time per request, as Vertex's
-    (default 600 s, at most 3600 s): a request with no response headers by then gets 504, and a
-    streamed answer still running then is cut.
+    health route (and a runtime deploy's, unless its model sets a deployment timeout).
+    ``inference_timeout`` is the endpoint's total time per request, as Vertex's (default 600 s,
+    at most 3600 s): a request with no response headers by then gets 504, and a streamed answer
+    still running then is cut. The fleet's settings (probes, restarts, grace period, capacity,
+    autoscaling windows) are :class:`client.emulator.fleet.FleetPolicy`'s, under the same names.
     """
 
     deployed_models: tuple[DeployedModelConfig, ...] = ()
@@ -158,6 +166,12 @@ class EmulatorConfig:
     log_dir: str | None = None
     empty: bool = False
     gcs_dir: str | None = None
+    probe_interval: float = 1.0
+    restart_backoff: float = 10.0
+    grace_period: float = 30.0
+    replica_capacity: int = 64
+    autoscale_window: float = 60.0
+    scale_down_delay: float = 600.0
 
     @classmethod
     def demo(cls, **overrides: Any) -> EmulatorConfig:
@@ -242,6 +256,15 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "data_port": (int,),
     "startup_timeout": (int, float),
     "inference_timeout": (int, float),
+    "probe_interval": (int, float),
+    "restart_backoff": (int, float),
+    "grace_period": (int, float),
+    "replica_capacity": (int,),
+    "autoscale_window": (int, float),
+    "scale_down_delay": (int, float),
+    "replicas": (int,),
+    "max_replicas": (int,),
+    "target_requests_per_minute": (int,),
     "empty": (bool,),
     "command": (list,),
     "env": (dict,),
@@ -354,8 +377,14 @@ def validate(config: EmulatorConfig) -> EmulatorConfig:
                 errors.append(f"{where}: models entry {model_name!r} = {source!r} is not valid")
         if m.storage_uri is not None and not m.storage_uri:
             errors.append(f"{where}: storage_uri is empty")
-        if not re.fullmatch(r"/[A-Za-z0-9._~/-]*", m.health_route) or m.health_route == "/":
+        if not re.fullmatch(r"/[A-Za-z0-9._~/:@-]*", m.health_route) or m.health_route == "/":
             errors.append(f"{where}: health_route {m.health_route!r} must be a path like /health")
+        if m.replicas < 1:
+            errors.append(f"{where}: replicas {m.replicas} must be at least 1")
+        if m.max_replicas is not None and m.max_replicas < m.replicas:
+            errors.append(f"{where}: max_replicas {m.max_replicas} is below replicas {m.replicas}")
+        if m.target_requests_per_minute is not None and m.target_requests_per_minute < 1:
+            errors.append(f"{where}: target_requests_per_minute must be at least 1")
     if all(given) and models and sum(m.percent or 0 for m in models) != 100:
         split = {m.name: m.percent or 0 for m in models}
         errors.append(f"the traffic split {split} sums to {sum(split.values())}, not 100")
@@ -383,6 +412,14 @@ def validate(config: EmulatorConfig) -> EmulatorConfig:
         errors.append(f"gcs_dir {config.gcs_dir!r} is not a directory")
     if not config.startup_timeout > 0:
         errors.append("startup_timeout must be positive")
+    for key in ("probe_interval", "autoscale_window"):
+        if not getattr(config, key) > 0:
+            errors.append(f"{key} must be positive")
+    for key in ("restart_backoff", "grace_period", "scale_down_delay"):
+        if not getattr(config, key) >= 0:
+            errors.append(f"{key} must be 0 or more")
+    if config.replica_capacity < 1:
+        errors.append("replica_capacity must be at least 1")
     if not 0 < config.inference_timeout <= MAX_INFERENCE_TIMEOUT:
         errors.append(
             f"inference_timeout {config.inference_timeout:g} is not in (0, "

@@ -81,10 +81,14 @@ class LocationController(Controller):
 
     @get("/endpoints", sync_to_thread=False)
     def list_endpoints(
-        self, store: NamedDependency[Store], project: FromPath[str], location: FromPath[str]
+        self,
+        store: NamedDependency[Store],
+        deployments: NamedDependency[Deployments],
+        project: FromPath[str],
+        location: FromPath[str],
     ) -> EndpointList:
         store = self._store(store, project, location)
-        return EndpointList(endpoints=list(store.endpoints.values()))
+        return EndpointList(endpoints=[deployments.live(e) for e in store.endpoints.values()])
 
     @post("/endpoints", status_code=200, sync_to_thread=False)
     def create_endpoint(
@@ -130,16 +134,18 @@ class LocationController(Controller):
     def get_endpoint(
         self,
         store: NamedDependency[Store],
+        deployments: NamedDependency[Deployments],
         project: FromPath[str],
         location: FromPath[str],
         endpoint_id: FromPath[str],
     ) -> Endpoint:
-        return self._store(store, project, location).endpoint(endpoint_id)
+        return deployments.live(self._store(store, project, location).endpoint(endpoint_id))
 
     @patch("/endpoints/{endpoint_id:str}", sync_to_thread=False)
     def update_endpoint(
         self,
         store: NamedDependency[Store],
+        deployments: NamedDependency[Deployments],
         project: FromPath[str],
         location: FromPath[str],
         endpoint_id: FromPath[str],
@@ -148,7 +154,7 @@ class LocationController(Controller):
     ) -> Endpoint:
         store = self._store(store, project, location)
         changes = _decode(body, EndpointPatch, "Endpoint")
-        return store.update_endpoint(endpoint_id, changes, update_mask or "")
+        return deployments.live(store.update_endpoint(endpoint_id, changes, update_mask or ""))
 
     @get("/models", sync_to_thread=False)
     def list_models(
@@ -180,23 +186,27 @@ class LocationController(Controller):
         return deployments.upload(_decode(body, UploadModelRequest, "UploadModelRequest"))
 
 
-OPERATION = "/projects/{project:str}/locations/{location:str}/operations/{number:str}"
+LOCATION = "/projects/{project:str}/locations/{location:str}"
+NESTED = "/{collection:str}/{resource:str}/operations/{number:str}"
 # A poll of an operation in progress waits this long for it to finish (a long poll). The answer
 # is Vertex's; only sooner: the SDK's backoff between polls grows to 20 s, and without the wait
 # a deploy would look finished up to that long after its server became healthy.
 LONG_POLL_S = 10.0
 
 
-@get(["/ui" + OPERATION, "/v1" + OPERATION])
+@get(["/ui" + LOCATION + NESTED, "/v1" + LOCATION + NESTED])
 async def get_operation(
     store: NamedDependency[Store],
     project: FromPath[str],
     location: FromPath[str],
+    collection: FromPath[str],
+    resource: FromPath[str],
     number: FromPath[str],
 ) -> Operation:
-    """Where the SDK polls a long-running operation (``/ui/`` + its name)."""
+    """Where the SDK polls a long-running operation (``/ui/`` + its name, which is nested under
+    its resource as Vertex's are: ``.../endpoints/E/operations/N``, ``.../models/M/...``)."""
     store.check_parent(project, location)
-    operation = store.operation(f"{store.parent}/operations/{number}")
+    operation = store.operation(f"{store.parent}/{collection}/{resource}/operations/{number}")
     deadline = asyncio.get_running_loop().time() + LONG_POLL_S
     while not operation.done and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.1)

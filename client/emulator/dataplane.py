@@ -19,6 +19,18 @@ forward it), hop-by-hop headers and those a ``Connection`` header names. Paths w
 
 Each request has the endpoint's ``inference_timeout`` in all (as on Vertex): 504 if no answer
 has started by then; a streamed answer still running then is cut.
+
+The request goes to one replica of the chosen deployed model (:meth:`ReplicaSet.pick`: the ready
+one with the fewest requests in flight). One that cannot be reached is taken out of rotation
+and the request goes to another (its body is buffered); a replica that goes away after it took
+the request (the process died mid-way) is 503 ``UNAVAILABLE``, which the client retries. With no
+ready replica the answer is 503; with every ready replica at ``replica_capacity`` requests, 429
+``RESOURCE_EXHAUSTED`` (the words Vertex answers a saturated endpoint with).
+
+Errors are Google's JSON shape. A body over the limit is 400 ``INVALID_ARGUMENT`` "Request
+payload size exceeds the limit: N bytes.": the answer Google's API front end gives (seen in
+public reports for Vertex AI's online prediction and for other Google APIs; Vertex does not
+document the dedicated endpoint's).
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ from urllib.parse import unquote
 
 import httpx
 
-from client.emulator.processes import Fleet, ModelServer
+from client.emulator.fleet import Fleet, Replica, ReplicaSet
 from client.emulator.resources import ApiError, Store
 
 log = logging.getLogger("client.emulator")
@@ -82,10 +94,10 @@ DROP_RESPONSE = HOP_BY_HOP | {b"date", b"server"}  # uvicorn writes its own
 
 
 class Target(NamedTuple):
-    """Where a request goes: a deployed model's server, the path (with query) it gets, and the
+    """Where a request goes: a deployed model's replicas, the path (with query) it gets, and the
     endpoint's inference timeout."""
 
-    server: ModelServer
+    replicas: ReplicaSet
     path: str
     timeout: float
 
@@ -99,6 +111,21 @@ class DataPlane:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
+        answered = False
+
+        async def sending(message: dict[str, Any]) -> None:
+            nonlocal answered
+            answered = True
+            await send(message)
+
+        try:
+            await self._handle(scope, receive, sending)
+        except Exception as exc:  # a bug here: still Google's error shape, and a log
+            log.exception("the data plane failed on %s", scope.get("path"))
+            if not answered:
+                await _send_error(send, ApiError.internal(f"the emulator failed: {exc!r}"))
+
+    async def _handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = asyncio.get_running_loop().time()
         try:
             target = self._route(scope)
@@ -154,15 +181,20 @@ class DataPlane:
             deployed = self.store.deployed_model(endpoint_id, match["deployed"])
         else:
             deployed = self.store.pick(endpoint_id)
-        server = self.fleet.get(deployed.id)
-        if server is None or not server.running:
-            code = server.returncode if server else None
+        model = self.store.models.get(deployed.model.rsplit("/", 1)[-1].partition("@")[0])
+        if model is not None and model.container_spec.invoke_route_prefix != "/*":
+            raise ApiError.invalid(
+                f"deployed model {deployed.display_name} ({deployed.id}) serves {model.name}, "
+                'which was uploaded without invokeRoutePrefix "/*": invoke does not reach it '
+                "(upload the model with serving_container_invoke_route_prefix='/*')"
+            )
+        replicas = self.fleet.get(deployed.id)
+        if replicas is None:
             raise ApiError.unavailable(
-                f"deployed model {deployed.display_name} ({deployed.id}) is not running"
-                + (f": its server exited with code {code}" if code is not None else "")
+                f"deployed model {deployed.display_name} ({deployed.id}) has no replicas"
             )
         query = scope.get("query_string", b"").decode("latin-1")
-        return Target(server, path + (f"?{query}" if query else ""), endpoint.inference_timeout_s)
+        return Target(replicas, path + (f"?{query}" if query else ""), endpoint.inference_timeout_s)
 
     async def _forward(
         self,
@@ -176,16 +208,13 @@ class DataPlane:
         """Send upstream and relay the answer as it arrives, racing the caller's disconnect
         (from the start: a caller that hangs up before any answer closes the upstream request
         too, and the server can stop its work) and the deadline."""
-        server = target.server
-        headers = _headers(scope["headers"], DROP_REQUEST)
-        request = self.client.build_request(
-            "POST", server.url + target.path, headers=headers, content=body
-        )
+        upstream_headers = _headers(scope["headers"], DROP_REQUEST)
         started = finished = False
+        name = target.replicas.name
 
         async def exchange() -> None:
             nonlocal started, finished
-            response = await self._send(request, server)
+            replica, response = await self._send(target, upstream_headers, body)
             try:
                 headers = _headers(response.headers.raw, DROP_RESPONSE)
                 await send(
@@ -201,12 +230,13 @@ class DataPlane:
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 except httpx.HTTPError as exc:
                     # Too late for an error status: end without completing, the client sees a cut.
-                    log.warning("the answer from %s broke off: %r", server.name, exc)
+                    log.warning("the answer from %s broke off: %r", replica.id, exc)
                     return
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 finished = True
             finally:
                 await response.aclose()
+                target.replicas.end(replica)
 
         loop = asyncio.get_running_loop()
         exchanging = asyncio.ensure_future(exchange())
@@ -226,33 +256,71 @@ class DataPlane:
         elif finished:
             pass  # answered; the "disconnect" was the end of the exchange
         elif watching in done:
-            log.info("the caller left before %s finished: upstream request closed", server.name)
+            log.info("the caller left before %s finished: upstream request closed", name)
         elif not started:
-            raise _deadline_exceeded(f"deployed model {server.name} did not answer", target)
+            raise _deadline_exceeded(f"deployed model {name} did not answer", target)
         else:
-            log.warning("cut the answer of %s at the endpoint's inference timeout", server.name)
+            log.warning("cut the answer of %s at the endpoint's inference timeout", name)
 
-    async def _send(self, request: httpx.Request, server: ModelServer) -> httpx.Response:
-        """The upstream response (headers read, body not), or an :class:`ApiError`.
+    async def _send(
+        self, target: Target, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> tuple[Replica, httpx.Response]:
+        """A replica and its response (headers read, body not; the request counted on it until
+        :meth:`ReplicaSet.end`), or an :class:`ApiError`.
 
-        A connection that fails before any answer (a pooled keep-alive connection the server
-        closed just then) is retried once on a fresh one: safe, the body is buffered.
+        A replica that refuses the connection is out of rotation and the next one is tried. A
+        connection that fails before any answer (closed, reset) on a live replica (a pooled
+        keep-alive connection the server closed just then) is tried once more on a fresh one; on
+        a replica whose process is gone it is a 503: it may have started the work.
         """
-        try:
+        replicas = target.replicas
+        tried: list[Replica] = []
+        while (replica := replicas.pick(tried)) is not None:
+            tried.append(replica)
+            request = self.client.build_request(
+                "POST", replica.process.url + target.path, headers=headers, content=body
+            )
+            replicas.begin(replica)
             try:
-                return await self.client.send(request, stream=True)
-            except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
-                log.info("retrying the request to %s once: %r", server.name, exc)
-                return await self.client.send(request, stream=True)
-        except httpx.TimeoutException as exc:
+                for attempt in (1, 2):
+                    try:
+                        return replica, await self.client.send(request, stream=True)
+                    except httpx.ConnectError:
+                        raise
+                    except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+                        if attempt == 2 or not replica.alive:
+                            raise ApiError.unavailable(
+                                f"{replica.id} of deployed model {replicas.name} went away "
+                                f"before it answered: {exc!r}"
+                            ) from None
+                        log.info("retrying the request to %s once: %r", replica.id, exc)
+            except httpx.ConnectError as exc:
+                log.warning("%s cannot be reached (%r): trying another replica", replica.id, exc)
+                replicas.unreachable(replica)
+                replicas.end(replica)
+            except httpx.TimeoutException as exc:
+                replicas.end(replica)
+                raise ApiError(
+                    504,
+                    "DEADLINE_EXCEEDED",
+                    f"{replica.id} of {replicas.name} did not answer: {exc!r}",
+                ) from None
+            except BaseException:
+                replicas.end(replica)
+                raise
+        if replicas.saturated():
             raise ApiError(
-                504, "DEADLINE_EXCEEDED", f"deployed model {server.name} did not answer: {exc!r}"
-            ) from None
-        except httpx.TransportError as exc:
-            raise ApiError.unavailable(
-                f"deployed model {server.name} ({server.deployed_model_id}) is not reachable: "
-                f"{exc!r}"
-            ) from None
+                429,
+                "RESOURCE_EXHAUSTED",
+                f"Rate of traffic exceeds capacity. Ramp your traffic up more slowly. (deployed "
+                f"model {replicas.name}: every ready replica has {replicas.policy.replica_capacity} "
+                "requests in flight)",
+            )
+        states = ", ".join(f"{r.id} {r.state}" for r in replicas.replicas) or "none"
+        raise ApiError.unavailable(
+            f"no replica of deployed model {replicas.name} ({replicas.deployed_model_id}) can "
+            f"take the request now (replicas: {states}); retry shortly"
+        )
 
 
 def _has_dot_segment(raw_path: str) -> bool:
@@ -279,10 +347,9 @@ def _headers(raw: Any, drop: set[bytes]) -> list[tuple[bytes, bytes]]:
 async def _read_body(scope: dict[str, Any], receive: Any) -> bytes | None:
     """The whole body, refusing more than :data:`MAX_BODY_BYTES` before reading past the limit."""
     limit = MAX_BODY_BYTES
-    too_large = ApiError(
-        413,
-        "INVALID_ARGUMENT",
-        f"request body larger than {limit} bytes: dedicated endpoints accept at most 10 MB",
+    too_large = ApiError.invalid(
+        f"Request payload size exceeds the limit: {limit} bytes. (Dedicated endpoints accept at "
+        "most 10 MB a request.)"
     )
     for key, value in scope["headers"]:
         if key == b"content-length":

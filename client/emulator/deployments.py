@@ -1,22 +1,26 @@
-"""What the control plane's changes do to server processes: upload, create, deploy, undeploy.
+"""What the control plane's changes do to the fleet: upload, create, deploy, undeploy.
 
-The store checks and records each change; this module runs the servers behind it.
+The store checks and records each change; this module runs the replicas behind it
+(:mod:`client.emulator.fleet`).
 
-- Deploy maps the model's container spec to a local server: the image cannot run here, so every
+- Deploy maps the model's container spec to local servers: the image cannot run here, so every
   image runs as the local server command (this interpreter's ``python -m app``; a model the
   emulator declared at start keeps its own command) with the spec's ``args`` appended (its
-  ``command``, an entrypoint inside the image, is not used). The server gets Vertex's container
+  ``command``, an entrypoint inside the image, is not used). Each replica gets Vertex's container
   environment (:func:`client.emulator.config.container_env`: the spec's ``env``, then
-  ``AIP_HTTP_PORT``, ``AIP_HEALTH_ROUTE``, ``AIP_DEPLOYED_MODEL_ID``...) and ``AIP_STORAGE_URI``
-  from the model's ``artifactUri``: a local directory or ``file://`` URI as it is, a
-  ``gs://BUCKET/PATH`` as ``GCS_DIR/BUCKET/PATH`` with ``--gcs-dir`` (without it the deploy
-  fails: nothing is fetched from Cloud Storage). The long-running operation stays not done
-  until the server answers its health route; then the deployed model joins the endpoint with
-  the request's traffic split. A server that exits, or is not healthy within the model's
-  ``deploymentTimeout`` (else the emulator's startup timeout), is stopped and fails the
-  operation with the end of its log.
+  ``AIP_HTTP_PORT``, ``AIP_HEALTH_ROUTE``, ``AIP_DEPLOYED_MODEL_ID``...), the health route the
+  model names or Vertex's default (``/v1/endpoints/E/deployedModels/D:predict``), and
+  ``AIP_STORAGE_URI`` from the model's ``artifactUri``: a local directory or ``file://`` URI as it
+  is, a ``gs://BUCKET/PATH`` as ``GCS_DIR/BUCKET/PATH`` with ``--gcs-dir`` (without it the deploy
+  fails: nothing is fetched from Cloud Storage). ``min_replica_count`` replicas start; the
+  long-running operation stays not done until they answer their health route; then the deployed
+  model joins the endpoint with the request's traffic split, and its replicas scale between
+  min and max on the request's autoscaling targets. A replica that exits, or too few healthy
+  within the model's ``deploymentTimeout`` (else the emulator's startup timeout), stops them all
+  and fails the operation with the end of a log.
 - Undeploy takes the deployed model off the endpoint (the store applies Vertex's split rules),
-  then stops its server: no process outlives its deployed model.
+  then stops its replicas, each draining for the grace period: the operation is done once none
+  is left, so no process outlives its deployed model.
 """
 
 from __future__ import annotations
@@ -26,17 +30,27 @@ import logging
 import os
 import re
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import httpx
+import msgspec
 
 from client.emulator.config import DeployedModelConfig, container_env, default_command
-from client.emulator.processes import Fleet, ModelServer, StartupError, free_port, stop_servers
+from client.emulator.fleet import Autoscaling, Fleet, ReplicaSet
+from client.emulator.processes import ServerProcess, StartupError, free_port
 from client.emulator.resources import (
+    CPU_METRIC,
+    DUTY_CYCLE_METRIC,
     LOCAL_RESOURCES,
+    REQUEST_COUNT_METRIC,
     ApiError,
+    DedicatedResources,
+    DeployedModelStatus,
     DeployModelRequest,
+    Endpoint,
     Model,
     NewEndpoint,
     Operation,
@@ -45,18 +59,23 @@ from client.emulator.resources import (
     UploadModelRequest,
     duration_seconds,
     new_id,
+    now,
 )
 
 log = logging.getLogger("client.emulator")
 MODEL_NAME = re.compile(r"projects/([^/]+)/locations/([^/]+)/models/([^/]+)")
 
 
-class Deployments:
-    """Runs the control plane's deploys and undeploys as server processes in ``fleet``.
+def default_health_route(endpoint_id: str, deployed_model_id: str) -> str:
+    """Vertex's health route for a model uploaded without one (ModelContainerSpec reference)."""
+    return f"/v1/endpoints/{endpoint_id}/deployedModels/{deployed_model_id}:predict"
 
-    ``startup_timeout`` bounds a deploy whose model sets no deployment timeout; ``grace`` is the
-    time a stopped server gets between SIGTERM and SIGKILL. Call the methods on the event
-    loop's (main) thread: servers are started there (see ``processes``).
+
+class Deployments:
+    """Runs the control plane's deploys and undeploys as replica sets in ``fleet``.
+
+    ``startup_timeout`` bounds a deploy whose model sets no deployment timeout. Call the methods
+    on the event loop's (main) thread: processes are started there (see ``processes``).
     """
 
     def __init__(
@@ -67,11 +86,10 @@ class Deployments:
         dns: str,
         log_dir: Path,
         startup_timeout: float,
-        grace: float,
         gcs_dir: str | None = None,
     ) -> None:
         self.store, self.fleet, self.dns, self.log_dir = store, fleet, dns, log_dir
-        self.startup_timeout, self.grace, self.gcs_dir = startup_timeout, grace, gcs_dir
+        self.startup_timeout, self.gcs_dir = startup_timeout, gcs_dir
         #: model id -> its local command, for the models the emulator declared at start
         self.commands: dict[str, tuple[str, ...]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -82,46 +100,87 @@ class Deployments:
         model = self.store.upload(request)
         log.info("uploaded model %s (%s)", model.name, model.container_spec.image_uri)
         return self.store.done(
-            "UploadModelResponse", {"model": model.name, "modelVersionId": model.version_id}
+            model.name,
+            "UploadModelResponse",
+            {"model": model.name, "modelVersionId": model.version_id},
         )
 
     def create_endpoint(self, endpoint_id: str | None, request: NewEndpoint) -> Operation:
         endpoint = self.store.create_endpoint(endpoint_id, request, self.dns)
         log.info("created endpoint %s", endpoint.name)
-        return self.store.done("Endpoint", endpoint)
+        return self.store.done(endpoint.name, "Endpoint", endpoint)
 
-    # -- servers -------------------------------------------------------------------------------
+    def live(self, endpoint: Endpoint) -> Endpoint:
+        """``endpoint`` with each deployed model's status: its replicas ready now."""
+        models = []
+        for deployed in endpoint.deployed_models:
+            replicas = self.fleet.get(deployed.id)
+            ready = len(replicas.ready) if replicas else 0
+            status = DeployedModelStatus(last_update_time=now(), available_replica_count=ready)
+            models.append(msgspec.structs.replace(deployed, status=status))
+        return msgspec.structs.replace(endpoint, deployed_models=models)
 
-    def server(
-        self, spec: DeployedModelConfig, deployed_model_id: str, endpoint_id: str, log_name: str
-    ) -> ModelServer:
-        """A (not started) server for ``spec`` with Vertex's container environment."""
-        port = free_port()
-        env = container_env(
-            spec,
-            port=port,
-            deployed_model_id=deployed_model_id,
-            endpoint_id=endpoint_id,
-            project_number=self.store.project_number,
-            inherited=os.environ,
-        )
-        return ModelServer(
-            name=spec.name,
-            deployed_model_id=deployed_model_id,
-            command=spec.command,
-            env=env,
-            health_route=spec.health_route,
-            log_path=self.log_dir / f"{re.sub(r'[^A-Za-z0-9._-]', '-', log_name)}.log",
-            port=port,
+    # -- replicas ------------------------------------------------------------------------------
+
+    def replica_set(
+        self,
+        spec: DeployedModelConfig,
+        deployed_model_id: str,
+        endpoint_id: str,
+        resources: DedicatedResources | None = None,
+    ) -> ReplicaSet:
+        """The (not started) replicas of ``spec``; their count and autoscaling from the deploy's
+        ``resources``, else from ``spec``."""
+        label = re.sub(r"[^A-Za-z0-9._-]", "-", f"{spec.name}-{deployed_model_id}")
+
+        def process(n: int) -> ServerProcess:
+            port = free_port()
+            env = container_env(
+                spec,
+                port=port,
+                deployed_model_id=deployed_model_id,
+                endpoint_id=endpoint_id,
+                project_number=self.store.project_number,
+                inherited=os.environ,
+            )
+            return ServerProcess(
+                name=f"deployed model '{spec.name}' ({deployed_model_id}), replica {n}",
+                command=spec.command,
+                env=env,
+                health_route=spec.health_route,
+                log_path=self.log_dir / f"{label}-{n}.log",
+                port=port,
+            )
+
+        if resources is not None:
+            low = resources.min_replica_count or 1
+            high = resources.max_replica_count or low
+            autoscaling = Autoscaling(
+                request_count_per_minute=resources.target(REQUEST_COUNT_METRIC),
+                cpu_utilization=resources.target(CPU_METRIC),
+                accelerator_duty_cycle=resources.target(DUTY_CYCLE_METRIC),
+            )
+        else:
+            low, high = spec.replicas, spec.max_replicas or spec.replicas
+            autoscaling = Autoscaling(request_count_per_minute=spec.target_requests_per_minute)
+        return ReplicaSet(
+            deployed_model_id,
+            spec.name,
+            process,
+            min_replicas=low,
+            max_replicas=high,
+            autoscaling=autoscaling,
+            policy=self.fleet.policy,
+            on_change=self.fleet.changed,
         )
 
     def deploy(self, endpoint_id: str, request: DeployModelRequest) -> Operation:
-        """Start the model's server; the operation finishes when it is healthy (or fails)."""
-        self.store.endpoint(endpoint_id)
+        """Start the model's replicas; the operation finishes when they are healthy (or fails)."""
+        endpoint = self.store.endpoint(endpoint_id)
         model = self.store.model(self._model_id(request.deployed_model.model))
         if request.traffic_split:
             self.store.check_deploy_split(endpoint_id, request.traffic_split)
-        operation = self.store.start_operation()
+        operation = self.store.start_operation(endpoint.name)
         deployed_model_id = new_id()
         name = request.deployed_model.display_name or model.display_name or model.id
         try:
@@ -136,30 +195,34 @@ class Deployments:
             command=self.commands.get(model.id, default_command()) + tuple(spec.args),
             env=spec.env_dict(),
             storage_uri=storage_uri,
-            health_route=spec.health_route or "/health",
+            health_route=spec.health_route or default_health_route(endpoint_id, deployed_model_id),
         )
-        server = self.server(config, deployed_model_id, endpoint_id, f"{name}-{deployed_model_id}")
+        resources = request.deployed_model.dedicated_resources or LOCAL_RESOURCES
+        replicas = self.replica_set(config, deployed_model_id, endpoint_id, resources)
         try:
-            server.start()
+            replicas.start()
         except StartupError as exc:
+            self._spawn(replicas.stop())
             return self.store.finish(
                 operation, "DeployModelResponse", error=ApiError.precondition(str(exc))
             )
-        self.fleet.add(server)
+        self.fleet.add(replicas)
         timeout = self.startup_timeout
         if spec.deployment_timeout is not None:
             timeout = duration_seconds(spec.deployment_timeout) or timeout
-        task = asyncio.get_running_loop().create_task(
-            self._finish_deploy(operation, server, endpoint_id, model, request, timeout)
-        )
+        self._spawn(self._finish_deploy(operation, replicas, endpoint_id, model, request, timeout))
+        return operation
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in a task of its own, kept until it is done."""
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return operation
 
     async def _finish_deploy(
         self,
         operation: Operation,
-        server: ModelServer,
+        replicas: ReplicaSet,
         endpoint_id: str,
         model: Model,
         request: DeployModelRequest,
@@ -167,55 +230,59 @@ class Deployments:
     ) -> None:
         try:
             async with httpx.AsyncClient(trust_env=False) as client:
-                await server.wait_healthy(client, time.monotonic() + timeout)
+                await replicas.wait_ready(client, time.monotonic() + timeout)
             deployed = self.store.deploy(
                 endpoint_id,
                 model.id,
-                server.deployed_model_id,
-                server.name,
+                replicas.deployed_model_id,
+                replicas.name,
                 request.deployed_model.dedicated_resources or LOCAL_RESOURCES,
                 request.traffic_split,
+                request.deployed_model,
             )
         except (StartupError, ApiError) as exc:
             error = exc if isinstance(exc, ApiError) else ApiError.precondition(str(exc))
-            log.error("deploying %s failed: %s", server.name, error.message)
-            self.fleet.remove(server.deployed_model_id)
-            await asyncio.to_thread(stop_servers, [server], self.grace)
+            log.error("deploying %s failed: %s", replicas.name, error.message)
+            await self._discard(replicas)
             self.store.finish(operation, "DeployModelResponse", error=error)
             return
         except Exception as exc:  # never leave the SDK polling an operation that cannot finish
-            log.exception("deploying %s failed", server.name)
+            log.exception("deploying %s failed", replicas.name)
             try:
-                self.store.deployed_model(endpoint_id, server.deployed_model_id)
-            except ApiError:  # not in the store: its server serves nothing
-                self.fleet.remove(server.deployed_model_id)
-                await asyncio.to_thread(stop_servers, [server], self.grace)
+                self.store.deployed_model(endpoint_id, replicas.deployed_model_id)
+            except ApiError:  # not in the store: its replicas serve nothing
+                await self._discard(replicas)
             error = ApiError.internal(f"the emulator failed to deploy: {type(exc).__name__}: {exc}")
             self.store.finish(operation, "DeployModelResponse", error=error)
             return
         log.info("deployed %s as %s on endpoint %s", model.name, deployed.id, endpoint_id)
         self.store.finish(operation, "DeployModelResponse", {"deployedModel": deployed})
 
+    async def _discard(self, replicas: ReplicaSet) -> None:
+        self.fleet.remove(replicas.deployed_model_id)
+        await replicas.stop()
+
     async def undeploy(self, endpoint_id: str, request: UndeployModelRequest) -> Operation:
-        """Take the deployed model off the endpoint, then stop its server."""
-        server = self.fleet.remove(request.deployed_model_id)  # before the info file is rewritten
-        try:
-            deployed = self.store.undeploy(
-                endpoint_id, request.deployed_model_id, request.traffic_split
-            )
-        except ApiError:
-            if server is not None:
-                self.fleet.add(server)
-            raise
-        if server is not None:
-            await asyncio.to_thread(stop_servers, [server], self.grace)
-        log.info(
-            "undeployed %s (%s) from endpoint %s", deployed.display_name, deployed.id, endpoint_id
-        )
-        return self.store.done("UndeployModelResponse", None)
+        """Take the deployed model off the endpoint, then stop its replicas (each drains)."""
+        endpoint = self.store.endpoint(endpoint_id)
+        deployed = self.store.undeploy(
+            endpoint_id, request.deployed_model_id, request.traffic_split
+        )  # no new request reaches it from here on
+        operation = self.store.start_operation(endpoint.name)
+        replicas = self.fleet.remove(request.deployed_model_id)
+
+        async def stop() -> None:
+            if replicas is not None:
+                await replicas.stop()
+            log.info("undeployed %s (%s) from endpoint %s", deployed.display_name, deployed.id,
+                     endpoint_id)  # fmt: skip
+            self.store.finish(operation, "UndeployModelResponse", None)
+
+        self._spawn(stop())
+        return operation
 
     def cancel(self) -> None:
-        """Stop waiting for deploys in progress (at shutdown; the fleet stops their servers)."""
+        """Stop waiting for deploys in progress (at shutdown; the fleet stops their replicas)."""
         for task in self._tasks:
             task.cancel()
 

@@ -1,7 +1,8 @@
 """``EmulatorInfo``: what a running emulator tells its users, written as JSON to ``--info-file``.
 
 The file is replaced atomically (temp file + rename), so a reader polling for it never sees half
-of it; it is rewritten when the traffic split changes and removed when the emulator stops.
+of it; it is rewritten when the traffic split or a replica changes and removed when the emulator
+stops.
 """
 
 from __future__ import annotations
@@ -9,11 +10,36 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
 NO_PROXY = "127.0.0.1,localhost"
+ReplicaState = Literal["starting", "ready", "unready", "failed", "stopping"]
+
+
+class ScaleEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """A change of a deployed model's replica count."""
+
+    time: str  # RFC 3339
+    deployed_model_id: str
+    name: str
+    replicas_from: int
+    replicas_to: int
+    reason: str
+
+
+class ReplicaStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """One replica as the info file and ``deploy status`` show it."""
+
+    id: str
+    pid: int | None
+    port: int
+    url: str
+    state: ReplicaState
+    restarts: int
+    outstanding: int
+    log: str
 
 
 class EmulatorInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -33,6 +59,9 @@ class EmulatorInfo(msgspec.Struct, frozen=True, kw_only=True):
             the data plane, for diagnostics).
         server_pids: deployed model name -> its server's process id.
         logs: deployed model name -> its server's log file.
+        replicas: deployed model id -> its replicas (id, pid, port, state, restarts...), on
+            every endpoint; ``servers``, ``server_pids`` and ``logs`` name each one's first.
+        scale_events: every change of a replica count, oldest first.
     """
 
     project: str
@@ -49,6 +78,12 @@ class EmulatorInfo(msgspec.Struct, frozen=True, kw_only=True):
     servers: dict[str, str] = {}
     server_pids: dict[str, int] = {}
     logs: dict[str, str] = {}
+    replicas: dict[str, list[ReplicaStatus]] = {}
+    scale_events: list[ScaleEvent] = []
+
+    def pids(self) -> list[int]:
+        """Every replica's process id."""
+        return [r.pid for rs in self.replicas.values() for r in rs if r.pid is not None]
 
     @property
     def data_plane_url(self) -> str:

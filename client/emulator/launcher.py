@@ -121,8 +121,15 @@ class Emulator:
         self.info = EmulatorInfo.load(info_file)
         return self.info
 
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM it (it stops its servers), SIGKILL after ``timeout``; return its exit code."""
+    def current(self) -> EmulatorInfo:
+        """The info file as it is now (the emulator rewrites it when a replica or the split
+        changes)."""
+        assert self.workdir is not None, "start() first"
+        return EmulatorInfo.load(self.workdir / "info.json")
+
+    def stop(self, timeout: float = 90.0) -> int | None:
+        """SIGTERM it (its replicas drain for up to the grace period, 30 s by default, then it
+        closes), SIGKILL after ``timeout``; return its exit code."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:

@@ -1,14 +1,13 @@
-"""The deployed models' server processes: start with Vertex's container environment, wait for
-health, watch, and stop without leaving orphans.
+"""Server processes: start one with its environment, ask its health route, stop it without leaving
+orphans.
 
 Each server runs in its own process group (so stopping it also stops anything it spawned) and,
 on Linux, with ``PR_SET_PDEATHSIG``: if the emulator itself is SIGKILLed, the kernel kills its
-servers too. Output goes to one log file per server; its tail is shown when a server fails.
+servers too. Output goes to one log file per process; its tail is shown when one fails.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import functools
@@ -30,6 +29,7 @@ PR_SET_PDEATHSIG = 1
 # Looked up here, not in the forked child: between fork and exec only async-signal-safe work is
 # sound, and loading a library (dlopen, malloc) is not.
 _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 class StartupError(RuntimeError):
@@ -40,7 +40,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A port nobody listens on right now (the server binds it a moment later)."""
     with socket.socket() as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def _die_with_parent(parent: int) -> None:
@@ -61,22 +61,20 @@ def die_with_me() -> functools.partial[None]:
 
 
 @dataclass
-class ModelServer:
-    """One deployed model's server process, listening on ``127.0.0.1:port``.
+class ServerProcess:
+    """One server process, listening on ``127.0.0.1:port``.
 
-    ``env`` is its whole environment (:func:`client.emulator.config.container_env`), which
-    gives it ``port`` as ``AIP_HTTP_PORT``.
+    ``env`` is its whole environment (:func:`client.emulator.config.container_env`), which gives
+    it ``port`` as ``AIP_HTTP_PORT``; ``name`` says whose it is in logs and errors.
     """
 
     name: str
-    deployed_model_id: str
     command: tuple[str, ...]
     env: Mapping[str, str]
     health_route: str
     log_path: Path
     port: int = field(default_factory=free_port)
-    proc: subprocess.Popen | None = None
-    exit_reported: bool = False
+    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -109,16 +107,10 @@ class ModelServer:
                 )
             except OSError as exc:
                 raise StartupError(
-                    f"cannot start the server of deployed model {self.name!r}: "
-                    f"{self.command[0]}: {exc.strerror}"
+                    f"cannot start the server of {self.name}: {self.command[0]}: {exc.strerror}"
                 ) from None
         log.info(
-            "started %s (deployed model %s), pid %s, port %s, log %s",
-            self.name,
-            self.deployed_model_id,
-            self.proc.pid,
-            self.port,
-            self.log_path,
+            "started %s, pid %s, port %s, log %s", self.name, self.pid, self.port, self.log_path
         )
 
     def log_tail(self, lines: int = 40) -> str:
@@ -128,32 +120,29 @@ class ModelServer:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
-    def describe_exit(self) -> str:
+    def describe_exit(self, then: str = "") -> str:
+        """How the process ended, ``then`` (what comes next), and its log's tail."""
+        code = self.returncode
+        how = f"exited with code {code}"
+        if code is not None and code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
         return (
-            f"the server of deployed model {self.name!r} ({self.deployed_model_id}) exited with "
-            f"code {self.returncode}; last lines of {self.log_path}:\n{self.log_tail()}"
+            f"the server of {self.name} {how}{then}; last lines of {self.log_path}:\n"
+            f"{self.log_tail()}"
         )
 
-    async def wait_healthy(self, client: httpx.AsyncClient, deadline: float) -> None:
-        """Poll the health route until it answers 200; raise :class:`StartupError` otherwise."""
-        url = self.url + self.health_route
-        last = "no answer yet"
-        while time.monotonic() < deadline:
-            if not self.running:
-                raise StartupError(self.describe_exit())
-            try:
-                response = await client.get(url, timeout=2)
-                if response.status_code == 200:
-                    log.info("%s (deployed model %s) is healthy", self.name, self.deployed_model_id)
-                    return
-                last = f"GET {self.health_route} answered {response.status_code}"
-            except httpx.TransportError as exc:
-                last = f"GET {self.health_route} failed: {exc!r}"
-            await asyncio.sleep(0.2)
-        raise StartupError(
-            f"the server of deployed model {self.name!r} ({self.deployed_model_id}) was not "
-            f"healthy in time ({last}); last lines of {self.log_path}:\n{self.log_tail()}"
-        )
+    async def healthy(self, client: httpx.AsyncClient, timeout: float) -> str | None:
+        """None when the health route answers 200; else what it did."""
+        try:
+            response = await client.get(self.url + self.health_route, timeout=timeout)
+        except httpx.HTTPError as exc:
+            return f"GET {self.health_route} failed: {exc!r}"
+        if response.status_code != 200:
+            return f"GET {self.health_route} answered {response.status_code}"
+        return None
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the server's whole process group."""
@@ -161,74 +150,40 @@ class ModelServer:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, sig)
 
-
-class Fleet:
-    """All deployed models' servers, keyed by deployed model id."""
-
-    def __init__(self) -> None:
-        self.servers: dict[str, ModelServer] = {}
-
-    def add(self, server: ModelServer) -> None:
-        self.servers[server.deployed_model_id] = server
-
-    def remove(self, deployed_model_id: str) -> ModelServer | None:
-        """Take a server out of the fleet (stop it with :func:`stop_servers`)."""
-        return self.servers.pop(deployed_model_id, None)
-
-    def get(self, deployed_model_id: str) -> ModelServer | None:
-        return self.servers.get(deployed_model_id)
-
-    def start(self) -> None:
-        for server in self.servers.values():
-            server.start()
-
-    async def wait_healthy(self, timeout: float) -> None:
-        """Wait for every server at once; the first failure cancels the other waits."""
-        deadline = time.monotonic() + timeout
+    def cpu_seconds(self) -> float | None:
+        """CPU time the process has used (user + system), from ``/proc`` (Linux); None when
+        unknown."""
+        if self.proc is None:
+            return None
         try:
-            async with httpx.AsyncClient(trust_env=False) as client, asyncio.TaskGroup() as tasks:
-                for server in self.servers.values():
-                    tasks.create_task(server.wait_healthy(client, deadline))
-        except* StartupError as failures:
-            raise failures.exceptions[0] from None
-
-    async def watch(self, interval: float = 0.2) -> None:
-        """Log each server that exits (the data plane then answers 503 for it). Runs until cancelled."""
-        while True:
-            for server in self.servers.values():
-                if server.proc is not None and not server.running and not server.exit_reported:
-                    server.exit_reported = True
-                    log.error("%s; requests for it get 503", server.describe_exit())
-            await asyncio.sleep(interval)
-
-    def stop(self, grace: float = 10.0) -> None:
-        """Stop every server (:func:`stop_servers`)."""
-        stop_servers(list(self.servers.values()), grace)
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def stop_servers(servers: list[ModelServer], grace: float = 10.0) -> None:
-    """SIGTERM each server, SIGKILL what is left after ``grace`` seconds, and reap them all.
+def stop_processes(processes: list[ServerProcess], grace: float) -> None:
+    """SIGTERM each process, SIGKILL what is left after ``grace`` seconds, and reap them all.
 
-    The SIGKILL goes to the whole group (anything the server spawned and left behind) while
-    the server is not yet reaped: its pid, and so its group id, cannot be reused until then.
-    A server reaped earlier (it died on its own) is not signalled at all.
+    The SIGKILL goes to the whole group (anything the server spawned and left behind) while the
+    server is not yet reaped: its pid, and so its group id, cannot be reused until then. A
+    process reaped earlier (it died on its own) is not signalled at all.
     """
-    live = [s for s in servers if s.proc is not None and s.proc.returncode is None]
-    for server in live:
-        server.exit_reported = True
-        server.signal(signal.SIGTERM)
+    live = [p for p in processes if p.proc is not None and p.proc.returncode is None]
+    for process in live:
+        process.signal(signal.SIGTERM)
     deadline = time.monotonic() + grace
-    for server in live:
-        assert server.proc is not None
-        while not _exited(server.proc) and time.monotonic() < deadline:
+    for process in live:
+        assert process.proc is not None
+        while not _exited(process.proc) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if not _exited(server.proc):
-            log.warning("%s did not stop in %s s: SIGKILL", server.name, grace)
-        server.signal(signal.SIGKILL)
-        server.proc.wait()
+        if not _exited(process.proc):
+            log.warning("%s did not stop in %g s: SIGKILL", process.name, grace)
+        process.signal(signal.SIGKILL)
+        process.proc.wait()
 
 
-def _exited(proc: subprocess.Popen) -> bool:
+def _exited(proc: subprocess.Popen[bytes]) -> bool:
     """Whether ``proc`` has exited, without reaping it (it stays a zombie, holding its ids)."""
     if proc.returncode is not None:
         return True

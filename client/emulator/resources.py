@@ -97,6 +97,7 @@ class ContainerSpec(_Wire, frozen=True, kw_only=True):
     env: list[EnvVar] = []
     ports: list[Port] = []
     health_route: str = ""
+    predict_route: str = ""
     invoke_route_prefix: str = ""  # "/*", the only value Vertex allows
     deployment_timeout: str | None = None  # a protobuf Duration: "1800s"
 
@@ -129,10 +130,39 @@ class MachineSpec(_Wire, frozen=True, kw_only=True):
     accelerator_count: int | None = None
 
 
+class AutoscalingMetricSpec(_Wire, frozen=True, kw_only=True):
+    """An autoscaling target, as the SDK's deploy sends it (by Vertex's metric names)."""
+
+    metric_name: str
+    target: int = 0
+
+
+# Vertex's metric names for the autoscaling targets the emulator reads (the SDK's, models.py).
+REQUEST_COUNT_METRIC = "aiplatform.googleapis.com/prediction/online/request_count"
+CPU_METRIC = "aiplatform.googleapis.com/prediction/online/cpu/utilization"
+DUTY_CYCLE_METRIC = "aiplatform.googleapis.com/prediction/online/accelerator/duty_cycle"
+
+
 class DedicatedResources(_Wire, frozen=True, kw_only=True):
     machine_spec: MachineSpec
     min_replica_count: int
-    max_replica_count: int
+    max_replica_count: int = 0  # 0: as min (the SDK sends max(min, max))
+    autoscaling_metric_specs: list[AutoscalingMetricSpec] = []
+    spot: bool = False
+
+    def target(self, metric: str) -> int | None:
+        """The target of one autoscaling metric, if the deploy set one."""
+        return next(
+            (s.target for s in self.autoscaling_metric_specs if s.metric_name == metric), None
+        )
+
+
+class DeployedModelStatus(_Wire, frozen=True, kw_only=True):
+    """A deployed model's runtime status (Vertex's ``DeployedModel.Status``)."""
+
+    message: str = ""
+    last_update_time: str
+    available_replica_count: int
 
 
 LOCAL_RESOURCES = DedicatedResources(
@@ -147,6 +177,9 @@ class DeployedModel(_Wire, frozen=True, kw_only=True):
     display_name: str
     create_time: str
     dedicated_resources: DedicatedResources
+    enable_access_logging: bool = False
+    disable_container_logging: bool = False
+    status: DeployedModelStatus | None = None  # filled in when read (the fleet's replicas)
 
 
 class ClientConnectionConfig(_Wire, frozen=True, kw_only=True):
@@ -201,6 +234,8 @@ class DeployedModelRequest(_Wire, frozen=True, kw_only=True):
     model: str
     display_name: str = ""
     dedicated_resources: DedicatedResources | None = None
+    enable_access_logging: bool = False  # recorded: the emulator keeps no access log
+    disable_container_logging: bool = False  # recorded: servers always log to their files
 
 
 class DeployModelRequest(_Wire, frozen=True, kw_only=True):
@@ -302,9 +337,16 @@ class Store:
         model, spec = request.model, request.model.container_spec
         if spec is None or not spec.image_uri:
             raise ApiError.invalid("model.containerSpec.imageUri is required")
+        # Vertex's rules for invoke (its "Use arbitrary custom routes" page and the
+        # ModelContainerSpec reference): "/*" is the only prefix, exclusive with predictRoute.
         if spec.invoke_route_prefix not in ("", "/*"):
             raise ApiError.invalid(
                 f'containerSpec.invokeRoutePrefix must be "/*", not {spec.invoke_route_prefix!r}'
+            )
+        if spec.invoke_route_prefix and spec.predict_route:
+            raise ApiError.invalid(
+                "containerSpec.predictRoute and containerSpec.invokeRoutePrefix cannot both be "
+                "set: a model served through invoke has no predict route"
             )
         if spec.health_route and not spec.health_route.startswith("/"):
             raise ApiError.invalid(f"containerSpec.healthRoute {spec.health_route!r} is not a path")
@@ -377,9 +419,11 @@ class Store:
         display_name: str,
         resources: DedicatedResources = LOCAL_RESOURCES,
         traffic_split: Mapping[str, int] | None = None,
+        request: DeployedModelRequest | None = None,
     ) -> DeployedModel:
         """Add a deployed model. ``traffic_split`` (the new one keyed ``"0"``) replaces the split
-        if given and non-empty (:meth:`check_deploy_split`); else the new model gets 0 %."""
+        if given and non-empty (:meth:`check_deploy_split`); else the new model gets 0 %.
+        ``request``: the deploy's, whose logging switches are recorded."""
         endpoint, model = self.endpoint(endpoint_id), self.model(model_id)
         if traffic_split:
             self.check_deploy_split(endpoint_id, traffic_split)
@@ -390,6 +434,8 @@ class Store:
             display_name=display_name,
             create_time=now(),
             dedicated_resources=resources,
+            enable_access_logging=bool(request and request.enable_access_logging),
+            disable_container_logging=bool(request and request.disable_container_logging),
         )
         split = {**endpoint.traffic_split, deployed.id: 0}
         if traffic_split:
@@ -437,10 +483,12 @@ class Store:
 
     # -- long-running operations -------------------------------------------------------------
 
-    def start_operation(self) -> Operation:
-        """A new operation, not done (finish it with :meth:`finish`)."""
+    def start_operation(self, resource: str) -> Operation:
+        """A new operation on ``resource`` (a model or endpoint name), not done: named under it,
+        as Vertex's are (``projects/P/locations/L/endpoints/E/operations/N``). Finish it with
+        :meth:`finish`."""
         number = next(self._operation_numbers)
-        operation = Operation(name=f"{self.parent}/operations/{number}")
+        operation = Operation(name=f"{resource}/operations/{number}")
         self.operations[operation.name] = operation
         return operation
 
@@ -461,9 +509,11 @@ class Store:
             operation.response = {"@type": TYPE_PREFIX + response_type, **data}
         return operation
 
-    def done(self, response_type: str, response: Mapping[str, Any] | Struct | None) -> Operation:
-        """An operation finished at once."""
-        return self.finish(self.start_operation(), response_type, response)
+    def done(
+        self, resource: str, response_type: str, response: Mapping[str, Any] | Struct | None
+    ) -> Operation:
+        """An operation on ``resource`` finished at once."""
+        return self.finish(self.start_operation(resource), response_type, response)
 
     def operation(self, name: str) -> Operation:
         try:

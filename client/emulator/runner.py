@@ -1,11 +1,13 @@
-"""Run the emulator: certificate, resources, servers, both planes, then wait for a stop signal.
+"""Run the emulator: certificate, resources, replicas, both planes, then wait for a stop signal.
 
 Everything runs in one asyncio loop on the main thread: the control plane (HTTP) and the data
 plane (HTTPS) are two uvicorn servers on sockets bound up front (so port 0 resolves before any
-URL is printed), and the deployed models' servers are child processes (see ``processes``).
-SIGINT, SIGTERM and SIGHUP stop it cleanly: both planes close, every child gets SIGTERM then
-SIGKILL after a grace period, the info file and the temp directory (certificate and its key,
-default log dir) are removed. A SIGKILL leaves the temp directory behind: give ``--work-dir`` a
+URL is printed), the deployed models' replicas are child processes (see ``fleet`` and
+``processes``), and the fleet's supervisor probes, restarts and scales them. SIGINT, SIGTERM and
+SIGHUP stop it cleanly: every replica gets SIGTERM and the grace period to drain while the data
+plane still relays (so open streams end with their ``shutting-down`` event), then SIGKILL; then
+both planes close, and the info file and the temp directory (certificate and its key, default
+log dir) are removed. A SIGKILL leaves the temp directory behind: give ``--work-dir`` a
 directory its launcher removes (:class:`client.emulator.Emulator` does).
 """
 
@@ -22,6 +24,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +35,14 @@ from client.emulator.config import EmulatorConfig
 from client.emulator.control import create_control_app
 from client.emulator.dataplane import DataPlane
 from client.emulator.deployments import Deployments
+from client.emulator.fleet import Fleet, FleetPolicy
 from client.emulator.info import NO_PROXY, EmulatorInfo
-from client.emulator.processes import Fleet, StartupError
+from client.emulator.processes import StartupError
 from client.emulator.resources import ContainerSpec, Endpoint, EnvVar, Port, Store, new_id
 from client.emulator.tls import write_self_signed
 
 log = logging.getLogger("client.emulator")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-CHILD_GRACE_S = 10.0
 # Callers' idle connections stay open longer than the servers' (uvicorn's default 5 s), and the
 # proxy drops its idle ones to servers well before they do: a request is never sent on a
 # connection the other side is closing at that moment (see also the retry in the data plane).
@@ -88,7 +91,17 @@ class Emulation:
         self.config = config
         self.number = config.project_number or project_number(config.project)
         self.store = Store(config.project, self.number, config.location)
-        self.fleet = Fleet()
+        self.fleet = Fleet(
+            FleetPolicy(
+                probe_interval=config.probe_interval,
+                startup_timeout=config.startup_timeout,
+                restart_backoff=config.restart_backoff,
+                grace_period=config.grace_period,
+                replica_capacity=config.replica_capacity,
+                autoscale_window=config.autoscale_window,
+                scale_down_delay=config.scale_down_delay,
+            )
+        )
         self.cert, self.key = write_self_signed(workdir, (config.host,))
         self.control_sock = _bind(config.host, config.control_port)
         self.data_sock = _bind(config.host, config.data_port)
@@ -103,7 +116,6 @@ class Emulation:
             dns=self.dns,
             log_dir=log_dir,
             startup_timeout=config.startup_timeout,
-            grace=CHILD_GRACE_S,
             gcs_dir=config.gcs_dir,
         )
         # The endpoint the info file describes: the declared one, or (--empty) the first created.
@@ -134,8 +146,23 @@ class Emulation:
             self.deployments.commands[model.id] = spec.command
             deployed = self.store.deploy(self.endpoint_id, model.id, spec.id or new_id(), spec.name)
             split[deployed.id] = spec.percent or 0
-            self.fleet.add(self.deployments.server(spec, deployed.id, self.endpoint_id, spec.name))
+            self.fleet.add(self.deployments.replica_set(spec, deployed.id, self.endpoint_id))
         self.store.set_traffic_split(self.endpoint_id, split)
+
+    def start(self) -> None:
+        """Start the declared deployed models' replicas (on the main thread, see ``processes``)."""
+        for replicas in self.fleet.sets.values():
+            replicas.start()
+
+    async def wait_healthy(self, timeout: float) -> None:
+        """Until every declared replica is ready; the first failure cancels the other waits."""
+        deadline = time.monotonic() + timeout
+        try:
+            async with httpx.AsyncClient(trust_env=False) as client, asyncio.TaskGroup() as tasks:
+                for replicas in self.fleet.sets.values():
+                    tasks.create_task(replicas.wait_ready(client, deadline))
+        except* StartupError as failures:
+            raise failures.exceptions[0] from None
 
     def _adopt(self, endpoint: Endpoint) -> None:
         if self.endpoint_id is None:
@@ -144,7 +171,8 @@ class Emulation:
     def info(self) -> EmulatorInfo:
         endpoint = self.store.endpoint(self.endpoint_id) if self.endpoint_id else None
         deployed = endpoint.deployed_models if endpoint else []
-        servers = self.fleet.servers.values()
+        sets = list(self.fleet.sets.values())
+        first = {s.name: s.replicas[0].process for s in sets if s.replicas}
         return EmulatorInfo(
             project=self.config.project,
             location=self.config.location,
@@ -157,9 +185,11 @@ class Emulation:
             traffic_split=dict(endpoint.traffic_split) if endpoint else {},
             pid=os.getpid(),
             project_number=self.number,
-            servers={s.name: s.url for s in servers},
-            server_pids={s.name: s.pid for s in servers if s.pid is not None},
-            logs={s.name: str(s.log_path) for s in servers},
+            servers={name: p.url for name, p in first.items()},
+            server_pids={name: p.pid for name, p in first.items() if p.pid is not None},
+            logs={name: str(p.log_path) for name, p in first.items()},
+            replicas={s.deployed_model_id: s.status() for s in sets},
+            scale_events=self.fleet.events(),
         )
 
     def summary(self) -> str:
@@ -173,8 +203,12 @@ class Emulation:
         for name, dm_id in info.deployed_models.items():
             lines.append(
                 f"  deployed model {name} = {dm_id}: {info.traffic_split.get(dm_id, 0)}% "
-                f"of traffic, server {info.servers[name]}, log {info.logs[name]}"
+                f"of traffic, replicas:"
             )
+            for replica in info.replicas.get(name, []):
+                lines.append(
+                    f"    {replica.id}: {replica.url}, pid {replica.pid}, log {replica.log}"
+                )
         lines += [
             "Point the SDK at it:",
             f"  export REQUESTS_CA_BUNDLE={info.ca_cert} NO_PROXY={NO_PROXY}",
@@ -275,18 +309,21 @@ async def serve(
         for server, sock in _planes(emulation, proxy):
             servers.append((server, asyncio.create_task(server.serve(sockets=[sock]))))
         planes = [task for _, task in servers]
-        emulation.fleet.start()  # on this (main) thread: the children's death signal needs it
-        await _until(stop, planes, emulation.fleet.wait_healthy(config.startup_timeout))
+        emulation.start()  # on this (main) thread: the children's death signal needs it
+        await _until(stop, planes, emulation.wait_healthy(config.startup_timeout))
         if stop.is_set():
             log.info("stopped before every server was healthy")
             return 0
         if info_file is not None:
             emulation.info().write(info_file)
             wrote_info = True
-            emulation.store.on_change.append(lambda _: emulation.info().write(info_file))
+            rewrite = lambda *_: emulation.info().write(info_file)  # noqa: E731
+            emulation.store.on_change.append(rewrite)
+            emulation.fleet.on_change.append(rewrite)
         print(emulation.summary(), flush=True)
-        await _until(stop, planes, emulation.fleet.watch())
-        log.info("stopping")
+        await _until(stop, planes, emulation.fleet.supervise())
+        log.info("stopping: the replicas drain (up to %g s), then the planes close",
+                 config.grace_period)  # fmt: skip
         return 0
     except StartupError as exc:
         log.error("%s", exc)
@@ -295,13 +332,14 @@ async def serve(
         log.error("cannot run the emulator: %s", exc)
         return 1
     finally:
+        if emulation is not None:
+            emulation.deployments.cancel()
+            await emulation.fleet.stop()  # while the data plane still relays their last events
         for server, _ in servers:
             server.should_exit = True
         if servers:
             await asyncio.gather(*(task for _, task in servers), return_exceptions=True)
         if emulation is not None:
-            emulation.deployments.cancel()
-            emulation.fleet.stop(CHILD_GRACE_S)
             emulation.control_sock.close()
             emulation.data_sock.close()
         await proxy.aclose()
