@@ -488,6 +488,11 @@ class DeploySpec:
                 raise errors.ParameterError(f"{name} target {value}: a percent in 1..100")
         if self.request_count_per_minute is not None and self.request_count_per_minute < 1:
             raise errors.ParameterError("the request count per minute target must be >= 1")
+        if bool(self.accelerator_type) != bool(self.accelerator_count):
+            raise errors.ParameterError(
+                "give the accelerator's type and count together (--accelerator-type, "
+                "--accelerator-count)"
+            )
         if self.accelerator_duty_cycle is not None and not self.accelerator_type:
             raise errors.ParameterError(
                 "an accelerator duty cycle target needs an accelerator (--accelerator-type)"
@@ -514,6 +519,8 @@ def allocate_traffic(split: Mapping[str, int], percent: int | None) -> dict[str,
             )
         return {"0": 100}
     percent = percent or 0
+    if percent == 100:
+        return {"0": 100}
     rest = 100 - percent
     new = {k: int(v / 100 * rest) for k, v in split.items()}
     left = rest - sum(new.values())
@@ -561,7 +568,7 @@ def _deploy_request_calls(spec: DeploySpec) -> list[SdkCall]:
     if spec.accelerator_type:
         machine |= {
             "accelerator_type": spec.accelerator_type,
-            "accelerator_count": spec.accelerator_count or 1,
+            "accelerator_count": spec.accelerator_count,
         }
     resources: dict[str, Any] = {
         "machine_spec": SdkCall("aiplatform.gapic.MachineSpec", kwargs=machine),

@@ -164,8 +164,7 @@ def sdk_errors(where: str = "Vertex AI") -> Iterator[None]:
     except gexc.GoogleAPICallError as exc:
         status = exc.code if isinstance(exc.code, int) else 500
         message = f"{type(exc).__name__}: {exc.message}"
-        if status in (401, 403):
-            raise errors.AuthenticationError(message) from None
+        # 401/403: PermissionDeniedError, an AuthenticationError too
         raise errors.error_class(status)(message, status=status, body=str(exc)) from None
     except google.auth.exceptions.GoogleAuthError as exc:
         raise auth_error(exc, where) from None

@@ -128,6 +128,7 @@ def test_dry_run_makes_no_call(capsys: pytest.CaptureFixture[str]) -> None:
         (["--min-replicas", "0"], "at least 1"),
         (["--autoscaling-target-cpu-utilization", "120"], "a percent in 1..100"),
         (["--autoscaling-target-accelerator-duty-cycle", "50"], "needs an accelerator"),
+        (["--accelerator-type", "NVIDIA_L4"], "type and count together"),
     ]:
         assert cli.main(["deploy", "deploy", "--endpoint", "1", "--model", "2", *bad, *nowhere])
         assert message in capsys.readouterr().err, bad
@@ -318,6 +319,7 @@ def test_allocate_traffic_is_the_sdks() -> None:
         ({"1": 100}, 20),
         ({"1": 33, "2": 67}, 10),
         ({"1": 50, "2": 50}, 0),
+        ({"1": 50, "2": 50}, 100),
     ]:
         expected = aiplatform.Endpoint._allocate_traffic(
             split, percent or (100 if not split else 0)

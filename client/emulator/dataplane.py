@@ -285,7 +285,7 @@ class DataPlane:
                 for attempt in (1, 2):
                     try:
                         return replica, await self.client.send(request, stream=True)
-                    except httpx.ConnectError:
+                    except (httpx.ConnectError, httpx.ConnectTimeout):
                         raise
                     except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                         if attempt == 2 or not replica.alive:
@@ -294,10 +294,10 @@ class DataPlane:
                                 f"before it answered: {exc!r}"
                             ) from None
                         log.info("retrying the request to %s once: %r", replica.id, exc)
-            except httpx.ConnectError as exc:
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 log.warning("%s cannot be reached (%r): trying another replica", replica.id, exc)
-                replicas.unreachable(replica)
                 replicas.end(replica)
+                replicas.unreachable(replica)
             except httpx.TimeoutException as exc:
                 replicas.end(replica)
                 raise ApiError(

@@ -201,7 +201,7 @@ class Deployments:
         replicas = self.replica_set(config, deployed_model_id, endpoint_id, resources)
         try:
             replicas.start()
-        except StartupError as exc:
+        except (StartupError, OSError) as exc:
             self._spawn(replicas.stop())
             return self.store.finish(
                 operation, "DeployModelResponse", error=ApiError.precondition(str(exc))
@@ -272,11 +272,13 @@ class Deployments:
         replicas = self.fleet.remove(request.deployed_model_id)
 
         async def stop() -> None:
-            if replicas is not None:
-                await replicas.stop()
-            log.info("undeployed %s (%s) from endpoint %s", deployed.display_name, deployed.id,
-                     endpoint_id)  # fmt: skip
-            self.store.finish(operation, "UndeployModelResponse", None)
+            try:
+                if replicas is not None:
+                    await replicas.stop()
+            finally:
+                log.info("undeployed %s (%s) from endpoint %s", deployed.display_name,
+                         deployed.id, endpoint_id)  # fmt: skip
+                self.store.finish(operation, "UndeployModelResponse", None)
 
         self._spawn(stop())
         return operation

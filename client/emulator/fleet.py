@@ -12,7 +12,8 @@ sized as Vertex's own fleet (Kubernetes underneath) keeps them.
   takes none until it answers again, and one that then fails ``restart_after`` in a row is
   restarted; a process that exits is restarted after a back-off (none the first time, then
   ``restart_backoff`` doubling up to ``max_restart_backoff``, as Kubernetes' CrashLoopBackOff).
-  A replica whose process is gone is never picked, even before the next probe.
+  A replica whose process is gone is never picked, even before the next probe. The back-off
+  resets once a replica has stayed up for ``backoff_reset`` (Kubernetes: 10 minutes).
 * Autoscaling, between min and max: on requests per minute per replica against the deploy's
   ``autoscaling_target_request_count_per_minute`` (counted over ``autoscale_window``), and on
   CPU utilisation (the replica processes' CPU time, from /proc) against
@@ -34,13 +35,14 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
 from client.emulator.info import ReplicaState, ReplicaStatus, ScaleEvent
-from client.emulator.processes import ServerProcess, StartupError, stop_processes
+from client.emulator.processes import ServerProcess, StartupError, stop_process
 from client.emulator.resources import now
 
 log = logging.getLogger("client.emulator")
@@ -59,6 +61,7 @@ class FleetPolicy:
     startup_timeout: float = 300.0
     restart_backoff: float = 10.0
     max_restart_backoff: float = 300.0
+    backoff_reset: float = 600.0  # up this long: its next crash restarts at once again
     grace_period: float = 30.0  # the server drains for SERVE_SHUTDOWN_SECONDS (25 s), plus 5
     replica_capacity: int = 64  # requests in flight per replica; beyond it on all: 429
     autoscale_window: float = 60.0
@@ -83,7 +86,8 @@ class Replica:
     state: ReplicaState = "starting"
     since: float = field(default_factory=time.monotonic)  # when it (re)started or last changed
     restarts: int = 0
-    crashes: int = 0  # in a row, for the back-off; reset once it is ready
+    crashes: int = 0  # in a row, for the back-off; reset once it stayed up backoff_reset
+    up_since: float | None = None  # when it last became ready after a (re)start
     failures: int = 0  # failed probes in a row
     outstanding: int = 0  # requests the data plane has in flight on it
     restart_at: float | None = None
@@ -138,7 +142,8 @@ class ReplicaSet:
         self._numbers = itertools.count(1)
         self._turn = itertools.count()
         self._low_since: float | None = None
-        self._stopping: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # replicas stopping or restarting
+        self.closed = False  # stopped: nothing starts, probes and scaling end
 
     # -- replicas ----------------------------------------------------------------------------
 
@@ -148,6 +153,7 @@ class ReplicaSet:
             self._add()
 
     def _add(self) -> Replica:
+        assert not self.closed, f"{self.name}: its replicas were stopped"
         n = next(self._numbers)
         replica = Replica(f"{self.name}-{n}", self.factory(n))
         replica.process.start()
@@ -224,14 +230,19 @@ class ReplicaSet:
 
     async def probe(self, client: httpx.AsyncClient) -> None:
         """One round: every replica's health, restarts due, then the autoscaler."""
+        if self.closed:
+            return
         clock = time.monotonic()
         live = [r for r in self.replicas if r.state != "stopping" and r.alive]
         answers = await asyncio.gather(
             *(r.process.healthy(client, self.policy.probe_timeout) for r in live)
         )
+        if self.closed:  # stopped while the probes were out
+            return
         for replica, problem in zip(live, answers, strict=True):
-            self._sample_cpu(replica, clock)
-            self._probed(replica, problem, clock)
+            if replica.state != "stopping" and replica in self.replicas:  # retired meanwhile
+                self._sample_cpu(replica, clock)
+                self._probed(replica, problem, clock)
         for replica in list(self.replicas):
             if replica.state == "stopping":
                 continue
@@ -243,15 +254,16 @@ class ReplicaSet:
                 and clock >= replica.restart_at
                 and not self.deploying
             ):
-                await self._restart(replica)
+                self._restart(replica)
         if not self.deploying:
-            await self._autoscale(clock)
+            self._autoscale(clock)
 
     def _probed(self, replica: Replica, problem: str | None, clock: float) -> None:
         if problem is None:
             replica.failures = 0
             if replica.state != "ready":
-                replica.crashes = 0
+                if replica.up_since is None:
+                    replica.up_since = clock
                 self._set(replica, "ready")
             return
         replica.failures += 1
@@ -275,6 +287,9 @@ class ReplicaSet:
     def _fail(self, replica: Replica, clock: float, immediately: bool = False) -> None:
         """Mark ``replica`` failed and schedule its restart (the back-off grows with the crashes
         in a row: none for the first, then ``restart_backoff`` doubling)."""
+        if replica.up_since is not None and clock - replica.up_since >= self.policy.backoff_reset:
+            replica.crashes = 0  # it ran long enough: not a crash loop
+        replica.up_since = None
         delay = 0.0
         if replica.crashes and not immediately:
             delay = min(
@@ -285,16 +300,38 @@ class ReplicaSet:
         replica.restart_at = clock + delay
         self._set(replica, "failed")
 
-    async def _restart(self, replica: Replica) -> None:
+    def _restart(self, replica: Replica) -> None:
+        """Stop what is left of ``replica``'s process (unhealthy, not dead: stopped as
+        Kubernetes stops a failed container, with the grace period) and start a new one, in a
+        task: a replica draining does not hold up the probes of the others."""
+        replica.restart_at = None  # this restart is under way
         old = replica.process
-        if old.running:  # unhealthy, not dead: stopped as Kubernetes stops a failed container
-            await asyncio.to_thread(stop_processes, [old], self.policy.grace_period)
-        replica.process = self.factory(int(replica.id.rsplit("-", 1)[1]))
-        replica.process.start()
-        replica.restarts += 1
-        replica.failures, replica.cpu, replica.restart_at = 0, None, None
-        log.info("%s restarted (restart %d)", replica.id, replica.restarts)
-        self._set(replica, "starting")
+
+        async def restart() -> None:
+            if old.running:
+                await stop_process(old, self.policy.grace_period)
+            if self.closed or replica.state != "failed" or replica not in self.replicas:
+                return  # retired or stopped meanwhile: nothing to start
+            process = self.factory(int(replica.id.rsplit("-", 1)[1]))
+            try:
+                process.start()
+            except StartupError as exc:
+                log.error("%s cannot restart: %s", replica.id, exc)
+                self._fail(replica, time.monotonic())
+                return
+            replica.process = process
+            replica.restarts += 1
+            replica.failures, replica.cpu = 0, None
+            log.info("%s restarted (restart %d)", replica.id, replica.restarts)
+            self._set(replica, "starting")
+
+        self._spawn(restart())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def _set(self, replica: Replica, state: ReplicaState) -> None:
         if replica.state != state:
@@ -337,7 +374,7 @@ class ReplicaSet:
         need, why = max(wanted)
         return max(self.min_replicas, min(self.max_replicas, need)), why
 
-    async def _autoscale(self, clock: float) -> None:
+    def _autoscale(self, clock: float) -> None:
         current = len(self.serving)
         target, why = self.desired(clock)
         if target > current:
@@ -380,22 +417,22 @@ class ReplicaSet:
 
         async def stop() -> None:
             try:
-                await asyncio.to_thread(stop_processes, [replica.process], self.policy.grace_period)
+                await stop_process(replica.process, self.policy.grace_period)
             finally:
                 if replica in self.replicas:
                     self.replicas.remove(replica)
                 self.on_change()
 
-        task = asyncio.get_running_loop().create_task(stop())
-        self._stopping.add(task)
-        task.add_done_callback(self._stopping.discard)
-        return task
+        return self._spawn(stop())
 
     async def stop(self) -> None:
-        """Stop every replica (each drains for up to the grace period), at once."""
+        """Stop every replica (each drains for up to the grace period), at once; nothing of
+        this set starts again."""
+        self.closed = True
         for replica in self.serving:
             self.retire(replica)
-        await asyncio.gather(*self._stopping)
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 class Fleet:
@@ -432,7 +469,11 @@ class Fleet:
         async with httpx.AsyncClient(trust_env=False) as client:
             while True:
                 for replicas in list(self.sets.values()):
-                    if not replicas.deploying:
+                    # not one undeployed while another was probed
+                    if (
+                        self.sets.get(replicas.deployed_model_id) is replicas
+                        and not replicas.deploying
+                    ):
                         try:
                             await replicas.probe(client)
                         except Exception:  # a bug here must not stop the supervision

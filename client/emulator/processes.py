@@ -8,6 +8,7 @@ servers too. Output goes to one log file per process; its tail is shown when one
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import functools
@@ -94,7 +95,13 @@ class ServerProcess:
 
     def start(self) -> None:
         """Start the process (call from the main thread: the death signal is tied to the thread)."""
-        with self.log_path.open("ab") as out:
+        try:
+            out = self.log_path.open("ab")
+        except OSError as exc:
+            raise StartupError(
+                f"cannot start the server of {self.name}: its log {self.log_path}: {exc.strerror}"
+            ) from None
+        with out:
             try:
                 self.proc = subprocess.Popen(
                     self.command,
@@ -181,6 +188,24 @@ def stop_processes(processes: list[ServerProcess], grace: float) -> None:
             log.warning("%s did not stop in %g s: SIGKILL", process.name, grace)
         process.signal(signal.SIGKILL)
         process.proc.wait()
+
+
+async def stop_process(process: ServerProcess, grace: float) -> None:
+    """:func:`stop_processes` for one process, waiting on the event loop: no thread is held,
+    so any number of replicas drain at once."""
+    proc = process.proc
+    if proc is None or proc.returncode is not None:
+        return
+    process.signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while not _exited(proc) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if not _exited(proc):
+        log.warning("%s did not stop in %g s: SIGKILL", process.name, grace)
+    process.signal(signal.SIGKILL)
+    while not _exited(proc):
+        await asyncio.sleep(0.01)
+    proc.wait()
 
 
 def _exited(proc: subprocess.Popen[bytes]) -> bool:

@@ -205,7 +205,7 @@ class Emulation:
                 f"  deployed model {name} = {dm_id}: {info.traffic_split.get(dm_id, 0)}% "
                 f"of traffic, replicas:"
             )
-            for replica in info.replicas.get(name, []):
+            for replica in info.replicas.get(dm_id, []):
                 lines.append(
                     f"    {replica.id}: {replica.url}, pid {replica.pid}, log {replica.log}"
                 )
@@ -317,7 +317,13 @@ async def serve(
         if info_file is not None:
             emulation.info().write(info_file)
             wrote_info = True
-            rewrite = lambda *_: emulation.info().write(info_file)  # noqa: E731
+
+            def rewrite(*_: object) -> None:
+                try:
+                    emulation.info().write(info_file)
+                except OSError as exc:  # a full disk must not stop the fleet or the planes
+                    log.error("cannot rewrite the info file %s: %s", info_file, exc)
+
             emulation.store.on_change.append(rewrite)
             emulation.fleet.on_change.append(rewrite)
         print(emulation.summary(), flush=True)
