@@ -64,6 +64,9 @@ from client.transports import (
     Response,
     VertexTransport,
 )
+from client.video.engine import VideoOptions, VideoRun
+from client.video.runs import AsyncVideoStream, AsyncWindows, VideoStream
+from client.video.source import VideoSource, open_source
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 120.0  # the SDK remounts a keep-alive adapter on every call above 120 s
@@ -287,6 +290,23 @@ class _Base:
             deployed_model_id=deployed_model_id,
             accept="text/event-stream",
             stream=True,
+        )
+
+    def _video_run(
+        self,
+        endpoint: Any,
+        source: VideoSource,
+        params: Mapping[str, Any],
+        deployed_model_id: str | None,
+        options: VideoOptions,
+    ) -> VideoRun:
+        """The engine for one video: the parameters checked and the source opened first (a bad
+        one fails here, before any call)."""
+        checked = _validate(StreamParameters, params)
+        options.check()
+        capture = open_source(source, live=options.live)
+        return VideoRun(
+            endpoint, capture, checked, deployed_model_id=deployed_model_id, options=options
         )
 
     # -- responses --------------------------------------------------------------------------
@@ -524,6 +544,34 @@ class Client(_Base):
             response.close()
             raise
 
+    def video(
+        self,
+        source: VideoSource,
+        *,
+        deployed_model_id: str | None = None,
+        options: VideoOptions | None = None,
+        **params: Unpack[StreamParams],
+    ) -> VideoStream:
+        """A whole video (a file of any size and length), a camera or a live URL, through
+        ``/stream`` windows spread over the endpoint's replicas (:mod:`client.video`).
+
+        Iterate the result for :class:`~client.video.VideoFrame` results in source order (boxes
+        in source pixels, one track id per object over the whole video); ``.stats`` says where
+        the run stands. ``options`` (:class:`~client.video.VideoOptions`): live or not,
+        concurrency, window size and overlap. Needs the ``video`` extra (OpenCV).
+
+        Example:
+            >>> with client.video("match.mp4", track="bytetrack") as run:
+            ...     for frame in run:
+            ...         print(frame.index, [d.track_id for d in frame.detections])
+        """
+        return VideoStream(
+            lambda endpoint: self._video_run(
+                endpoint, source, params, deployed_model_id, options or VideoOptions()
+            ),
+            self,
+        )
+
     def close(self) -> None:
         self.transport.close()
 
@@ -691,6 +739,20 @@ class AsyncClient(_Base):
         except BaseException:
             await response.aclose()
             raise
+
+    def video(
+        self,
+        source: VideoSource,
+        *,
+        deployed_model_id: str | None = None,
+        options: VideoOptions | None = None,
+        **params: Unpack[StreamParams],
+    ) -> AsyncVideoStream:
+        """:meth:`Client.video` on this loop: ``async for frame in client.video(...)``."""
+        run = self._video_run(
+            AsyncWindows(self), source, params, deployed_model_id, options or VideoOptions()
+        )
+        return AsyncVideoStream(run)
 
     async def aclose(self) -> None:
         await self.transport.aclose()

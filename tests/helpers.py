@@ -78,3 +78,29 @@ def polygons_mask(polygons: list[list[list[float]]], height: int, width: int) ->
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def crossing_frames(
+    n: int, width: int = 320, height: int = 240, class_id: int = 1, seed: int = FRESH_SEED
+) -> tuple[list[np.ndarray], list[list[tuple[float, float]]]]:
+    """``n`` RGB frames of two shapes of the same class crossing each other's path (one left to
+    right above the middle, one right to left below it), and each frame's two centres (the
+    first shape's first)."""
+    from app.demo.shapes import draw_shape, make_shape, noisy_background, shape_colour
+
+    rng = np.random.default_rng(seed)
+    background = noisy_background(rng, height, width)
+    colours = [shape_colour(rng, background) for _ in range(2)]
+    size = min(width, height) * 0.3
+    x0, x1 = size * 0.75, width - size * 0.75
+    rows = (height * 0.3, height * 0.7)
+    frames, centres = [], []
+    for i in range(n):
+        t = i / max(n - 1, 1)
+        here = [(x0 + (x1 - x0) * t, rows[0]), (x1 - (x1 - x0) * t, rows[1])]
+        frame = background.copy()
+        for (cx, cy), colour in zip(here, colours, strict=True):
+            draw_shape(frame, make_shape(class_id, cx, cy, size), colour)
+        frames.append(frame)
+        centres.append(here)
+    return frames, centres

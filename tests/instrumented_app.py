@@ -9,7 +9,9 @@ stream frames, one call per batch) first passes a **gate**, then a **fault** che
   flight", "the queue is full", "the model is still loading" or "a batch of 9 formed" are states
   a test sets up, not races it hopes to win on a machine of unknown speed. The test drives it
   over HTTP on a port of its own, ``TEST_GATE_PORT`` (a control server in a thread of this
-  process, so it still answers while the app's listener is closed by a shutdown): ``GET /``
+  process, so it still answers while the app's listener is closed by a shutdown; ``0``: a free
+  port, written to stderr as ``test gate on http://127.0.0.1:PORT``, for replicas that share
+  an environment and a log each): ``GET /``
   answers ``{"permits", "waiting", "passed"}``; ``POST /?permits=N`` (or ``open``) sets the
   permits, ``?add=N`` adds to them. ``TEST_GATE_PERMITS`` sets them at start (``0``: loading
   holds at the first warm-up).
@@ -72,8 +74,8 @@ class Gate:
             return {"permits": self.permits, "waiting": self.waiting, "passed": self.passed}
 
 
-def serve_gate(gate: Gate, port: int) -> None:
-    """The gate's control server, on ``127.0.0.1:port``, in a daemon thread."""
+def serve_gate(gate: Gate, port: int) -> int:
+    """The gate's control server, on ``127.0.0.1:port``, in a daemon thread; its port."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -102,6 +104,7 @@ def serve_gate(gate: Gate, port: int) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="test-gate", daemon=True).start()
+    return server.server_address[1]
 
 
 def main() -> int:
@@ -129,7 +132,8 @@ def main() -> int:
     Model.predict = predict
 
     if port := os.environ.get("TEST_GATE_PORT"):
-        serve_gate(gate, int(port))
+        bound = serve_gate(gate, int(port))
+        print(f"test gate on http://127.0.0.1:{bound}", file=sys.stderr, flush=True)
 
     from app.__main__ import main as serve
 

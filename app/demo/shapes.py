@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,13 +159,14 @@ def write_dataset(root: Path, n_train: int, n_val: int, seed: int, size: int = 1
     return data
 
 
-def moving_shape_frames(
+def moving_shape(
     n: int, width: int = 160, height: int = 120, class_id: int = 1, seed: int = 7
-) -> tuple[list[np.ndarray], list[tuple[float, float]]]:
-    """``n`` RGB frames of one shape crossing a fixed background left to right, and its centres.
+) -> Iterator[tuple[np.ndarray, tuple[float, float]]]:
+    """``n`` RGB frames of one shape crossing a fixed background left to right, one at a time,
+    each with the shape's centre.
 
     The shape moves at constant speed along a straight line, so a tracker should keep one id and
-    box centres should follow the returned centres.
+    box centres should follow the centres.
     """
     rng = np.random.default_rng(seed)
     background = noisy_background(rng, height, width)
@@ -172,25 +174,38 @@ def moving_shape_frames(
     size = min(width, height) * 0.35
     x0, x1 = size * 0.75, width - size * 0.75
     cy = height / 2
-    frames, centres = [], []
     for i in range(n):
         cx = x0 + (x1 - x0) * i / max(n - 1, 1)
         frame = background.copy()
         draw_shape(frame, make_shape(class_id, cx, cy, size), colour)
+        yield frame, (cx, cy)
+
+
+def moving_shape_frames(
+    n: int, width: int = 160, height: int = 120, class_id: int = 1, seed: int = 7
+) -> tuple[list[np.ndarray], list[tuple[float, float]]]:
+    """:func:`moving_shape` as two lists: the frames and the centres."""
+    frames, centres = [], []
+    for frame, centre in moving_shape(n, width, height, class_id, seed):
         frames.append(frame)
-        centres.append((cx, cy))
+        centres.append(centre)
     return frames, centres
 
 
-def write_video(path: str | Path, frames: list[np.ndarray], fps: float = 10.0) -> None:
-    """Write RGB frames as a video OpenCV reads back (codec by suffix: .mp4 mp4v, .avi MJPG)."""
+def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 10.0) -> None:
+    """Write RGB frames (a list, or any iterable: one frame in memory at a time) as a video
+    OpenCV reads back (codec by suffix: .mp4 mp4v, .avi MJPG)."""
     fourcc = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "XVID", ".webm": "VP80"}[Path(path).suffix]
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), fps, (width, height))
-    if not writer.isOpened():
-        raise RuntimeError(f"OpenCV cannot write {path} with {fourcc}")
+    writer = None
     try:
         for frame in frames:
+            if writer is None:
+                height, width = frame.shape[:2]
+                code = cv2.VideoWriter.fourcc(*fourcc)
+                writer = cv2.VideoWriter(str(path), code, fps, (width, height))
+                if not writer.isOpened():
+                    raise RuntimeError(f"OpenCV cannot write {path} with {fourcc}")
             writer.write(np.ascontiguousarray(frame[:, :, ::-1]))
     finally:
-        writer.release()
+        if writer is not None:
+            writer.release()

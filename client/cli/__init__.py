@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "segment": ("client.cli.detect", "segment instances in images (a segmentation model)"),
     "annotate": ("client.cli.annotate", "draw the detections on an image"),
     "stream": ("client.cli.stream", "run a video (or image frames) through /stream, with progress"),
+    "video": (
+        "client.cli.video",
+        "a whole video, a camera or a live URL, in windows over the endpoint's replicas",
+    ),
     "ab": ("client.cli.ab", "compare deployed models (targeted) or check the traffic split"),
     "bench": ("client.cli.bench", "measure throughput and latency over a concurrency sweep"),
     "deploy": (
