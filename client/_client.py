@@ -565,11 +565,11 @@ class Client(_Base):
             ...     for frame in run:
             ...         print(frame.index, [d.track_id for d in frame.detections])
         """
+        options = options or VideoOptions()
         return VideoStream(
-            lambda endpoint: self._video_run(
-                endpoint, source, params, deployed_model_id, options or VideoOptions()
-            ),
+            lambda endpoint: self._video_run(endpoint, source, params, deployed_model_id, options),
             self,
+            windows=options.concurrency,
         )
 
     def close(self) -> None:

@@ -95,16 +95,17 @@ def run(args: argparse.Namespace) -> int:
             )
         )
         stats = video.stats
+        saver = None
+        if args.save:  # checked before --out is truncated
+            from client.video.draw import AnnotatedVideo
+
+            stride = args.vid_stride or 1  # the drawn video plays at the source's pace
+            saver = AnnotatedVideo(args.save, stats.fps_source and stats.fps_source / stride)
+            stack.callback(saver.close)
         out = None
         if args.out:
             with writing(args.out):
                 out = stack.enter_context(open(args.out, "wb"))  # noqa: SIM115
-        saver = None
-        if args.save:
-            from client.video.draw import AnnotatedVideo
-
-            saver = AnnotatedVideo(args.save, stats.fps_source)
-            stack.callback(saver.close)
         bar = stack.enter_context(
             tqdm(
                 total=stats.frames_expected,

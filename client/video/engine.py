@@ -51,7 +51,8 @@ log = logging.getLogger("client.video")
 BODY_LIMIT = 10_000_000
 HEADROOM = 0.8
 PART_OVERHEAD = 256  # multipart headers per frame
-MAX_CONCURRENCY = 16
+MAX_CONCURRENCY = 16  # the default's ceiling
+MAX_WINDOWS = 64  # what may be asked for
 LATENCY_SAMPLES = 10_000  # the last ones kept for the percentiles: a live run never grows
 
 
@@ -62,7 +63,7 @@ class Endpoint(Protocol):
 
     def stream(
         self, frames: list[bytes], deployed_model_id: str, params: Mapping[str, Any]
-    ) -> AsyncIterator[StreamStart | StreamFrame | StreamEnd]: ...
+    ) -> AsyncGenerator[StreamStart | StreamFrame | StreamEnd, None]: ...
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,10 @@ class VideoOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise errors.ParameterError(f"{name} must be at least 1, not {value}")
+        if self.concurrency is not None and self.concurrency > MAX_WINDOWS:
+            raise errors.ParameterError(
+                f"concurrency {self.concurrency}: at most {MAX_WINDOWS} windows in flight"
+            )
         if self.overlap is not None and self.overlap < 0:
             raise errors.ParameterError(f"overlap must be 0 or more, not {self.overlap}")
         if self.attempts < 1:
@@ -147,6 +152,7 @@ class VideoStats(msgspec.Struct, kw_only=True):
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
     max_waiting: int = 0  # live: the most frames ever waiting for a window
+    max_pending: int = 0  # the most frames read, not dropped, not yet out, behind a result
 
 
 # -- internal state ------------------------------------------------------------------------------
@@ -356,6 +362,7 @@ class VideoRun:
                 if self.max_frames is not None and taken >= self.max_frames:
                     break
                 item = self.capture.read()
+                captured = time.monotonic()  # the glass: as the frame leaves the source
                 if item is None:
                     break
                 index, stamp, image = item
@@ -365,7 +372,7 @@ class VideoRun:
                     index=index,
                     timestamp_ms=stamp,
                     sent=prepare(image, self._imgsz),
-                    captured=time.monotonic(),
+                    captured=captured,
                     original=encode_jpeg(image) if self.options.keep_frames else None,
                 )
                 taken += 1
@@ -428,15 +435,14 @@ class VideoRun:
             while not ended:
                 await self._signal.until(self._room)
                 frames, size = list(shared), sum(len(f.sent.jpeg) + PART_OVERHEAD for f in shared)
+                kept = len(frames)  # shared frames still at the window's head
                 while len(frames) < self.window_frames:
                     if carried is not None:
                         item: _Frame | object | None = carried
                         carried = None
                     else:
                         # live: send what is there once the window has a new frame
-                        item = await self._next_frame(
-                            wait=not self.live or len(frames) == len(shared)
-                        )
+                        item = await self._next_frame(wait=not self.live or len(frames) == kept)
                     if item is None:
                         break
                     if item is _END:
@@ -444,9 +450,12 @@ class VideoRun:
                         break
                     assert isinstance(item, _Frame)
                     cost = len(item.sent.jpeg) + PART_OVERHEAD
-                    if size + cost > self.budget and len(frames) > len(shared):
+                    if size + cost > self.budget and len(frames) > kept:
                         carried = item  # the next window's
                         break
+                    while size + cost > self.budget and kept:  # less overlap, not no window
+                        size -= len(frames.pop(0).sent.jpeg) + PART_OVERHEAD
+                        kept -= 1
                     if size + cost > self.budget:
                         raise errors.ParameterError(
                             f"frame {item.index} is {len(item.sent.jpeg)} bytes as JPEG: more "
@@ -454,12 +463,13 @@ class VideoRun:
                         )
                     frames.append(item)
                     size += cost
-                if len(frames) == len(shared):
+                if len(frames) == kept:
                     break  # nothing new
-                window = _Window(self._made, frames, len(shared))
+                window = _Window(self._made, frames, kept)
                 self._windows[window.number] = window
                 self._made += 1
                 shared = frames[-self.overlap :] if self.overlap else []
+                self.stats.in_flight += 1  # now: the next _room() must see it
                 task = asyncio.ensure_future(self._send(window))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -476,9 +486,9 @@ class VideoRun:
         return self.stats.in_flight < limit and len(self._windows) < held
 
     async def _send(self, window: _Window) -> None:
-        """Run ``window``, resuming after the last frame received when a try fails."""
+        """Run ``window`` (counted in flight by the builder), resuming after the last frame
+        received when a try fails."""
         start, first, attempt = 0, window.shared, 1
-        self.stats.in_flight += 1
         try:
             while True:
                 part = _Part(start=start, first=first)
@@ -494,12 +504,12 @@ class VideoRun:
                         "without its other frames"
                     )
                 except Exception as exc:
-                    if not _retryable(exc) or attempt >= self.options.attempts:
-                        window.error = exc
-                        return
                     missing = self._missing(window)
                     if missing is None:  # everything arrived before the failure
                         window.done = True
+                        return
+                    if not _retryable(exc) or attempt >= self.options.attempts:
+                        window.error = exc
                         return
                     attempt += 1
                     self.stats.retries += 1
@@ -519,7 +529,16 @@ class VideoRun:
     async def _run_part(self, window: _Window, part: _Part) -> None:
         assert self.pinned is not None
         frames = [f.sent.jpeg for f in window.frames[part.start :]]
-        async for event in self.endpoint.stream(frames, self.pinned, self.params):
+        async with contextlib.aclosing(self.endpoint.stream(frames, self.pinned, self.params)) as s:
+            await self._receive(window, part, s)
+
+    async def _receive(
+        self,
+        window: _Window,
+        part: _Part,
+        events: AsyncIterator[StreamStart | StreamFrame | StreamEnd],
+    ) -> None:
+        async for event in events:
             if isinstance(event, StreamStart):  # the client checked it is the pinned model's
                 part.replica_id = event.replica_id
             elif isinstance(event, StreamFrame):
@@ -604,6 +623,8 @@ class VideoRun:
             while len(self._recent) > self.overlap + 1:
                 del self._recent[next(iter(self._recent))]
             self.stats.tracks = len(self._tracks.seen)
+        pending = self.stats.read - self.stats.drops - self.stats.frames - 1
+        self.stats.max_pending = max(self.stats.max_pending, pending)
         self._classes.update(d.class_name for d in detections)
         self.stats.class_counts = dict(self._classes)
         self.stats.frames += 1
@@ -611,7 +632,7 @@ class VideoRun:
         if self.live:
             latency = (time.monotonic() - frame.captured) * 1000
             self._latencies.append(latency)
-            if len(self._latencies) % 10 == 1:
+            if self.stats.frames % 10 == 1:
                 p50, p95 = percentiles(self._latencies, 50, 95)
                 self.stats.latency_p50_ms, self.stats.latency_p95_ms = p50, p95
         return VideoFrame(

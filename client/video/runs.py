@@ -73,6 +73,9 @@ class ThreadedWindows:
             try:
                 stream = self.client.stream(frames, deployed_model_id=deployed_model_id, **params)
                 opened.append(stream)
+                if hang_up.is_set():  # hung up while it opened
+                    stream.close()
+                    return
                 with stream:
                     for event in stream:
                         if hang_up.is_set():
@@ -98,28 +101,45 @@ class ThreadedWindows:
 
 
 class AsyncVideoStream:
-    """``AsyncClient.video``'s run: ``async for frame in run``; ``run.stats``."""
+    """``AsyncClient.video``'s run: ``async for frame in run`` (once); ``run.stats``; ``async
+    with`` it (or ``await run.aclose()``) to release the source of a run never iterated."""
 
     def __init__(self, run: VideoRun) -> None:
         self.run = run
+        self._consumed = False
 
     @property
     def stats(self) -> VideoStats:
         return self.run.stats
 
     async def __aiter__(self) -> AsyncIterator[VideoFrame]:
+        if self._consumed:
+            raise RuntimeError("a video run can be iterated once")
+        self._consumed = True
         async with contextlib.aclosing(self.run.frames()) as frames:
             async for frame in frames:
                 yield frame
         self.run.finish_stats()
+
+    async def aclose(self) -> None:
+        if not self._consumed:
+            self._consumed = True
+            self.run.capture.close()
+
+    async def __aenter__(self) -> AsyncVideoStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 class VideoStream:
     """``Client.video``'s run: ``for frame in run``; ``run.stats``; ``close()`` (or leave the
     ``with`` block, or stop iterating and drop it) to stop early."""
 
-    def __init__(self, make_run: Any, client: Any) -> None:
-        self._pool = ThreadPoolExecutor(MAX_CONCURRENCY + 1, thread_name_prefix="video-window")
+    def __init__(self, make_run: Any, client: Any, windows: int | None = None) -> None:
+        workers = (windows or MAX_CONCURRENCY) + 1  # every window in flight, and /models
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="video-window")
         self.run: VideoRun = make_run(ThreadedWindows(client, self._pool))
         self._queue: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=64)
         self._closed = threading.Event()
@@ -163,7 +183,9 @@ class VideoStream:
             asyncio.run(main())
         finally:
             self._started.set()
-            self._pool.shutdown(wait=True, cancel_futures=True)  # their streams are closed
+            # The windows' streams are closed (hung up): their threads end on their own.
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._hand((True, _DONE))  # the consumer never waits for nothing
 
     def __iter__(self) -> Iterator[VideoFrame]:
         if self._consumed:
@@ -172,7 +194,12 @@ class VideoStream:
         self._thread.start()
         try:
             while True:
-                ok, value = self._queue.get()
+                try:
+                    ok, value = self._queue.get(timeout=1)
+                except queue.Empty:
+                    if self._thread.is_alive():
+                        continue
+                    return  # (cannot happen: the run always hands a last item)
                 if not ok:
                     raise value
                 if value is _DONE:

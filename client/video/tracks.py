@@ -34,6 +34,14 @@ def iou(a: Detection, b: Detection) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def _score(a: Detection, b: Detection, min_iou: float) -> float:
+    """The IoU of two detections of one class when it reaches ``min_iou``, else 0."""
+    if a.class_id != b.class_id:
+        return 0.0
+    overlap = iou(a, b)
+    return overlap if overlap >= min_iou else 0.0
+
+
 def _assign(scores: list[list[float]]) -> list[tuple[int, int]]:
     """Row-column pairs maximising the total score (rectangular allowed)."""
     if not scores or not scores[0]:
@@ -56,9 +64,10 @@ def match(
     for old, new in zip(known, local, strict=True):
         old = [d for d in old if d.track_id is not None]
         new = [d for d in new if d.track_id is not None]
-        scores = [[iou(n, o) if n.class_id == o.class_id else 0.0 for o in old] for n in new]
+        # pairs below the threshold score nothing: they cannot outweigh one good pair
+        scores = [[_score(n, o, min_iou) for o in old] for n in new]
         for r, c in _assign(scores):
-            if scores[r][c] >= min_iou:
+            if scores[r][c] > 0:
                 votes[(new[r].track_id, old[c].track_id)] += 1  # type: ignore[index]
     local_ids = sorted({n for n, _ in votes})
     known_ids = sorted({k for _, k in votes})
