@@ -26,6 +26,26 @@ from servers import (  # noqa: F401 (for the tests)
 
 BUS_JPG = Path(importlib.util.find_spec("ultralytics").origin).parent / "assets" / "bus.jpg"
 
+# The files that take longest (measured), started first: the two xdist workers take files in
+# collection order, and a long file picked up last would leave one worker alone at the end.
+LONGEST_FIRST = (
+    "test_fleet.py",
+    "test_packaging.py",
+    "test_video.py",
+    "test_soak.py",
+    "test_emulator.py",
+    "test_client.py",
+    "test_formats.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file's own order is kept
+
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
