@@ -20,6 +20,7 @@ DEMO_MODELS = (
     ("shapes-segment", str(DEMO_WEIGHTS / "shapes-segment.pt")),
 )
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 # PyTorch weights, model configs, and exports (ONNX files, OpenVINO directories)
 WEIGHT_SUFFIXES = (".pt", ".yaml", ".yml", ".onnx", "_openvino_model")
 DIRECTORY_SUFFIXES = ("_openvino_model",)
@@ -75,6 +76,8 @@ class Settings:
     batch_max_size: int = 8
     batch_max_delay_ms: float = 5.0
     queue_size: int = 64
+    allowed_buckets: frozenset[str] = frozenset()  # gs:// inputs: only these buckets
+    max_object_bytes: int = 2 * 1024 * MB  # a gs:// video (images: max_body_bytes)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -147,6 +150,16 @@ class Settings:
         if log_format not in ("json", "text"):
             errors.append(f"SERVE_LOG_FORMAT={log_format!r} must be json or text")
 
+        buckets = frozenset(
+            b.strip() for b in (get("SERVE_ALLOWED_BUCKETS") or "").split(",") if b.strip()
+        )
+        for bucket in sorted(buckets):
+            if not BUCKET_NAME.fullmatch(bucket):
+                errors.append(
+                    f"SERVE_ALLOWED_BUCKETS entry {bucket!r} is not a bucket name (3-222 of "
+                    "a-z 0-9 . _ -, no gs:// prefix)"
+                )
+
         tmp_dir = get("SERVE_TMP_DIR")
         if tmp_dir and not Path(tmp_dir).is_dir():
             errors.append(f"SERVE_TMP_DIR={tmp_dir!r} is not a directory")
@@ -184,6 +197,8 @@ class Settings:
             batch_max_size=integer("SERVE_BATCH_MAX_SIZE", 8, 1, 256),
             batch_max_delay_ms=number("SERVE_BATCH_MAX_DELAY_MS", 5.0, 0.0, 1000.0),
             queue_size=integer("SERVE_QUEUE_SIZE", 64, 1, 100_000),
+            allowed_buckets=buckets,
+            max_object_bytes=integer("SERVE_MAX_OBJECT_BYTES", 2 * 1024 * MB, 1024, 1 << 40),
         )
         if errors:
             raise SettingsError("invalid configuration:\n  - " + "\n  - ".join(errors))

@@ -8,10 +8,14 @@ Exception tree (status, ``code``)::
     │   ├── InvalidVideo              400 invalid-video
     │   ├── InvalidParameter          400 invalid-parameter
     │   └── WrongTask                 400 wrong-task
+    │   └── UriNotAllowed             400 uri-not-allowed
+    ├── ObjectForbidden               403 object-forbidden
     ├── UnknownModel                  404 unknown-model
+    ├── ObjectNotFound                404 object-not-found
     ├── PayloadTooLarge               413 payload-too-large
     ├── UnsupportedMediaType          415 unsupported-media-type
     ├── Overloaded                    429 overloaded (Retry-After)
+    ├── StorageUnavailable            502 storage-unavailable
     └── NotReady                      503 not-ready (Retry-After)
 
 Litestar's own HTTP exceptions (unknown route, wrong method, body over the limit) get the same
@@ -69,6 +73,24 @@ class InvalidParameter(BadRequest):
 
 class WrongTask(BadRequest):
     code, title = "wrong-task", "Wrong model task"
+
+
+class UriNotAllowed(BadRequest):
+    """A URI input the server does not read: another scheme, or a bucket not allowed."""
+
+    code, title = "uri-not-allowed", "URI not allowed"
+
+
+class ObjectForbidden(ServingError):
+    status, code, title = 403, "object-forbidden", "Object forbidden"
+
+
+class ObjectNotFound(ServingError):
+    status, code, title = 404, "object-not-found", "Object not found"
+
+
+class StorageUnavailable(ServingError):
+    status, code, title = 502, "storage-unavailable", "Storage unavailable"
 
 
 class UnknownModel(ServingError):

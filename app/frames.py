@@ -83,21 +83,36 @@ class VideoSource:
 
     kind: Literal["video"] = "video"
 
-    def __init__(self, data: bytes, params: StreamParameters, settings: Settings) -> None:
-        suffix = sniff(data)
+    def __init__(
+        self, data: bytes | Path, params: StreamParameters, settings: Settings, what: str = "body"
+    ) -> None:
+        """``data``: the video's bytes, or a temporary file holding it (this source owns it:
+        it is unlinked once FFmpeg has opened it)."""
+        if isinstance(data, Path):
+            with data.open("rb") as fh:
+                head = fh.read(16)
+        else:
+            head = data[:16]
+        suffix = sniff(head)
         if suffix is None:
+            if isinstance(data, Path):
+                data.unlink(missing_ok=True)
             raise InvalidVideo(
-                "the body is not a video this server reads: expected MP4/QuickTime, WebM/Matroska, "
-                "AVI or animated GIF"
+                f"the {what} is not a video this server reads: expected MP4/QuickTime, "
+                "WebM/Matroska, AVI or animated GIF"
             )
         self._lock = threading.Lock()
         self._closed = False
-        fd, path = tempfile.mkstemp(
-            prefix="vertex-yolo-stream-", suffix=suffix, dir=settings.tmp_dir
-        )
-        try:
+        if isinstance(data, Path):
+            path = str(data.with_name(data.name + suffix))  # FFmpeg goes by the suffix too
+            data.rename(path)
+        else:
+            fd, path = tempfile.mkstemp(
+                prefix="vertex-yolo-stream-", suffix=suffix, dir=settings.tmp_dir
+            )
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
+        try:
             self._cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
         finally:
             Path(path).unlink(missing_ok=True)
@@ -230,6 +245,8 @@ class ImageFramesSource:
 
 def open_source(inputs: Inputs, params: StreamParameters, settings: Settings) -> FrameSource:
     """Open and validate the request's frames (blocking: run it in a worker thread)."""
+    if inputs.video_path is not None:
+        return VideoSource(inputs.video_path, params, settings, f"object {inputs.video_uri}")
     if inputs.video is not None:
         return VideoSource(inputs.video, params, settings)
     return ImageFramesSource(inputs.blobs, params, settings)

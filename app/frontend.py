@@ -1,6 +1,6 @@
 """The one request front end every inference route goes through, ``/stream`` included:
 
-    read inputs → parameters → model → admit (once)
+    read inputs → parameters → model → admit (once) → read gs:// inputs
 
 A :class:`Route` says what a route takes (its parameter Struct, the model task it needs, how its
 body is read); :func:`admitted` reads and checks the request against it, picks the model, and
@@ -23,7 +23,7 @@ from litestar import Request
 
 from app.config import Settings
 from app.errors import BadRequest
-from app.inputs import Inputs, parse_parameters, read_images, read_stream
+from app.inputs import Inputs, fetch, parse_parameters, read_images, read_stream
 from app.registry import LoadedModel, Registry
 from client.schema import DetectParameters
 
@@ -81,9 +81,9 @@ async def admitted(
     """
     started = time.perf_counter()
     if route.stream:
-        inputs = await read_stream(request, settings.stream_max_frames)
+        inputs = await read_stream(request, settings)
     else:
-        inputs = await read_images(request, settings.max_images)
+        inputs = await read_images(request, settings)
     if one_image and len(inputs.blobs) > 1:
         raise BadRequest(
             f"{route.path} answers one image but the request has {len(inputs.blobs)}; {one_image}"
@@ -95,4 +95,9 @@ async def admitted(
     if route.check is not None:
         route.check(params, model, settings)
     with model.admit():  # 429 before any work when the model's queue is full
-        yield Admitted(route, inputs, params, model, class_ids, imgsz, started)
+        try:
+            await fetch(inputs, settings)  # gs:// inputs: their buckets were checked when read
+            yield Admitted(route, inputs, params, model, class_ids, imgsz, started)
+        finally:
+            if inputs.video_path is not None:  # opened (and unlinked) by then, unless it failed
+                inputs.video_path.unlink(missing_ok=True)

@@ -5,28 +5,36 @@ Image routes take three request shapes:
 * a raw body with an image content type (or ``application/octet-stream``), parameters in the
   query string;
 * ``multipart/form-data`` with one or more image files, parameters as form fields;
-* JSON in the Vertex shape ``{"instances": [{"image": "<base64>"}], "parameters": {...}}``.
+* JSON in the Vertex shape ``{"instances": [{"image": "<base64>"}], "parameters": {...}}``; an
+  image may also be ``{"b64": "..."}`` or a Cloud Storage object ``{"gcsUri": "gs://..."}``.
 
 ``/stream`` takes a video as the raw body, multipart image frames, or JSON
-``{"frames": ["<base64>", ...], "parameters": {...}}``. Query-string parameters apply to every
-shape; body parameters win over them. :func:`parse_parameters` then validates them against the
+``{"frames": ["<base64>", ...], "parameters": {...}}`` (frames in the same forms as images) or
+``{"video": {"gcsUri": "gs://..."}}``. URIs are checked here (:func:`app.storage.check_uri`:
+the scheme and the bucket) and read by :func:`fetch` once the request is admitted.
+Query-string parameters apply to every shape; body parameters win over them. :func:`parse_parameters` then validates them against the
 route's own Struct: a parameter the route does not take is refused, wherever it came from.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar, get_args
 
+import anyio
 import msgspec
 from litestar import Request
 from litestar.datastructures import UploadFile
 from litestar.exceptions import ClientException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 
+from app import storage
+from app.config import Settings
 from app.errors import (
     BadRequest,
     InvalidImage,
@@ -36,7 +44,7 @@ from app.errors import (
     UnsupportedMediaType,
 )
 from client.schema import (
-    B64,
+    Binary,
     DetectParameters,
     Tracker,
     decode_frames_request,
@@ -63,8 +71,14 @@ VIDEO_TYPES = frozenset(
         OCTET_STREAM,
     }
 )
-IMAGES_SHAPE = '{"instances": [{"image": "<base64>"}], "parameters": {...}}'
-FRAMES_SHAPE = '{"frames": ["<base64>", ...], "parameters": {...}}'
+IMAGES_SHAPE = (
+    '{"instances": [{"image": "<base64>" | {"b64": "<base64>"} | {"gcsUri": "gs://..."}}], '
+    '"parameters": {...}}'
+)
+FRAMES_SHAPE = (
+    '{"frames": ["<base64>" | {"b64": ...} | {"gcsUri": ...}, ...]} or '
+    '{"video": {"gcsUri": "gs://..."}}, and "parameters": {...}'
+)
 LIST_PARAMETERS = frozenset({"classes"})
 ALLOWED_VALUES = {
     "format": "jpeg, png",
@@ -76,11 +90,19 @@ ALLOWED_VALUES = {
 @dataclass
 class Inputs:
     """What a request carried: encoded images (or a stream's frames) in order, or one video,
-    and the raw parameter values from every source."""
+    and the raw parameter values from every source.
+
+    ``refs``: position in ``blobs`` -> the ``gs://`` object to read there (its blob is empty
+    until :func:`fetch`); ``video_uri``: a video to read; :func:`fetch` writes it to
+    ``video_path``, a temporary file whoever opens it owns.
+    """
 
     blobs: list[bytes]
     params: dict[str, Any]
     video: bytes | None = None
+    refs: dict[int, str] = field(default_factory=dict)
+    video_uri: str | None = None
+    video_path: Path | None = None
 
 
 def collect_params(items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
@@ -95,9 +117,22 @@ def collect_params(items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
     return params
 
 
-def b64decode(value: str | B64, where: str) -> bytes:
+def content(value: str | Binary, where: str, allowed: frozenset[str]) -> bytes | str:
+    """A JSON binary value: its bytes, or the ``gs://`` URI to read (checked against the
+    allowed buckets here, read later)."""
+    if isinstance(value, Binary):
+        if (value.b64 is None) == (value.gcs_uri is None):
+            raise BadRequest(f'{where} must hold one of "b64" and "gcsUri"', field=where)
+        if value.gcs_uri is not None:
+            storage.check_uri(value.gcs_uri, allowed, where)
+            return value.gcs_uri
+    return b64decode(value, where)
+
+
+def b64decode(value: str | Binary, where: str) -> bytes:
     """Base64 (or a data URL, or Vertex's ``{"b64": ...}``) to bytes; ``where`` names it in errors."""
-    text = value.b64 if isinstance(value, B64) else value
+    text = value.b64 if isinstance(value, Binary) else value
+    assert text is not None
     if text.startswith("data:") and "," in text:  # tolerate data URLs
         text = text.split(",", 1)[1]
     try:
@@ -153,19 +188,34 @@ def _media_type(request: Request) -> str:
     return request.content_type[0].lower()
 
 
-async def read_images(request: Request, max_images: int) -> Inputs:
-    """An image route's request: encoded images (at most ``max_images``) and parameters."""
+def _contents(values: list[Any], where: str, allowed: frozenset[str]) -> Inputs:
+    """JSON binary values as blobs, with the URIs to read in ``refs``."""
+    inputs = Inputs([], {})
+    for i, value in enumerate(values):
+        got = content(value, where.format(i), allowed)
+        if isinstance(got, str):
+            inputs.refs[i] = got
+            got = b""
+        inputs.blobs.append(got)
+    return inputs
+
+
+async def read_images(request: Request, settings: Settings) -> Inputs:
+    """An image route's request: encoded images (at most ``SERVE_MAX_IMAGES``) and parameters."""
+    max_images = settings.max_images
     media_type = _media_type(request)
     params = collect_params(request.query_params.multi_items())
+    refs: dict[int, str] = {}
     if media_type == "application/json":
         body = await _json_body(request, decode_predict_request, IMAGES_SHAPE)
         if len(body.instances) > max_images:
             raise PayloadTooLarge(
                 f"{len(body.instances)} images in one request; at most {max_images}"
             )
-        blobs = [
-            b64decode(inst.image, f"instances[{i}].image") for i, inst in enumerate(body.instances)
-        ]
+        parsed = _contents(
+            [inst.image for inst in body.instances], "instances[{}].image", settings.allowed_buckets
+        )
+        blobs, refs = parsed.blobs, parsed.refs
         params.update(body.parameters or {})
     elif media_type == "multipart/form-data":
         blobs = await _multipart(request, params, max_images, "images")
@@ -180,22 +230,32 @@ async def read_images(request: Request, max_images: int) -> Inputs:
                 RAW_IMAGE_TYPES | {OCTET_STREAM, "multipart/form-data", "application/json"}
             ),
         )
-    if not blobs or not any(blobs):
+    if not blobs or not (refs or any(blobs)):
         raise InvalidImage("the request holds no image")
-    return Inputs(blobs, params)
+    return Inputs(blobs, params, refs=refs)
 
 
-async def read_stream(request: Request, max_frames: int) -> Inputs:
-    """A ``/stream`` request: one video, or image frames in order (at most ``max_frames``),
-    and parameters."""
+async def read_stream(request: Request, settings: Settings) -> Inputs:
+    """A ``/stream`` request: one video, or image frames in order (at most
+    ``SERVE_STREAM_MAX_FRAMES``), and parameters."""
+    max_frames = settings.stream_max_frames
     media_type = _media_type(request)
     params = collect_params(request.query_params.multi_items())
+    refs: dict[int, str] = {}
     if media_type == "application/json":
         body = await _json_body(request, decode_frames_request, FRAMES_SHAPE)
+        params.update(body.parameters or {})
+        if body.video is not None:
+            if body.frames:
+                raise BadRequest('give "video" or "frames", not both')
+            video = content(body.video, "video", settings.allowed_buckets)
+            if not isinstance(video, str):
+                raise BadRequest('"video" takes {"gcsUri": "gs://..."}: send video bytes raw')
+            return Inputs([], params, video_uri=video)
         if len(body.frames) > max_frames:
             raise PayloadTooLarge(f"{len(body.frames)} frames in one request; at most {max_frames}")
-        frames = [b64decode(f, f"frames[{i}]") for i, f in enumerate(body.frames)]
-        params.update(body.parameters or {})
+        parsed = _contents(body.frames, "frames[{}]", settings.allowed_buckets)
+        frames, refs = parsed.blobs, parsed.refs
     elif media_type == "multipart/form-data":
         frames = await _multipart(request, params, max_frames, "frames")
     elif media_type in VIDEO_TYPES:
@@ -215,9 +275,32 @@ async def read_stream(request: Request, max_frames: int) -> Inputs:
             f"JSON {FRAMES_SHAPE}",
             allowed=sorted(VIDEO_TYPES | {"multipart/form-data", "application/json"}),
         )
-    if not any(frames):
+    if not frames or not (refs or any(frames)):
         raise InvalidImage("the request holds no frame")
-    return Inputs(frames, params)
+    return Inputs(frames, params, refs=refs)
+
+
+async def fetch(inputs: Inputs, settings: Settings) -> None:
+    """Read the request's ``gs://`` objects (in worker threads, the images at once): each image
+    at most ``SERVE_MAX_BODY_BYTES``, a video at most ``SERVE_MAX_OBJECT_BYTES``."""
+    allowed = settings.allowed_buckets
+    if inputs.video_uri is not None:
+        inputs.video_path = await anyio.to_thread.run_sync(
+            storage.read_file,
+            inputs.video_uri,
+            allowed,
+            settings.max_object_bytes,
+            settings.tmp_dir,
+        )
+    if not inputs.refs:
+        return
+
+    async def read(position: int, uri: str) -> None:
+        inputs.blobs[position] = await anyio.to_thread.run_sync(
+            storage.read_bytes, uri, allowed, settings.max_body_bytes, f"image {position}"
+        )
+
+    await asyncio.gather(*(read(position, uri) for position, uri in inputs.refs.items()))
 
 
 def parse_parameters(

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
 import re
+import shutil
 from pathlib import Path
 
 from app.config import DIRECTORY_SUFFIXES, ModelSpec
@@ -67,26 +69,48 @@ def _split_gs(uri: str) -> tuple[str, str]:
 
 def _download_gs(uri: str, cache_dir: Path) -> Path:
     """Copy a gs:// object (or, for an OpenVINO export, every object under that "directory")
-    into the cache (Application Default Credentials)."""
+    into the cache (Application Default Credentials; ``STORAGE_EMULATOR_HOST`` for a local GCS
+    API server). A missing bucket or object is a :class:`FileNotFoundError` naming it."""
+    from google.api_core import exceptions
     from google.cloud import storage  # imported only when a gs:// source is used
 
     bucket, path = _split_gs(uri.rstrip("/"))
     target = cache_dir / bucket / path
-    if model_format(path) == "openvino":
-        if not target.is_dir():
-            partial = target.with_name(target.name + ".partial")
-            for blob in storage.Client().list_blobs(bucket, prefix=path + "/"):
-                if not blob.name.endswith("/"):
+    client = storage.Client()
+    try:
+        # A partial copy of this process's own: servers sharing a cache (replicas on one
+        # machine) may download the same object at once; the last rename wins, same bytes.
+        partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+        if model_format(path) == "openvino":
+            if not target.is_dir():
+                blobs = [
+                    b
+                    for b in client.list_blobs(bucket, prefix=path + "/")
+                    if not b.name.endswith("/")
+                ]
+                if not blobs:
+                    raise FileNotFoundError(
+                        f"{uri}: no objects under it (an OpenVINO export is a folder)"
+                    )
+                for blob in blobs:
                     local = partial / blob.name[len(path) + 1 :]
                     local.parent.mkdir(parents=True, exist_ok=True)
                     blob.download_to_filename(str(local))
-            partial.rename(target)
-        return target
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(target.suffix + ".partial")
-        storage.Client().bucket(bucket).blob(path).download_to_filename(str(partial))
-        partial.rename(target)
+                try:
+                    partial.rename(target)
+                except OSError:
+                    if not target.is_dir():
+                        raise
+                    shutil.rmtree(partial)  # another server's copy got there first
+            return target
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            client.bucket(bucket).blob(path).download_to_filename(str(partial))
+            os.replace(partial, target)
+    except exceptions.NotFound:
+        raise FileNotFoundError(f"{uri}: no such object (or no such bucket)") from None
+    except exceptions.Forbidden as exc:
+        raise PermissionError(f"{uri}: the server may not read it ({exc.message})") from None
     return target
 
 
@@ -101,11 +125,15 @@ def discover_storage_models(storage_uri: str) -> list[ModelSpec]:
     a stem that two formats share names the PyTorch one, the others get ``-onnx``/``-openvino``.
     """
     if storage_uri.startswith("gs://"):
+        from google.api_core import exceptions
         from google.cloud import storage
 
         bucket, prefix = _split_gs(storage_uri.rstrip("/") + "/")
         blobs = storage.Client().list_blobs(bucket, prefix=prefix, delimiter="/")
-        names = [b.name[len(prefix) :] for b in blobs]
+        try:
+            names = [b.name[len(prefix) :] for b in blobs]
+        except exceptions.NotFound:
+            raise FileNotFoundError(f"AIP_STORAGE_URI={storage_uri}: no such bucket") from None
         names += [p[len(prefix) :].rstrip("/") for p in blobs.prefixes]  # "directories"
     else:
         names = [

@@ -8,6 +8,9 @@ Conventions:
 * Arrays and PIL images are encoded as JPEG (quality 95) by default: small bodies (Vertex
   caps a request at 10 MB) and fast to encode. ``image_format="png"`` is lossless.
 * Paths and bytes are sent as they are; their content type is sniffed from the first bytes.
+* A ``gs://bucket/object`` string is not read here: it is sent as ``{"gcsUri": ...}`` in a JSON
+  body and the server reads the object (from the buckets it allows, ``SERVE_ALLOWED_BUCKETS``);
+  a request holding one sends its other images in the same JSON body, base64-encoded.
 * One image goes as the raw body; several go as ``multipart/form-data`` (the server accepts
   both, with parameters in the query string).
 
@@ -156,6 +159,33 @@ def encode_image(
     )
 
 
+def is_uri(value: object) -> bool:
+    """Whether ``value`` is a Cloud Storage URI the server is to read."""
+    return isinstance(value, str) and value.startswith("gs://")
+
+
+def _json_values(
+    items: Sequence[ImageInput], image_format: ImageFormat, channels: Channels
+) -> list[Any]:
+    """Images as JSON binary values: ``{"gcsUri": ...}`` for URIs, ``{"b64": ...}`` else."""
+    import base64
+
+    out: list[Any] = []
+    for item in items:
+        if is_uri(item):
+            out.append({"gcsUri": item})
+        else:
+            data, _ = encode_image(item, image_format=image_format, channels=channels)
+            out.append({"b64": base64.b64encode(data).decode()})
+    return out
+
+
+def _json(value: Any) -> tuple[bytes, str]:
+    import json
+
+    return json.dumps(value).encode(), "application/json"
+
+
 def is_many(images: object) -> bool:
     """Whether ``images`` is a list/tuple of images rather than one image."""
     return isinstance(images, Sequence) and not isinstance(
@@ -166,7 +196,12 @@ def is_many(images: object) -> bool:
 def images_body(
     images: Images, *, image_format: ImageFormat = "jpeg", channels: Channels = "bgr"
 ) -> tuple[bytes, str]:
-    """``(body, content type)``: the raw image for one, multipart for several."""
+    """``(body, content type)``: the raw image for one, multipart for several; JSON instances
+    when one is a ``gs://`` URI."""
+    items = list(cast("Sequence[ImageInput]", images)) if is_many(images) else [images]
+    if any(is_uri(item) for item in items):
+        instances = _json_values(cast("list[ImageInput]", items), image_format, channels)
+        return _json({"instances": [{"image": value} for value in instances]})
     if not is_many(images):
         return encode_image(
             cast("ImageInput", images), image_format=image_format, channels=channels
@@ -199,8 +234,21 @@ def _suffix(media_type: str) -> str:
     return {"image/jpeg": ".jpg", "image/png": ".png"}.get(media_type, "")
 
 
+def frames_body(
+    frames: Sequence[ImageInput], *, image_format: ImageFormat = "jpeg", channels: Channels = "bgr"
+) -> tuple[bytes, str]:
+    """A run of frames for ``/stream``: multipart, or JSON ``{"frames": [...]}`` when one is a
+    ``gs://`` URI."""
+    if any(is_uri(frame) for frame in frames):
+        return _json({"frames": _json_values(frames, image_format, channels)})
+    return multipart(frames, image_format=image_format, channels=channels)
+
+
 def video_body(source: VideoInput) -> tuple[bytes, str]:
-    """A video (path or bytes) to ``(body, content type)``."""
+    """A video (path or bytes) to ``(body, content type)``; a ``gs://`` URI to JSON
+    ``{"video": {"gcsUri": ...}}`` (the server reads it: not bound by the 10 MB per request)."""
+    if is_uri(source):
+        return _json({"video": {"gcsUri": source}})
     if isinstance(source, str | os.PathLike):
         data, media_type = read_path(source)
     elif isinstance(source, bytes | bytearray | memoryview):

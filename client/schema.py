@@ -191,16 +191,20 @@ class StreamParameters(DetectParameters, kw_only=True, forbid_unknown_fields=Tru
     max_frames: Annotated[int, Meta(ge=1)] | None = None
 
 
-class B64(Struct, frozen=True):
-    """Vertex's convention for binary values in JSON: ``{"b64": "..."}``."""
+class Binary(Struct, frozen=True, forbid_unknown_fields=True, rename={"gcs_uri": "gcsUri"}):
+    """A binary value in JSON, one of two forms: Vertex's ``{"b64": "..."}``, or a Cloud Storage
+    object the server reads, ``{"gcsUri": "gs://bucket/object"}`` (only from the buckets the
+    server allows: ``SERVE_ALLOWED_BUCKETS``)."""
 
-    b64: str
+    b64: str | None = None
+    gcs_uri: str | None = None
 
 
 class Instance(Struct, frozen=True, forbid_unknown_fields=True):
-    """One image of a JSON request: ``{"image": "<base64>"}`` or ``{"image": {"b64": ...}}``."""
+    """One image of a JSON request: ``{"image": "<base64>"}``, ``{"image": {"b64": ...}}`` or
+    ``{"image": {"gcsUri": "gs://..."}}``."""
 
-    image: str | B64
+    image: str | Binary
 
 
 class PredictRequest(Struct, frozen=True, forbid_unknown_fields=True):
@@ -211,9 +215,11 @@ class PredictRequest(Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class FramesRequest(Struct, frozen=True, forbid_unknown_fields=True):
-    """``/stream``'s JSON body: ``{"frames": ["<base64>", ...], "parameters": {...}}``."""
+    """``/stream``'s JSON body: frames ``{"frames": ["<base64>" or {"b64"|"gcsUri": ...}, ...]}``
+    or a video in Cloud Storage ``{"video": {"gcsUri": "gs://..."}}``, and ``"parameters"``."""
 
-    frames: list[str | B64]
+    frames: list[str | Binary] = []
+    video: Binary | None = None
     parameters: dict[str, Any] | None = None
 
 

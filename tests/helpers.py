@@ -104,3 +104,18 @@ def crossing_frames(
         frames.append(frame)
         centres.append(here)
     return frames, centres
+
+
+def upload(client, uri: str, source) -> None:
+    """Put a local file (or every file under a folder) at ``gs://bucket/path`` on a storage
+    client (the session's GCS API server)."""
+    from pathlib import Path
+
+    bucket_name, _, path = uri.removeprefix("gs://").partition("/")
+    bucket = client.bucket(bucket_name)
+    source = Path(source)
+    if source.is_dir():
+        for file in sorted(p for p in source.rglob("*") if p.is_file()):
+            bucket.blob(f"{path}/{file.relative_to(source).as_posix()}").upload_from_filename(file)
+    else:
+        bucket.blob(path).upload_from_filename(source)

@@ -185,3 +185,46 @@ def metric(url: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
     return 0.0
+
+
+@dataclass
+class StorageServer:
+    """A GCS JSON API server (``gcp-storage-emulator``, in memory) on a free loopback port:
+    the unmodified ``google-cloud-storage`` client reaches it through ``STORAGE_EMULATOR_HOST``
+    (:attr:`env`), in this process and in every server given that variable."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"STORAGE_EMULATOR_HOST": self.url}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_storage(log: Path) -> StorageServer:
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("gcp-storage-emulator")), "start"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--in-memory"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    server = StorageServer(proc, f"http://127.0.0.1:{port}")
+
+    def answers() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gcp-storage-emulator exited:\n{log.read_text()}")
+        try:
+            httpx.get(f"{server.url}/storage/v1/b", timeout=2)
+        except httpx.TransportError:
+            return False
+        return True
+
+    wait_until(answers, "the GCS API server to answer")
+    return server

@@ -133,6 +133,10 @@ def instances(*images: bytes, **parameters: Any) -> dict[str, Any]:
     return body | ({"parameters": parameters} if parameters else {})
 
 
+def gcs_instances(*uris: str) -> dict[str, Any]:
+    return {"instances": [{"image": {"gcsUri": uri}} for uri in uris]}
+
+
 def files(path: str, *blobs: bytes, data: dict[str, str] | None = None, **params: Any) -> Request:
     parts = [("image", (f"{i}.png", blob, "image/png")) for i, blob in enumerate(blobs)]
     return {"method": "POST", "url": path, "files": parts, "data": data, "params": params}
@@ -728,6 +732,117 @@ CORPUS = [
         "vid_stride",
         field="stride",
     ),
+    # Cloud Storage URIs in place of bytes (the tight server reads bucket "inputs" only)
+    bad(
+        "uri-bucket-not-allowed",
+        lambda: as_json("/detect", gcs_instances("gs://weights/x.png")),
+        400,
+        "uri-not-allowed",
+        "bucket 'weights' is not allowed",
+        "SERVE_ALLOWED_BUCKETS=inputs,weights",
+        field="instances[0].image",
+        tight=True,
+    ),
+    bad(
+        "uri-no-bucket-allowed",
+        lambda: as_json("/detect", gcs_instances("gs://inputs/x.png")),
+        400,
+        "uri-not-allowed",
+        "this server reads no bucket",
+        "SERVE_ALLOWED_BUCKETS=inputs",
+        field="instances[0].image",
+    ),
+    bad(
+        "uri-http",
+        lambda: as_json("/detect", gcs_instances("http://169.254.169.254/computeMetadata/v1/")),
+        400,
+        "uri-not-allowed",
+        "is not a gs://bucket/object URI",
+        "http:// is not read",
+        tight=True,
+    ),
+    bad(
+        "uri-file",
+        lambda: as_json("/segment", gcs_instances("file:///etc/passwd")),
+        400,
+        "uri-not-allowed",
+        "file:// is not read",
+        tight=True,
+    ),
+    bad(
+        "uri-bucket-only",
+        lambda: as_json("/detect", gcs_instances("gs://inputs/")),
+        400,
+        "uri-not-allowed",
+        "is not a gs://bucket/object URI",
+        tight=True,
+    ),
+    bad(
+        "uri-missing-object",
+        lambda: as_json("/detect", gcs_instances("gs://inputs/bad/missing.png")),
+        404,
+        "object-not-found",
+        "gs://inputs/bad/missing.png: no such object",
+        tight=True,
+    ),
+    bad(
+        "uri-image-over-limit",
+        lambda: as_json("/annotate", gcs_instances("gs://inputs/bad/big.png")),
+        413,
+        "payload-too-large",
+        "gs://inputs/bad/big.png is 1572864 bytes; an image may be at most 1048576",
+        tight=True,
+    ),
+    bad(
+        "uri-corrupt-image",
+        lambda: as_json("/detect", gcs_instances("gs://inputs/bad/corrupt.png")),
+        400,
+        "invalid-image",
+        "not a decodable image",
+        tight=True,
+    ),
+    bad(
+        "uri-and-b64",
+        lambda: as_json(
+            "/detect", {"instances": [{"image": {"b64": b64(PNG), "gcsUri": "gs://inputs/a"}}]}
+        ),
+        400,
+        "bad-request",
+        'must hold one of "b64" and "gcsUri"',
+        field="instances[0].image",
+    ),
+    bad(
+        "stream-uri-not-a-video",
+        lambda: as_json("/stream", {"video": {"gcsUri": "gs://inputs/bad/not-a-video.mp4"}}),
+        400,
+        "invalid-video",
+        "object gs://inputs/bad/not-a-video.mp4 is not a video",
+        tight=True,
+    ),
+    bad(
+        "stream-uri-video-over-limit",
+        lambda: as_json("/stream", {"video": {"gcsUri": "gs://inputs/bad/huge.mp4"}}),
+        413,
+        "payload-too-large",
+        "a video may be at most 2097152",
+        tight=True,
+    ),
+    bad(
+        "stream-video-as-b64",
+        lambda: as_json("/stream", {"video": {"b64": b64(video("frames10"))}}),
+        400,
+        "bad-request",
+        '"video" takes {"gcsUri": "gs://..."}',
+    ),
+    bad(
+        "stream-video-and-frames",
+        lambda: as_json(
+            "/stream", {"video": {"gcsUri": "gs://inputs/v.mp4"}, "frames": [b64(PNG)]}
+        ),
+        400,
+        "bad-request",
+        'give "video" or "frames", not both',
+    ),
     # HTTP
     bad(
         "put-on-detect",
@@ -769,8 +884,16 @@ CORPUS = [
 
 
 @pytest.fixture(scope="module")
-def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with serving(tmp_path_factory.mktemp("bad-input"), TIGHT) as srv:
+def tight(tmp_path_factory: pytest.TempPathFactory, gcs: Any) -> Iterator[Server]:
+    """The tight-limits server; it reads Cloud Storage bucket ``inputs``, which holds the bad
+    objects its cases name (the session's GCS API server)."""
+    bucket = gcs.bucket("inputs")
+    bucket.blob("bad/big.png").upload_from_string(b"\x89PNG" + b"\0" * (MB + MB // 2 - 4))
+    bucket.blob("bad/corrupt.png").upload_from_string(PNG[:8] + b"\0garbage" * 20)
+    bucket.blob("bad/not-a-video.mp4").upload_from_string(PNG)
+    bucket.blob("bad/huge.mp4").upload_from_string(b"\0" * (2 * MB + 1))
+    env = TIGHT | {"SERVE_ALLOWED_BUCKETS": "inputs", "SERVE_MAX_OBJECT_BYTES": str(2 * MB)}
+    with serving(tmp_path_factory.mktemp("bad-input"), env) as srv:
         yield srv
 
 

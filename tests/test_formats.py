@@ -22,8 +22,8 @@ import pytest
 from httpx_sse import connect_sse
 
 from app.config import Settings, SettingsError
-from conftest import ROOT, Server, serving, start_server
-from helpers import box_iou, det_box, encode, mask_iou, polygons_mask, scenes
+from conftest import PATIENCE_S, ROOT, Server, serving, start_server
+from helpers import box_iou, det_box, encode, mask_iou, polygons_mask, scenes, upload
 
 DEMO = ROOT / "app/demo/weights"
 EXPORT = """
@@ -230,15 +230,17 @@ def test_missing_runtime_is_a_clear_startup_error(exports, tmp_path):
     assert "export` extra" in logs and "pip install" in logs
 
 
-def test_storage_uri_discovers_exports(exports, tmp_path):
-    """AIP_STORAGE_URI with a .pt, its .onnx and its OpenVINO directory: all three are served;
-    the shared stem names the PyTorch one."""
-    store = tmp_path / "artifacts"
-    store.mkdir()
-    shutil.copy(exports / "shapes-detect.pt", store / "shapes.pt")
-    shutil.copy(exports / "shapes-detect.onnx", store / "shapes.onnx")
-    shutil.copytree(exports / "shapes-detect_openvino_model", store / "shapes_openvino_model")
-    with serving(tmp_path, {"AIP_STORAGE_URI": str(store)}) as srv:
+def test_storage_uri_discovers_exports_in_cloud_storage(exports, tmp_path, gcs):
+    """AIP_STORAGE_URI=gs://... (a GCS API server, the real storage client) with a .pt, its
+    .onnx and its OpenVINO directory: all three are downloaded into the cache and served; the
+    shared stem names the PyTorch one."""
+    root = "gs://weights/formats"
+    upload(gcs, f"{root}/shapes.pt", exports / "shapes-detect.pt")
+    upload(gcs, f"{root}/shapes.onnx", exports / "shapes-detect.onnx")
+    upload(gcs, f"{root}/shapes_openvino_model", exports / "shapes-detect_openvino_model")
+    cache = tmp_path / "cache"
+    env = {"AIP_STORAGE_URI": root + "/", "SERVE_CACHE_DIR": str(cache)}
+    with serving(tmp_path, env) as srv:
         models = httpx.get(srv.url + "/models").json()["models"]
         assert [(m["name"], m["format"], m["source"]) for m in models] == [
             ("shapes", "pt", "shapes.pt"),
@@ -252,3 +254,37 @@ def test_storage_uri_discovers_exports(exports, tmp_path):
             timeout=60,
         )
         assert r.status_code == 200 and r.json()["model"] == "shapes-openvino", r.text
+    downloaded = cache / "weights" / "formats"
+    assert (downloaded / "shapes.pt").read_bytes() == (exports / "shapes-detect.pt").read_bytes()
+    assert (downloaded / "shapes.onnx").is_file()
+    assert (downloaded / "shapes_openvino_model" / "shapes-detect.xml").is_file() or any(
+        (downloaded / "shapes_openvino_model").glob("*.xml")
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        (
+            {"SERVE_MODELS": "x=gs://weights/nowhere/x.pt"},
+            "gs://weights/nowhere/x.pt: no such object",
+        ),
+        (
+            {"SERVE_MODELS": "x=gs://no-such-bucket/x.pt"},
+            "gs://no-such-bucket/x.pt: no such object",
+        ),
+        (
+            {"AIP_STORAGE_URI": "gs://no-such-bucket/models/"},
+            "gs://no-such-bucket/models/: no such bucket",
+        ),
+    ],
+)
+def test_missing_cloud_storage_weights_are_a_clear_startup_error(env, named, tmp_path, gcs):
+    """The load fails naming the object or bucket, and the server exits 1 (Vertex restarts a
+    container that exits; one that stayed up unhealthy would only be probed)."""
+    srv = start_server(tmp_path, env)
+    try:
+        code = srv.proc.wait(PATIENCE_S)
+    finally:
+        srv.stop()
+    assert code == 1 and named in srv.logs(), srv.logs()[-3000:]
