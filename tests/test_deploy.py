@@ -5,10 +5,10 @@ dedicated endpoint, deploy two models, split, undeploy, through the real SDK and
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -21,21 +21,24 @@ from client.emulator import ConfigError, Emulator, EmulatorInfo
 from client.emulator.resources import ApiError, ContainerSpec, Store
 from client.errors import ParameterError
 from conftest import ROOT, free_port, pid_alive, wait_until
+from helpers import upload as put
 
 WEIGHTS = ROOT / "app" / "demo" / "weights"
 IMAGE = "us-docker.pkg.dev/local-project/vertex-yolo/server:test"
 
 
 @pytest.fixture(scope="module")
-def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Emulator, EmulatorInfo]]:
-    """An empty emulator whose stand-in Cloud Storage holds gs://weights/a (the detector) and
-    gs://weights/b (the segmenter)."""
+def emu(
+    tmp_path_factory: pytest.TempPathFactory, gcs: Any
+) -> Iterator[tuple[Emulator, EmulatorInfo]]:
+    """An empty emulator; Cloud Storage (the session's GCS API server, which the emulator and
+    its servers reach through STORAGE_EMULATOR_HOST) holds gs://weights/deploy/a (the detector)
+    and gs://weights/deploy/b (the segmenter)."""
     workdir = tmp_path_factory.mktemp("deploy")
     for folder, weights in (("a", "shapes-detect.pt"), ("b", "shapes-segment.pt")):
-        (workdir / "gcs" / "weights" / folder).mkdir(parents=True)
-        shutil.copy(WEIGHTS / weights, workdir / "gcs" / "weights" / folder / weights)
+        put(gcs, f"gs://weights/deploy/{folder}/{weights}", WEIGHTS / weights)
     emulator = Emulator(
-        args=["--empty", "--gcs-dir", str(workdir / "gcs"), "--log-dir", str(workdir / "logs")],
+        args=["--empty", "--log-dir", str(workdir / "logs")],
         env={"YOLO_CONFIG_DIR": str(workdir / "yolo-config"), "PYTHONUNBUFFERED": "1"},
         workdir=workdir,
         startup_timeout=240,
@@ -149,7 +152,7 @@ def answers(endpoint: aiplatform.Endpoint, deployed_model_id: str | None = None)
 def test_deploy_flow(run, info: EmulatorInfo, emu: tuple[Emulator, EmulatorInfo]) -> None:
     code, out, err = run(
         *("upload", "--display-name", "shapes-a", "--image-uri", IMAGE, "--json"),
-        *("--artifact-uri", "gs://weights/a", "--env", "SERVE_WORKERS=1"),
+        *("--artifact-uri", "gs://weights/deploy/a", "--env", "SERVE_WORKERS=1"),
     )
     assert code == 0, err
     model_a = json.loads(out)
@@ -157,7 +160,7 @@ def test_deploy_flow(run, info: EmulatorInfo, emu: tuple[Emulator, EmulatorInfo]
     assert model_a["version_id"] == "1"
     code, out, err = run(
         *("upload", "--display-name", "shapes-b", "--image-uri", IMAGE),
-        *("--artifact-uri", "gs://weights/b", "--deployment-timeout", "240"),
+        *("--artifact-uri", "gs://weights/deploy/b", "--deployment-timeout", "240"),
     )
     assert code == 0, err
     model_b = out.split()[1]  # "model projects/.../models/ID (version 1)"
@@ -300,7 +303,10 @@ def test_bad_inputs(run, info: EmulatorInfo, emu: tuple[Emulator, EmulatorInfo])
     # An artifact the stand-in Cloud Storage does not hold: the deploy fails, nothing starts.
     lost = upload("lost", "--artifact-uri", "gs://weights/missing")
     code, _, err = run("deploy", *target, "--model", lost)
-    assert code == cli.EXIT_API and "gs://weights/missing" in err, err
+    assert code == cli.EXIT_API and "artifactUri gs://weights/missing holds no object" in err, err
+    nowhere = upload("nowhere", "--artifact-uri", "gs://no-such-bucket/w")
+    code, _, err = run("deploy", *target, "--model", nowhere)
+    assert code == cli.EXIT_API and "gs://no-such-bucket/w: no such bucket" in err, err
 
     # A container that cannot start: the deploy operation fails with its log's tail.
     broken = upload("broken", "--env", "SERVE_MODELS=no-equals-sign")
@@ -352,7 +358,9 @@ def test_vertex_rules_on_routes(info: EmulatorInfo, emu: tuple[Emulator, Emulato
             serving_container_invoke_route_prefix="/detect/*",
         )
     plain = aiplatform.Model.upload(
-        display_name="plain", serving_container_image_uri=IMAGE, artifact_uri="gs://weights/a"
+        display_name="plain",
+        serving_container_image_uri=IMAGE,
+        artifact_uri="gs://weights/deploy/a",
     )
     endpoint = aiplatform.Endpoint.create(display_name="rules", dedicated_endpoint_enabled=True)
     endpoint.deploy(plain, min_replica_count=1, max_replica_count=1)
@@ -399,5 +407,3 @@ def test_empty_flag_excludes_deployments() -> None:
     assert build_config(parser().parse_args(["--empty"])).deployed_models == ()
     with pytest.raises(ConfigError, match="--empty deploys nothing at start"):
         build_config(parser().parse_args(["--empty", "--deploy", "a"]))
-    with pytest.raises(ConfigError, match="gcs_dir '/no/such/dir' is not a directory"):
-        build_config(parser().parse_args(["--empty", "--gcs-dir", "/no/such/dir"]))

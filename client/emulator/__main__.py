@@ -9,7 +9,7 @@ Examples:
     python -m client.emulator --info-file /tmp/emulator.json
     python -m client.emulator --deploy shapes-a=80 --deploy shapes-b=20
     python -m client.emulator --deploy mine --env mine:SERVE_MODELS=yolo=/w/yolo11n.pt
-    python -m client.emulator --empty --gcs-dir /srv/fake-gcs   # then: python -m client deploy
+    STORAGE_EMULATOR_HOST=http://127.0.0.1:9023 python -m client.emulator --empty   # then deploy
     python -m client.emulator --replicas shapes-a=2 --replicas shapes-b=1:3 --target-rpm shapes-b=600
 """
 
@@ -50,12 +50,6 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start with no endpoint and no model: create them with the SDK (python -m client "
         "deploy ...); the info file follows the first endpoint created",
-    )
-    p.add_argument(
-        "--gcs-dir",
-        metavar="DIR",
-        help="a local directory standing in for Cloud Storage: a model's artifact "
-        "gs://BUCKET/PATH deploys from DIR/BUCKET/PATH (its AIP_STORAGE_URI)",
     )
     p.add_argument(
         "--deploy",
@@ -170,7 +164,6 @@ TOP_FLAGS = (
     "startup_timeout",
     "inference_timeout",
     "log_dir",
-    "gcs_dir",
     "probe_interval",
     "restart_backoff",
     "grace_period",

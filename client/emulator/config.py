@@ -24,8 +24,8 @@ A config file looks like::
 
 ``empty = true`` (``--empty``) starts with no endpoint and no model: the SDK then uploads models,
 creates endpoints and deploys through the control plane (``python -m client deploy ...``).
-``gcs_dir`` (``--gcs-dir``) is a local directory standing in for Cloud Storage: a model's
-``gs://BUCKET/PATH`` artifact is deployed from ``GCS_DIR/BUCKET/PATH``.
+A model's ``gs://`` artifact is read from the Cloud Storage ``STORAGE_EMULATOR_HOST`` names
+(a GCS API server, offline), see :mod:`client.emulator.deployments`.
 """
 
 from __future__ import annotations
@@ -165,7 +165,6 @@ class EmulatorConfig:
     inference_timeout: float = 600.0
     log_dir: str | None = None
     empty: bool = False
-    gcs_dir: str | None = None
     probe_interval: float = 1.0
     restart_backoff: float = 10.0
     grace_period: float = 30.0
@@ -408,8 +407,6 @@ def validate(config: EmulatorConfig) -> EmulatorConfig:
         errors.append("host is empty")
     if config.log_dir and (problem := unwritable(Path(config.log_dir), "log_dir")):
         errors.append(problem)
-    if config.gcs_dir is not None and not Path(config.gcs_dir).is_dir():
-        errors.append(f"gcs_dir {config.gcs_dir!r} is not a directory")
     if not config.startup_timeout > 0:
         errors.append("startup_timeout must be positive")
     for key in ("probe_interval", "autoscale_window"):

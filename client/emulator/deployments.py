@@ -11,8 +11,11 @@ The store checks and records each change; this module runs the replicas behind i
   ``AIP_HTTP_PORT``, ``AIP_HEALTH_ROUTE``, ``AIP_DEPLOYED_MODEL_ID``...), the health route the
   model names or Vertex's default (``/v1/endpoints/E/deployedModels/D:predict``), and
   ``AIP_STORAGE_URI`` from the model's ``artifactUri``: a local directory or ``file://`` URI as it
-  is, a ``gs://BUCKET/PATH`` as ``GCS_DIR/BUCKET/PATH`` with ``--gcs-dir`` (without it the deploy
-  fails: nothing is fetched from Cloud Storage). ``min_replica_count`` replicas start; the
+  is; a ``gs://BUCKET/PATH`` is copied, as Vertex copies it for its containers, into the
+  emulator's own bucket (``gs://vertex-emulator-artifacts/DEPLOYED_MODEL_ID/``), which the
+  replicas then read: Cloud Storage here is whatever ``STORAGE_EMULATOR_HOST`` names (a GCS API
+  server such as ``gcp-storage-emulator``), through the real ``google-cloud-storage`` client,
+  and the servers inherit the variable. ``min_replica_count`` replicas start; the
   long-running operation stays not done until they answer their health route; then the deployed
   model joins the endpoint with the request's traffic split, and its replicas scale between
   min and max on the request's autoscaling targets. A replica that exits, or too few healthy
@@ -86,10 +89,9 @@ class Deployments:
         dns: str,
         log_dir: Path,
         startup_timeout: float,
-        gcs_dir: str | None = None,
     ) -> None:
         self.store, self.fleet, self.dns, self.log_dir = store, fleet, dns, log_dir
-        self.startup_timeout, self.gcs_dir = startup_timeout, gcs_dir
+        self.startup_timeout = startup_timeout
         #: model id -> its local command, for the models the emulator declared at start
         self.commands: dict[str, tuple[str, ...]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -175,18 +177,28 @@ class Deployments:
         )
 
     def deploy(self, endpoint_id: str, request: DeployModelRequest) -> Operation:
-        """Start the model's replicas; the operation finishes when they are healthy (or fails)."""
+        """Check the request, then (in a task) copy the artifacts and start the replicas; the
+        operation finishes when they are healthy (or fails)."""
         endpoint = self.store.endpoint(endpoint_id)
         model = self.store.model(self._model_id(request.deployed_model.model))
         if request.traffic_split:
             self.store.check_deploy_split(endpoint_id, request.traffic_split)
         operation = self.store.start_operation(endpoint.name)
+        self._spawn(self._deploy(operation, endpoint_id, model, request))
+        return operation
+
+    async def _deploy(
+        self, operation: Operation, endpoint_id: str, model: Model, request: DeployModelRequest
+    ) -> None:
         deployed_model_id = new_id()
         name = request.deployed_model.display_name or model.display_name or model.id
         try:
-            storage_uri = self.storage_uri(model.artifact_uri)
+            storage_uri = await asyncio.to_thread(
+                self.storage_uri, model.artifact_uri, deployed_model_id
+            )
         except ApiError as exc:
-            return self.store.finish(operation, "DeployModelResponse", error=exc)
+            self.store.finish(operation, "DeployModelResponse", error=exc)
+            return
         spec = model.container_spec
         if spec.command and model.id not in self.commands:
             log.info("%s: the container command %s is not run here", name, spec.command)
@@ -202,16 +214,15 @@ class Deployments:
         try:
             replicas.start()
         except (StartupError, OSError) as exc:
-            self._spawn(replicas.stop())
-            return self.store.finish(
-                operation, "DeployModelResponse", error=ApiError.precondition(str(exc))
-            )
+            await replicas.stop()
+            error = ApiError.precondition(str(exc))
+            self.store.finish(operation, "DeployModelResponse", error=error)
+            return
         self.fleet.add(replicas)
         timeout = self.startup_timeout
         if spec.deployment_timeout is not None:
             timeout = duration_seconds(spec.deployment_timeout) or timeout
-        self._spawn(self._finish_deploy(operation, replicas, endpoint_id, model, request, timeout))
-        return operation
+        await self._finish_deploy(operation, replicas, endpoint_id, model, request, timeout)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in a task of its own, kept until it is done."""
@@ -302,19 +313,14 @@ class Deployments:
             )
         return name
 
-    def storage_uri(self, artifact_uri: str | None) -> str | None:
-        """The local directory a model's ``artifactUri`` stands for (its ``AIP_STORAGE_URI``)."""
+    def storage_uri(self, artifact_uri: str | None, deployed_model_id: str) -> str | None:
+        """The ``AIP_STORAGE_URI`` a model's ``artifactUri`` gives its replicas (blocking: a
+        ``gs://`` artifact is copied, see the module docstring)."""
         if not artifact_uri:
             return None
         if artifact_uri.startswith("gs://"):
-            if self.gcs_dir is None:
-                raise ApiError.precondition(
-                    f"artifactUri {artifact_uri} cannot be fetched: the emulator works offline. "
-                    "Start it with --gcs-dir DIR, a local directory standing in for Cloud "
-                    "Storage (gs://BUCKET/PATH is DIR/BUCKET/PATH)"
-                )
-            path = Path(self.gcs_dir, artifact_uri.removeprefix("gs://").strip("/"))
-        elif artifact_uri.startswith("file://"):
+            return copy_artifacts(artifact_uri, deployed_model_id)
+        if artifact_uri.startswith("file://"):
             path = Path(unquote(urlparse(artifact_uri).path))
         else:
             path = Path(artifact_uri)
@@ -324,3 +330,42 @@ class Deployments:
                 "is not a directory)"
             )
         return str(path)
+
+
+ARTIFACT_BUCKET = "vertex-emulator-artifacts"
+
+
+def copy_artifacts(artifact_uri: str, deployed_model_id: str) -> str:
+    """Copy every object under ``artifact_uri`` to ``gs://ARTIFACT_BUCKET/DEPLOYED_MODEL_ID/``
+    (as Vertex copies a model's artifacts for its containers); that copy's URI."""
+    try:
+        from google.api_core import exceptions
+        from google.cloud import storage
+    except ImportError:
+        raise ApiError.precondition(
+            f"artifactUri {artifact_uri}: reading Cloud Storage needs google-cloud-storage "
+            '(pip install "vertex-yolo[emulator]")'
+        ) from None
+    bucket, _, prefix = artifact_uri.removeprefix("gs://").partition("/")
+    prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    try:
+        client = storage.Client()
+        blobs = [b for b in client.list_blobs(bucket, prefix=prefix) if not b.name.endswith("/")]
+        if not blobs:
+            raise ApiError.precondition(f"artifactUri {artifact_uri} holds no object")
+        target = client.lookup_bucket(ARTIFACT_BUCKET) or client.create_bucket(ARTIFACT_BUCKET)
+        for blob in blobs:
+            name = f"{deployed_model_id}/{blob.name[len(prefix) :]}"
+            client.bucket(bucket).copy_blob(blob, target, name)
+    except exceptions.NotFound:
+        raise ApiError.precondition(f"artifactUri {artifact_uri}: no such bucket") from None
+    except ApiError:
+        raise
+    except Exception as exc:  # no credentials, no server: say where Cloud Storage is looked for
+        raise ApiError.precondition(
+            f"artifactUri {artifact_uri} cannot be read ({type(exc).__name__}: {exc}); offline, "
+            "point STORAGE_EMULATOR_HOST at a GCS API server (e.g. gcp-storage-emulator)"
+        ) from None
+    log.info("copied %d artifact objects from %s for deployed model %s", len(blobs),
+             artifact_uri, deployed_model_id)  # fmt: skip
+    return f"gs://{ARTIFACT_BUCKET}/{deployed_model_id}/"

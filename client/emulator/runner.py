@@ -116,7 +116,6 @@ class Emulation:
             dns=self.dns,
             log_dir=log_dir,
             startup_timeout=config.startup_timeout,
-            gcs_dir=config.gcs_dir,
         )
         # The endpoint the info file describes: the declared one, or (--empty) the first created.
         self.endpoint_id: str | None = None
