@@ -25,8 +25,11 @@ from urllib.parse import urlencode
 import msgspec
 
 from client import errors, vertex
+from client._bridge import AsyncCalls
 from client._retry import RetryPolicy, async_retrying, parse_retry_after, retrying
 from client._stream import AsyncStream, Stream
+from client.batch.engine import BatchRun, Route, Send
+from client.batch.runs import AsyncBatchStream, BatchStream
 from client.media import (
     Channels,
     ImageFormat,
@@ -34,9 +37,9 @@ from client.media import (
     Images,
     StreamSource,
     VideoInput,
+    frames_body,
     images_body,
     is_many,
-    multipart,
     video_body,
 )
 from client.schema import (
@@ -65,7 +68,7 @@ from client.transports import (
     VertexTransport,
 )
 from client.video.engine import VideoOptions, VideoRun
-from client.video.runs import AsyncVideoStream, AsyncWindows, VideoStream
+from client.video.runs import AsyncVideoStream, VideoStream
 from client.video.source import VideoSource, open_source
 
 T = TypeVar("T")
@@ -278,7 +281,7 @@ class _Base:
         query = _query(_validate(StreamParameters, params))
         if is_many(source):
             frames = cast("Sequence[ImageInput]", source)
-            body, content_type = multipart(
+            body, content_type = frames_body(
                 frames, image_format=self.image_format, channels=self.channels
             )
         else:
@@ -572,6 +575,45 @@ class Client(_Base):
             windows=options.concurrency,
         )
 
+    def batch(
+        self,
+        inputs: Sequence[str],
+        *,
+        route: Route = "detect",
+        send: Send = "bytes",
+        concurrency: int | None = None,
+        deployed_model_id: str | None = None,
+        annotate_to: str | None = None,
+        **params: Unpack[ImageParams],
+    ) -> BatchStream:
+        """Many images (local paths or ``gs://`` URIs), one call each, many in flight over the
+        endpoint's replicas (:mod:`client.batch`): iterate the result for a
+        :class:`~client.batch.BatchLine` per input as the calls finish (its results, or its
+        error: a bad image is a line, not the end of the run). ``send="uri"``: the server reads
+        each ``gs://`` input itself. ``annotate_to``: a folder or ``gs://`` prefix for the drawn
+        images.
+
+        Example:
+            >>> with client.batch(list_inputs("gs://shots/2026/"), conf=0.5) as run:
+            ...     for line in run:
+            ...         print(line.input, line.error or len(line.result.detections))
+        """
+        _validate(DetectParameters, params)
+        return BatchStream(
+            lambda calls: BatchRun(
+                calls,
+                inputs,
+                params,
+                route=route,
+                send=send,
+                concurrency=concurrency,
+                deployed_model_id=deployed_model_id,
+                annotate_to=annotate_to,
+            ),
+            self,
+            concurrency,
+        )
+
     def close(self) -> None:
         self.transport.close()
 
@@ -750,9 +792,34 @@ class AsyncClient(_Base):
     ) -> AsyncVideoStream:
         """:meth:`Client.video` on this loop: ``async for frame in client.video(...)``."""
         run = self._video_run(
-            AsyncWindows(self), source, params, deployed_model_id, options or VideoOptions()
+            AsyncCalls(self), source, params, deployed_model_id, options or VideoOptions()
         )
         return AsyncVideoStream(run)
+
+    def batch(
+        self,
+        inputs: Sequence[str],
+        *,
+        route: Route = "detect",
+        send: Send = "bytes",
+        concurrency: int | None = None,
+        deployed_model_id: str | None = None,
+        annotate_to: str | None = None,
+        **params: Unpack[ImageParams],
+    ) -> AsyncBatchStream:
+        """:meth:`Client.batch` on this loop: ``async for line in client.batch(...)``."""
+        _validate(DetectParameters, params)
+        run = BatchRun(
+            AsyncCalls(self),
+            inputs,
+            params,
+            route=route,
+            send=send,
+            concurrency=concurrency,
+            deployed_model_id=deployed_model_id,
+            annotate_to=annotate_to,
+        )
+        return AsyncBatchStream(run)
 
     async def aclose(self) -> None:
         await self.transport.aclose()

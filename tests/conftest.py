@@ -6,6 +6,7 @@ import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,6 +22,7 @@ from servers import (  # noqa: F401 (for the tests)
     metric,
     serving,
     start_server,
+    start_storage,
     wait_until,
 )
 
@@ -32,10 +34,13 @@ LONGEST_FIRST = (
     "test_fleet.py",
     "test_packaging.py",
     "test_video.py",
+    "test_batch.py",
     "test_soak.py",
     "test_emulator.py",
     "test_client.py",
     "test_formats.py",
+    "test_storage.py",
+    "test_deploy.py",
 )
 
 
@@ -79,7 +84,26 @@ def pid_alive(pid: int) -> bool:
 
 
 @pytest.fixture(scope="session")
-def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorInfo]:
+def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A GCS JSON API server for the session (``gcp-storage-emulator``, in memory), and a
+    ``google.cloud.storage.Client`` on it: ``STORAGE_EMULATOR_HOST`` is set for the whole
+    session, so every server a test starts reads from it too. Buckets: ``inputs`` (servers
+    started by the fixtures here allow it), ``weights``, ``outputs``; tests add objects under a
+    prefix of their own."""
+    from google.cloud import storage
+
+    server = start_storage(tmp_path_factory.mktemp("gcs") / "gcs.log")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STORAGE_EMULATOR_HOST", server.url)
+        client = storage.Client()
+        for bucket in ("inputs", "weights", "outputs"):
+            client.create_bucket(bucket)
+        yield client
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory: pytest.TempPathFactory, gcs: Any) -> Iterator[EmulatorInfo]:
     """A running ``python -m client.emulator``, for the real SDK: the demo server deployed as
     ``shapes-a`` (80 %) and ``shapes-b`` (20 %, ``SERVE_DEFAULT_MODEL=shapes-segment``, so its
     /detect runs the segmentation weights).
@@ -101,6 +125,8 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorInfo]
         args=[
             *("--deploy", "shapes-a=80", "--deploy", "shapes-b=20"),
             *("--env", "shapes-b:SERVE_DEFAULT_MODEL=shapes-segment"),
+            *("--env", "shapes-a:SERVE_ALLOWED_BUCKETS=inputs"),
+            *("--env", "shapes-b:SERVE_ALLOWED_BUCKETS=inputs"),
             *("--log-dir", str(workdir / "logs")),
         ],
         # As start_server: Ultralytics offline, with its own config dir (inherited by the servers).

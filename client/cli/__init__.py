@@ -32,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "client.cli.video",
         "a whole video, a camera or a live URL, in windows over the endpoint's replicas",
     ),
+    "batch": (
+        "client.cli.batch",
+        "every image of a folder, glob or bucket through the endpoint, a JSON line each",
+    ),
     "ab": ("client.cli.ab", "compare deployed models (targeted) or check the traffic split"),
     "bench": ("client.cli.bench", "measure throughput and latency over a concurrency sweep"),
     "deploy": (

@@ -1,0 +1,232 @@
+"""Batch inference over many images: one call per image, many in flight, a line per image.
+
+:class:`BatchRun` (asyncio) sends each input to ``/detect`` or ``/segment`` (``/annotate`` when
+the drawn images are kept), up to ``concurrency`` calls at once: by default two per replica seen
+answering plus one (at most 32), so every replica stays busy. Every call goes to one deployed
+model: the pinned one, or the one that answered the first call. An input is sent as its bytes
+(read here, from a local path or Cloud Storage) or, ``send="uri"``, as its ``gs://`` URI for
+the server to read.
+
+Each input gives one :class:`BatchLine`, in the order calls finish: its results, or its error. An
+input the server refuses (a 4xx: a corrupt image, an object it cannot read) or this client
+cannot read is an error line, not the end of the job; a failure no other input would escape
+(the endpoint unreachable, 5xx after the client's retries) ends the run, and a run with the same
+arguments carries on (:mod:`client.batch.output`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import time
+from collections import Counter
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from pathlib import PurePosixPath
+from typing import Any, Literal, Protocol
+
+import msgspec
+
+from client import errors
+from client.batch.inputs import read_input, write_output
+from client.schema import AnnotateResponse, ImageResult, InferenceResponse, ModelList
+
+Route = Literal["detect", "segment"]
+Send = Literal["bytes", "uri"]
+MAX_CONCURRENCY = 32
+
+
+class BatchEndpoint(Protocol):
+    """What the engine needs of a client."""
+
+    async def models(self, deployed_model_id: str | None) -> ModelList: ...
+
+    async def infer(
+        self,
+        route: str,
+        image: bytes | str,
+        deployed_model_id: str,
+        params: Mapping[str, Any],
+    ) -> InferenceResponse | AnnotateResponse: ...
+
+
+class BatchError(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Why an input has no result: the server's problem (status, code, detail), or this
+    client's (no status)."""
+
+    detail: str
+    code: str | None = None
+    status: int | None = None
+
+
+class BatchLine(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One input's line: its path or URI, who answered, and its results or its error;
+    ``annotated``: where its drawn image was written."""
+
+    input: str
+    deployed_model_id: str | None = None
+    model: str | None = None
+    version: str | None = None
+    replica_id: str | None = None
+    result: ImageResult | None = None
+    error: BatchError | None = None
+    annotated: str | None = None
+
+
+class BatchStats(msgspec.Struct, kw_only=True):
+    """Where a run stands."""
+
+    inputs: int
+    deployed_model_id: str | None = None
+    done: int = 0  # lines made, errors included
+    errors: dict[str, int] = {}  # by problem code
+    in_flight: int = 0
+    replicas: dict[str, int] = {}
+    class_counts: dict[str, int] = {}
+    elapsed_s: float = 0.0
+    images_per_s: float = 0.0
+
+
+def annotated_name(folder: str, name: str, media_type: str) -> str:
+    """Where an input's drawn image goes: its file stem, a hash of its full name (two inputs
+    never share one), the suffix of its media type."""
+    stem = PurePosixPath(name).stem or "image"
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    suffix = ".png" if media_type == "image/png" else ".jpg"
+    return f"{folder.rstrip('/')}/{stem}-{digest}{suffix}"
+
+
+class BatchRun:
+    """One batch through a :class:`BatchEndpoint`: iterate :meth:`lines`."""
+
+    def __init__(
+        self,
+        endpoint: BatchEndpoint,
+        inputs: Sequence[str],
+        params: Mapping[str, Any],
+        *,
+        route: Route = "detect",
+        send: Send = "bytes",
+        concurrency: int | None = None,
+        deployed_model_id: str | None = None,
+        annotate_to: str | None = None,
+    ) -> None:
+        if route not in ("detect", "segment"):
+            raise errors.ParameterError(f"route must be detect or segment, not {route!r}")
+        if send not in ("bytes", "uri"):
+            raise errors.ParameterError(f"send must be bytes or uri, not {send!r}")
+        if send == "uri" and (local := [i for i in inputs if not i.startswith("gs://")]):
+            raise errors.ParameterError(
+                f"send=uri sends gs:// URIs for the server to read; {local[0]} is a local file "
+                "(send its bytes)"
+            )
+        if concurrency is not None and not 1 <= concurrency <= 256:
+            raise errors.ParameterError(f"concurrency {concurrency}: 1 to 256")
+        if annotate_to is not None and route != "detect":
+            raise errors.ParameterError("annotated images are drawn by /annotate: route detect")
+        self.endpoint, self.inputs, self.params = endpoint, list(inputs), dict(params)
+        self.route, self.send, self.fixed = route, send, concurrency
+        self.pinned, self.annotate_to = deployed_model_id, annotate_to
+        self.stats = BatchStats(inputs=len(self.inputs))
+        self._classes: Counter[str] = Counter()
+        self._errors: Counter[str] = Counter()
+
+    @property
+    def concurrency(self) -> int:
+        if self.fixed:
+            return self.fixed
+        return min(MAX_CONCURRENCY, max(2, 2 * len(self.stats.replicas) + 1))
+
+    async def lines(self) -> AsyncGenerator[BatchLine, None]:
+        """The lines, as the calls finish."""
+        started = time.monotonic()
+        listing = await self.endpoint.models(self.pinned)
+        self.pinned = self.pinned or listing.deployed_model_id
+        self.stats.deployed_model_id = self.pinned
+        pending: set[asyncio.Task[BatchLine]] = set()
+        queue = iter(self.inputs)
+        exhausted = False
+        try:
+            while pending or not exhausted:
+                while not exhausted and len(pending) < self.concurrency:
+                    name = next(queue, None)
+                    if name is None:
+                        exhausted = True
+                        break
+                    pending.add(asyncio.ensure_future(self._one(name)))
+                self.stats.in_flight = len(pending)
+                if not pending:
+                    break
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    line = task.result()  # a failure of the run raises here
+                    self._count(line, started)
+                    yield line
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            self.stats.in_flight = 0
+
+    def _count(self, line: BatchLine, started: float) -> None:
+        stats = self.stats
+        stats.done += 1
+        if line.error is not None:
+            self._errors[line.error.code or "unreadable"] += 1
+            stats.errors = dict(self._errors)
+        if line.result is not None:
+            self._classes.update(d.class_name for d in line.result.detections)
+            stats.class_counts = dict(self._classes)
+        if line.replica_id:
+            stats.replicas[line.replica_id] = stats.replicas.get(line.replica_id, 0) + 1
+        stats.elapsed_s = time.monotonic() - started
+        stats.images_per_s = stats.done / max(stats.elapsed_s, 1e-9)
+
+    async def _one(self, name: str) -> BatchLine:
+        assert self.pinned is not None
+        try:
+            image: bytes | str = name
+            if self.send == "bytes":
+                image = await asyncio.to_thread(read_input, name)
+            route = "annotate" if self.annotate_to else self.route
+            answer = await self.endpoint.infer(route, image, self.pinned, self.params)
+        except errors.APIError as exc:
+            if exc.status == 429 or exc.status >= 500:
+                raise  # the client's retries are spent: nothing another input would escape
+            problem = exc.problem
+            return BatchLine(
+                input=name,
+                deployed_model_id=self.pinned,
+                error=BatchError(
+                    status=exc.status,
+                    code=problem.code if problem else None,
+                    detail=problem.detail if problem else str(exc),
+                ),
+            )
+        except (OSError, errors.ParameterError) as exc:  # this client could not read it
+            return BatchLine(input=name, error=BatchError(detail=f"cannot read {name}: {exc}"))
+        except Exception as exc:  # Cloud Storage's own errors, when reading here
+            if type(exc).__module__.startswith("google.api_core"):
+                return BatchLine(input=name, error=BatchError(detail=f"cannot read {name}: {exc}"))
+            raise
+        if isinstance(answer, AnnotateResponse):
+            drawn = answer.results[0]
+            result = ImageResult(
+                width=drawn.width, height=drawn.height, detections=drawn.detections
+            )
+            assert self.annotate_to is not None
+            where = annotated_name(self.annotate_to, name, drawn.media_type)
+            await asyncio.to_thread(
+                write_output, where, base64.b64decode(drawn.image), drawn.media_type
+            )
+        else:
+            result, where = answer.results[0], None
+        return BatchLine(
+            input=name,
+            deployed_model_id=answer.deployed_model_id,
+            model=answer.model,
+            version=answer.version,
+            replica_id=answer.replica_id,
+            result=result,
+            annotated=where,
+        )

@@ -1,0 +1,139 @@
+"""The batch's JSONL output: one line per input, resumable after a kill at any point.
+
+* **Local file**: lines are appended with one ``write`` each on a file opened ``O_APPEND``, so
+  a line is in the file whole or not at all (a process killed, SIGKILL included, leaves no half
+  line; a half line left by a crashed machine is cut off when the file is opened again).
+* **Cloud Storage** (``gs://bucket/out.jsonl``): an object cannot be appended to, so lines go
+  out in **parts**, objects of their own under ``gs://bucket/out.jsonl.parts/``, each written
+  whole (every ``PART_LINES`` lines or ``PART_SECONDS`` seconds). At the end the object and the
+  parts are merged into the object (deduplicated by input, written whole), then the parts are
+  deleted; a kill at any point leaves lines that a run with the same arguments reads back.
+
+:meth:`JsonlOutput.done` is the set of inputs already written: the run skips them, so every
+input ends in the output exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import msgspec
+
+from client.batch.inputs import read_lines, split_uri, storage_client, write_output
+
+PART_LINES = 50
+PART_SECONDS = 2.0
+
+
+class _Key(msgspec.Struct):
+    input: str
+
+
+_decode_key = msgspec.json.Decoder(_Key).decode
+
+
+def _input_of(line: bytes) -> str | None:
+    try:
+        return _decode_key(line).input
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None  # not one of ours: kept, not counted
+
+
+class JsonlOutput:
+    """Where the lines go (a local path or ``gs://``); use as a context manager."""
+
+    def __init__(self, dest: str) -> None:
+        self.dest = dest
+        self.cloud = dest.startswith("gs://")
+        self._fd: int | None = None
+        self._buffer: list[bytes] = []
+        self._flushed = time.monotonic()
+        self._run = uuid.uuid4().hex[:8]
+        self._parts = 0
+        if not self.cloud:
+            path = Path(dest)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._repair(path)
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    @property
+    def parts_prefix(self) -> str:
+        return self.dest + ".parts/"
+
+    @staticmethod
+    def _repair(path: Path) -> None:
+        """Cut a half line off the end (left by a machine that went down mid-write)."""
+        if not path.is_file() or path.stat().st_size == 0:
+            return
+        with path.open("rb+") as fh:
+            data = fh.read()
+            if not data.endswith(b"\n"):
+                fh.truncate(data.rfind(b"\n") + 1)
+
+    def _part_names(self) -> list[str]:
+        bucket, prefix = split_uri(self.parts_prefix)
+        blobs = storage_client().list_blobs(bucket, prefix=prefix)
+        return sorted(f"gs://{bucket}/{b.name}" for b in blobs)
+
+    def lines(self) -> list[bytes]:
+        """Every line written so far (the object's, then its parts')."""
+        found = list(read_lines(self.dest))
+        if self.cloud:
+            for part in self._part_names():
+                found += read_lines(part)
+        return [line for line in found if line.strip()]
+
+    def done(self) -> set[str]:
+        """The inputs that already have a line."""
+        return {key for line in self.lines() if (key := _input_of(line)) is not None}
+
+    def write(self, line: bytes) -> None:
+        """One line (without its newline)."""
+        if self._fd is not None:
+            os.write(self._fd, line + b"\n")  # one write: the line whole, or not at all
+            return
+        self._buffer.append(line)
+        if len(self._buffer) >= PART_LINES or time.monotonic() - self._flushed >= PART_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Cloud Storage: the buffered lines as a new part (one object, written whole)."""
+        if not self._buffer:
+            return
+        self._parts += 1
+        name = f"{self.parts_prefix}part-{time.time_ns():020d}-{self._run}-{self._parts:06d}.jsonl"
+        write_output(name, b"\n".join(self._buffer) + b"\n", "application/jsonl")
+        self._buffer, self._flushed = [], time.monotonic()
+
+    def close(self) -> None:
+        """Local: close the file. Cloud Storage: the object and its parts merged into the object
+        (one line per input), then the parts deleted."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            return
+        self.flush()
+        parts = self._part_names()
+        if not parts:
+            return
+        seen: set[str] = set()
+        merged: list[bytes] = []
+        for line in self.lines():
+            key = _input_of(line)
+            if key is None or key not in seen:
+                merged.append(line)
+                if key is not None:
+                    seen.add(key)
+        write_output(self.dest, b"\n".join(merged) + b"\n", "application/jsonl")
+        for part in parts:  # a kill from here leaves parts whose lines the object holds
+            bucket, name = split_uri(part)
+            storage_client().bucket(bucket).blob(name).delete()
+
+    def __enter__(self) -> JsonlOutput:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

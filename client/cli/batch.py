@@ -1,0 +1,130 @@
+"""``python -m client batch SOURCE --out DEST``: every image of a folder, glob, bucket prefix or
+list through the endpoint, a JSON line each; run it again after a kill and it carries on."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import msgspec
+
+from client.batch.engine import BatchStats
+from client.batch.inputs import list_inputs
+from client.batch.output import JsonlOutput
+from client.cli.options import (
+    DETECT_OPTIONS,
+    connection_options,
+    inference_options,
+    make_client,
+    params,
+    print_json,
+    writing,
+)
+from client.errors import ParameterError
+
+
+def add(sub: Any, name: str, summary: str) -> None:
+    p = sub.add_parser(
+        name,
+        parents=[connection_options(), inference_options()],
+        help=summary,
+        description="One call per image, many in flight over the endpoint's replicas; one JSON "
+        "line per input in DEST (its results, or its error: a bad image is a line, not the end "
+        "of the job). Killed at any point and run again with the same arguments, it skips the "
+        "inputs DEST already holds and finishes with every input exactly once.",
+    )
+    p.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="a folder, a glob ('shots/**/*.jpg'), gs://bucket/prefix/, a .txt list of paths "
+        "or URIs, or one image",
+    )
+    p.add_argument(
+        "--out", required=True, metavar="DEST", help="a .jsonl file, or gs://bucket/path.jsonl"
+    )
+    p.add_argument("--route", choices=["detect", "segment"], default="detect")
+    p.add_argument(
+        "--send",
+        choices=["bytes", "uri"],
+        default="bytes",
+        help="bytes: read each input here and send it; uri: send gs:// URIs, the server reads "
+        "them (from the buckets it allows)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        help="calls in flight (default: two per replica seen answering, plus one; at most 32)",
+    )
+    p.add_argument(
+        "--save-annotated",
+        metavar="DIR",
+        help="write each image with its detections drawn (a folder, or gs://bucket/prefix/)",
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    if not args.out.endswith(".jsonl"):
+        raise ParameterError(f"--out {args.out}: write a .jsonl file (local or gs://)")
+    inputs = list_inputs(args.source)
+    encode = msgspec.json.Encoder().encode
+    with writing(args.out):
+        output = JsonlOutput(args.out)
+    with output as out, make_client(args) as client:
+        done = out.done()
+        todo = [name for name in inputs if name not in done]
+        skipped = len(inputs) - len(todo)
+        with (
+            client.batch(
+                todo,
+                route=args.route,
+                send=args.send,
+                concurrency=args.concurrency,
+                deployed_model_id=args.deployed_model_id,
+                annotate_to=args.save_annotated,
+                **params(args, DETECT_OPTIONS),
+            ) as batch,
+            tqdm(
+                total=len(inputs),
+                initial=skipped,
+                unit="image",
+                disable=args.quiet,
+                file=sys.stderr,
+                desc=args.source,
+            ) as bar,
+        ):
+            for line in batch:
+                with writing(args.out):
+                    out.write(encode(line))
+                bar.update(1)
+                bar.set_postfix_str(progress(batch.stats), refresh=False)
+        stats = batch.stats
+    if args.json:
+        print_json({"inputs": len(inputs), "skipped": skipped, "stats": stats})
+    else:
+        print(summary(stats, len(inputs), skipped, args.out))
+    return 0
+
+
+def progress(stats: BatchStats) -> str:
+    return (
+        f"{stats.images_per_s:.1f} images/s, {stats.in_flight} in flight, "
+        f"{len(stats.replicas)} replicas, {sum(stats.errors.values())} errors"
+    )
+
+
+def summary(stats: BatchStats, inputs: int, skipped: int, out: str) -> str:
+    """``303 inputs: 303 done now (0 already in out.jsonl), 3 errors (invalid-image=3), ...``."""
+    errors = sum(stats.errors.values())
+    by_code = ", ".join(f"{k}={v}" for k, v in sorted(stats.errors.items()))
+    classes = ", ".join(f"{k}={v}" for k, v in sorted(stats.class_counts.items()))
+    return (
+        f"{inputs} inputs: {stats.done} done now ({skipped} already in {out}), {errors} errors"
+        f"{f' ({by_code})' if by_code else ''}; {stats.images_per_s:.1f} images/s on deployed "
+        f"model {stats.deployed_model_id}, {len(stats.replicas)} replicas; "
+        f"{classes or 'no detections'}"
+    )

@@ -1,0 +1,175 @@
+"""Batch jobs (``python -m client batch``, ``Client.batch``) from Cloud Storage to Cloud Storage,
+through the Vertex emulator and the unmodified SDK, over two replicas.
+
+The replicas run the instrumented server (``tests/instrumented_app.py``), each with a gate of
+its own: "killed halfway" is a state the test sets (the gates let 150 images through, then hold
+the rest) before it SIGKILLs the job, not a moment it hopes to catch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from client import Client, cli
+from client.batch import JsonlOutput, list_inputs
+from client.emulator import Emulator, EmulatorInfo
+from conftest import INSTRUMENTED, PATIENCE_S, ROOT, Gate, wait_until
+from helpers import encode, hit_rate, scenes
+
+IMAGES = 300
+CORRUPT = 3
+
+
+@pytest.fixture(scope="module")
+def images(gcs: Any) -> list[Any]:
+    """300 generated scenes at gs://inputs/batch/scene-NNN.png (and 3 corrupt images there);
+    their drawn shapes."""
+    bucket = gcs.bucket("inputs")
+    truth = []
+    for i, (rgb, shapes) in enumerate(scenes(IMAGES, seed=97)):
+        bucket.blob(f"batch/scene-{i:03d}.png").upload_from_string(encode(rgb), "image/png")
+        truth.append(shapes)
+    for i in range(CORRUPT):
+        bucket.blob(f"batch/corrupt-{i}.png").upload_from_string(b"\x89PNG\r\n\x1a\n" + b"?" * 99)
+    return truth
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    tmp_path_factory: pytest.TempPathFactory, gcs: Any
+) -> Iterator[tuple[Emulator, EmulatorInfo, list[Gate]]]:
+    workdir = tmp_path_factory.mktemp("batch")
+    emu = Emulator(
+        args=[
+            *("--deploy", "shapes-a=100", "--replicas", "shapes-a=2"),
+            *("--command", f"shapes-a={' '.join(INSTRUMENTED)}"),
+            *(
+                "--env",
+                "shapes-a:TEST_GATE_PORT=0",
+                "--env",
+                "shapes-a:SERVE_ALLOWED_BUCKETS=inputs",
+            ),
+        ],
+        env={"YOLO_CONFIG_DIR": str(workdir / "yolo-config"), "PYTHONUNBUFFERED": "1"},
+        workdir=workdir / "emulator",
+        startup_timeout=240,
+    )
+    with emu as info, pytest.MonkeyPatch.context() as patch:
+        for key, value in info.env().items():
+            patch.setenv(key, value)
+        gates = []
+        for replica in info.replicas[info.deployed_models["shapes-a"]]:
+            port = re.findall(
+                r"test gate on http://127\.0\.0\.1:(\d+)", Path(replica.log).read_text()
+            )
+            gates.append(Gate(f"http://127.0.0.1:{port[-1]}"))
+        yield emu, info, gates
+
+
+def read(uri: str, gcs: Any) -> list[dict]:
+    bucket, _, name = uri.removeprefix("gs://").partition("/")
+    text = gcs.bucket(bucket).blob(name).download_as_text()
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def check_output(rows: list[dict], truth: list[Any]) -> None:
+    """One line per input, exactly; recall on the drawn shapes; the corrupt ones as errors."""
+    counts = Counter(row["input"] for row in rows)
+    assert len(counts) == IMAGES + CORRUPT and set(counts.values()) == {1}, counts.most_common(3)
+    errors = [row for row in rows if "error" in row]
+    assert sorted(row["input"] for row in errors) == [
+        f"gs://inputs/batch/corrupt-{i}.png" for i in range(CORRUPT)
+    ]
+    assert all(row["error"]["code"] == "invalid-image" for row in errors)
+    scenes_rows = sorted((row for row in rows if "result" in row), key=lambda r: r["input"])
+    assert hit_rate(truth, [row["result"] for row in scenes_rows]) >= 0.9
+
+
+def test_bucket_to_bucket_over_two_replicas(fleet, images, gcs, capsys) -> None:
+    """The server reads each image itself (--send uri); both replicas take calls."""
+    emu, info, gates = fleet
+    for gate in gates:
+        gate.open()
+    out = "gs://outputs/run-uri.jsonl"
+    code = cli.main(
+        [
+            *("batch", "gs://inputs/batch/", "--out", out, "--send", "uri", "-q"),
+            *("--emulator-info", str(emu.workdir / "info.json")),
+        ]
+    )
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    rows = read(out, gcs)
+    check_output(rows, images)
+    assert len({row.get("replica_id") for row in rows} - {None}) == 2  # spread over both
+    assert "303 inputs: 303 done now (0 already in" in printed.out
+    assert "3 errors (invalid-image=3)" in printed.out
+    assert list(gcs.list_blobs("outputs", prefix="run-uri.jsonl.parts/")) == []  # merged
+
+
+def test_killed_halfway_and_run_again_gives_every_input_once(fleet, images, gcs, tmp_path) -> None:
+    emu, info, gates = fleet
+    out = "gs://outputs/run-killed.jsonl"
+    for gate in gates:
+        gate.set(75)  # 150 images in all, then the calls wait
+    command = [sys.executable, "-m", "client", "batch", "gs://inputs/batch/", "--out", out]
+    command += ["--emulator-info", str(emu.workdir / "info.json"), "-q", "--concurrency", "4"]
+    job = subprocess.Popen(
+        command, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        wait_until(lambda: all((g.state()["waiting"] or 0) >= 1 for g in gates), "the job to stall")
+        wait_until(lambda: len(JsonlOutput(out).lines()) >= 100, "parts to reach the bucket")
+        job.send_signal(signal.SIGKILL)
+        job.wait(PATIENCE_S)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    before = JsonlOutput(out).lines()
+    assert 100 <= len(before) < IMAGES  # what reached the bucket: whole parts, not all
+    assert not gcs.bucket("outputs").blob("run-killed.jsonl").exists()
+    for gate in gates:
+        gate.open()
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"already in {out}" in again.stdout and f"({len(before)} already in" in again.stdout
+    check_output(read(out, gcs), images)
+
+
+def test_local_folder_glob_and_list_to_a_local_file(server, tmp_path, capsys) -> None:
+    """Local inputs, straight to one server, with the drawn images; Client.batch underneath."""
+    folder = tmp_path / "shots"
+    (folder / "day").mkdir(parents=True)
+    truth = []
+    for i, (rgb, shapes) in enumerate(scenes(12, seed=5)):
+        (folder / ("day" if i % 2 else "") / f"{i:02d}.jpg").write_bytes(encode(rgb, "JPEG"))
+        truth.append(shapes)
+    listing = tmp_path / "list.txt"
+    listing.write_text("# two of them\n" + "\n".join(list_inputs(str(folder))[:2]) + "\n")
+    assert len(list_inputs(str(folder))) == 12
+    assert len(list_inputs(str(folder / "**" / "*.jpg"))) == 12
+    assert len(list_inputs(str(listing))) == 2
+    out, drawn = tmp_path / "out.jsonl", tmp_path / "drawn"
+    args = ["batch", str(folder), "--out", str(out), "--url", server.url, "-q"]
+    assert cli.main([*args, "--save-annotated", str(drawn)]) == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["input"] for r in rows) == list_inputs(str(folder))
+    assert all(Path(r["annotated"]).is_file() for r in rows) and len(list(drawn.iterdir())) == 12
+    by_name = sorted(rows, key=lambda r: int(Path(r["input"]).stem))
+    assert hit_rate(truth, [r["result"] for r in by_name]) >= 0.9
+    # The library call behind it, directly.
+    with Client.from_url(server.url) as client, client.batch(list_inputs(str(listing))) as run:
+        lines = list(run)
+    assert len(lines) == 2 and all(line.result is not None for line in lines)
+    assert run.stats.done == 2 and run.stats.errors == {}
