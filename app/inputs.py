@@ -18,9 +18,10 @@ route's own Struct: a parameter the route does not take is refused, wherever it 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
+import os
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ from app.errors import (
     InvalidParameter,
     InvalidVideo,
     PayloadTooLarge,
+    ServingError,
     UnsupportedMediaType,
 )
 from client.schema import (
@@ -280,27 +282,58 @@ async def read_stream(request: Request, settings: Settings) -> Inputs:
     return Inputs(frames, params, refs=refs)
 
 
+_readers: anyio.CapacityLimiter | None = None
+
+
 async def fetch(inputs: Inputs, settings: Settings) -> None:
-    """Read the request's ``gs://`` objects (in worker threads, the images at once): each image
-    at most ``SERVE_MAX_BODY_BYTES``, a video at most ``SERVE_MAX_OBJECT_BYTES``."""
-    allowed = settings.allowed_buckets
+    """Read the request's ``gs://`` objects, in worker threads of their own
+    (:data:`app.storage.READERS` at a time): a video into a temporary file (at most
+    ``SERVE_MAX_OBJECT_BYTES``), images into memory (together at most ``SERVE_MAX_BODY_BYTES``,
+    their sizes checked from metadata before any byte is read). A failure stops the others."""
+    global _readers
+    if _readers is None:
+        _readers = anyio.CapacityLimiter(storage.READERS)
+    readers, allowed = _readers, settings.allowed_buckets
     if inputs.video_uri is not None:
-        inputs.video_path = await anyio.to_thread.run_sync(
+        fd, name = tempfile.mkstemp(prefix="vertex-yolo-gcs-", dir=settings.tmp_dir)
+        os.close(fd)
+        inputs.video_path = Path(name)  # the handler removes it, whatever happens next
+        await anyio.to_thread.run_sync(
             storage.read_file,
             inputs.video_uri,
             allowed,
             settings.max_object_bytes,
-            settings.tmp_dir,
+            inputs.video_path,
+            limiter=readers,
         )
     if not inputs.refs:
         return
+    limit = settings.max_body_bytes
+    blobs: dict[int, Any] = {}
+
+    async def stat(position: int, uri: str) -> None:
+        where = f"image {position}"
+        blobs[position] = await anyio.to_thread.run_sync(
+            storage.stat, uri, allowed, where, limit, "an image", limiter=readers
+        )
 
     async def read(position: int, uri: str) -> None:
         inputs.blobs[position] = await anyio.to_thread.run_sync(
-            storage.read_bytes, uri, allowed, settings.max_body_bytes, f"image {position}"
+            storage.read_bytes, uri, blobs[position], limit, limiter=readers
         )
 
-    await asyncio.gather(*(read(position, uri) for position, uri in inputs.refs.items()))
+    for step in (stat, read):
+        try:
+            async with anyio.create_task_group() as group:
+                for position, uri in inputs.refs.items():
+                    group.start_soon(step, position, uri)
+        except* ServingError as failed:  # the first one, as the request's answer
+            raise failed.exceptions[0] from None
+        if step is stat and (total := sum(b.size or 0 for b in blobs.values())) > limit:
+            raise PayloadTooLarge(
+                f"the request's {len(blobs)} gs:// images are {total} bytes together; at most "
+                f"{limit} (SERVE_MAX_BODY_BYTES, as for bytes sent in the body)"
+            )
 
 
 def parse_parameters(

@@ -8,22 +8,22 @@ before anything is read:
   local file reads);
 * only the buckets named in ``SERVE_ALLOWED_BUCKETS`` (none by default: every URI is refused,
   with a 400 that says how to allow a bucket);
-* the object's size, from its metadata, before its bytes: an image at most
-  ``SERVE_MAX_BODY_BYTES`` (what a body may carry), a video at most ``SERVE_MAX_OBJECT_BYTES``
+* the objects' sizes, from their metadata, before their bytes: a request's images together at
+  most ``SERVE_MAX_BODY_BYTES`` (what a body may carry), a video at most ``SERVE_MAX_OBJECT_BYTES``
   (a video read here is not bound by the endpoint's 10 MB per request, only by the stream
   limits and the endpoint's inference timeout);
 * then the same pixel and frame limits as bytes.
 
 The unmodified ``google-cloud-storage`` client does the reading (Application Default
 Credentials; ``STORAGE_EMULATOR_HOST`` points it at a local GCS API server). Blocking: called
-from worker threads.
+from worker threads, a few at a time (:data:`READERS`), apart from the threads that decode.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 import re
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ from app.errors import (
 
 GS_URI = re.compile(r"gs://(?P<bucket>[a-z0-9][a-z0-9._-]{1,220}[a-z0-9])/(?P<name>[^\r\n]+)")
 TIMEOUT_S = 120.0
+READERS = 8  # Cloud Storage reads at once, per process (their own threads: a slow bucket
+# never holds up decoding)
 _client: Any = None
 
 
@@ -74,18 +76,27 @@ def _storage() -> Any:
     return _client
 
 
-def _blob(uri: str, bucket: str, name: str, limit: int, what: str) -> Any:
-    """The object's metadata, its size checked against ``limit``."""
+@contextlib.contextmanager
+def _answers(uri: str, doing: str) -> Iterator[None]:
+    """Cloud Storage's errors as the request's: missing 404, refused 403, down 502."""
     from google.api_core import exceptions
+    from google.auth.exceptions import GoogleAuthError
 
     try:
-        blob = _storage().bucket(bucket).get_blob(name, timeout=TIMEOUT_S)
+        yield
     except exceptions.NotFound:
-        blob = None
+        raise ObjectNotFound(f"{uri}: no such object (or no such bucket)") from None
     except exceptions.Forbidden as exc:
         raise ObjectForbidden(f"{uri}: the server may not read it ({exc.message})") from None
-    except exceptions.GoogleAPIError as exc:
-        raise StorageUnavailable(f"{uri}: Cloud Storage did not answer: {exc}") from None
+    except (exceptions.GoogleAPIError, GoogleAuthError, OSError) as exc:
+        raise StorageUnavailable(f"{uri}: {doing} failed: {exc}") from None
+
+
+def stat(uri: str, allowed: frozenset[str], where: str, limit: int, what: str) -> Any:
+    """The metadata of an object the server may read, its size checked against ``limit``."""
+    bucket, name = check_uri(uri, allowed, where)
+    with _answers(uri, "reading its metadata"):
+        blob = _storage().bucket(bucket).get_blob(name, timeout=TIMEOUT_S)
     if blob is None:
         raise ObjectNotFound(f"{uri}: no such object (or no such bucket)")
     if blob.size is not None and blob.size > limit:
@@ -93,37 +104,20 @@ def _blob(uri: str, bucket: str, name: str, limit: int, what: str) -> Any:
     return blob
 
 
-def read_bytes(uri: str, allowed: frozenset[str], limit: int, where: str) -> bytes:
-    """An image object's bytes (at most ``limit``)."""
-    from google.api_core import exceptions
-
-    bucket, name = check_uri(uri, allowed, where)
-    blob = _blob(uri, bucket, name, limit, "an image")
-    try:
+def read_bytes(uri: str, blob: Any, limit: int) -> bytes:
+    """The bytes of an object :func:`stat` checked (at most ``limit``)."""
+    with _answers(uri, "reading it"):
         data: bytes = blob.download_as_bytes(timeout=TIMEOUT_S)
-    except exceptions.GoogleAPIError as exc:
-        raise StorageUnavailable(f"{uri}: reading it failed: {exc}") from None
     if len(data) > limit:  # replaced by a larger one since its metadata was read
         raise PayloadTooLarge(f"{uri} is {len(data)} bytes; an image may be at most {limit}")
     return data
 
 
-def read_file(uri: str, allowed: frozenset[str], limit: int, tmp_dir: Path | None) -> Path:
-    """A video object, downloaded to a temporary file the caller owns (at most ``limit``)."""
-    from google.api_core import exceptions
-
-    bucket, name = check_uri(uri, allowed, "video")
-    blob = _blob(uri, bucket, name, limit, "a video")
-    fd, path = tempfile.mkstemp(prefix="vertex-yolo-gcs-", dir=tmp_dir)
-    os.close(fd)
-    try:
-        blob.download_to_filename(path, timeout=TIMEOUT_S)
-        if Path(path).stat().st_size > limit:
-            raise PayloadTooLarge(f"{uri} is over {limit} bytes; a video may be at most {limit}")
-    except exceptions.GoogleAPIError as exc:
-        Path(path).unlink(missing_ok=True)
-        raise StorageUnavailable(f"{uri}: reading it failed: {exc}") from None
-    except BaseException:
-        Path(path).unlink(missing_ok=True)
-        raise
-    return Path(path)
+def read_file(uri: str, allowed: frozenset[str], limit: int, path: Path) -> None:
+    """A video object, downloaded to ``path`` (which the caller made and removes), at most
+    ``limit`` bytes."""
+    blob = stat(uri, allowed, "video", limit, "a video")
+    with _answers(uri, "reading it"):
+        blob.download_to_filename(str(path), timeout=TIMEOUT_S)
+    if path.stat().st_size > limit:
+        raise PayloadTooLarge(f"{uri} is over {limit} bytes; a video may be at most {limit}")

@@ -175,7 +175,8 @@ class ThreadedIterator(Generic[T]):
             except asyncio.CancelledError:
                 pass
             except BaseException as exc:  # noqa: BLE001 - raised in the consumer's thread
-                await asyncio.to_thread(self._hand, (False, exc))
+                with contextlib.suppress(asyncio.CancelledError):  # closed once it was handed
+                    await asyncio.to_thread(self._hand, (False, exc))
 
         try:
             asyncio.run(main())

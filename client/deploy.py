@@ -404,8 +404,8 @@ def upload_calls(spec: UploadSpec) -> list[SdkCall]:
     if spec.artifact_uri and not spec.artifact_uri.startswith("gs://"):
         # The SDK would copy a local path to a staging bucket: say so before anything runs.
         raise errors.ParameterError(
-            f"artifact_uri {spec.artifact_uri!r} must be a gs:// URI (the emulator maps gs:// "
-            "to a local directory with --gcs-dir)"
+            f"artifact_uri {spec.artifact_uri!r} must be a gs:// URI (offline, the emulator "
+            "reads gs:// from the GCS API server STORAGE_EMULATOR_HOST names)"
         )
     kwargs: dict[str, Any] = {
         "display_name": spec.display_name,

@@ -794,6 +794,14 @@ CORPUS = [
         tight=True,
     ),
     bad(
+        "uri-images-together-over-limit",
+        lambda: as_json("/stream", {"frames": [{"gcsUri": "gs://inputs/bad/600k.png"}] * 2}),
+        413,
+        "payload-too-large",
+        "the request's 2 gs:// images are 1200000 bytes together; at most 1048576",
+        tight=True,
+    ),
+    bad(
         "uri-corrupt-image",
         lambda: as_json("/detect", gcs_instances("gs://inputs/bad/corrupt.png")),
         400,
@@ -890,6 +898,7 @@ def tight(tmp_path_factory: pytest.TempPathFactory, gcs: Any) -> Iterator[Server
     bucket = gcs.bucket("inputs")
     bucket.blob("bad/big.png").upload_from_string(b"\x89PNG" + b"\0" * (MB + MB // 2 - 4))
     bucket.blob("bad/corrupt.png").upload_from_string(PNG[:8] + b"\0garbage" * 20)
+    bucket.blob("bad/600k.png").upload_from_string(b"\x89PNG" + b"\0" * (600_000 - 4))
     bucket.blob("bad/not-a-video.mp4").upload_from_string(PNG)
     bucket.blob("bad/huge.mp4").upload_from_string(b"\0" * (2 * MB + 1))
     env = TIGHT | {"SERVE_ALLOWED_BUCKETS": "inputs", "SERVE_MAX_OBJECT_BYTES": str(2 * MB)}

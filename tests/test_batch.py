@@ -173,3 +173,29 @@ def test_local_folder_glob_and_list_to_a_local_file(server, tmp_path, capsys) ->
         lines = list(run)
     assert len(lines) == 2 and all(line.result is not None for line in lines)
     assert run.stats.done == 2 and run.stats.errors == {}
+
+
+def test_job_wide_errors_end_the_run_and_input_errors_are_lines(server, tmp_path, capsys) -> None:
+    """A refusal every input would get (an unknown class) ends the run with no line written, so
+    a corrected run does them all; a missing file and a corrupt image are lines of their own. A
+    list names each input once; a second run on the same file at once is refused."""
+    good = tmp_path / "good.jpg"
+    good.write_bytes(encode(scenes(1, seed=9)[0][0], "JPEG"))
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    listing = tmp_path / "list.txt"
+    names = [str(good), str(tmp_path / "corrupt.jpg"), str(tmp_path / "missing.jpg"), str(good)]
+    listing.write_text("\n".join(names) + "\n")
+    assert list_inputs(str(listing)) == names[:3]
+    out = tmp_path / "out.jsonl"
+    args = ["batch", str(listing), "--out", str(out), "--url", server.url, "-q"]
+    assert cli.main([*args, "--classes", "hexagon"]) != 0
+    assert "hexagon" in capsys.readouterr().err
+    assert out.read_text() == ""  # nothing counted as done
+    with JsonlOutput(str(out)), pytest.raises(Exception, match="another batch is writing"):
+        JsonlOutput(str(out))
+    assert cli.main(args) == 0, capsys.readouterr().err
+    rows = {r["input"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert set(rows) == set(names) and rows[str(good)]["result"]["detections"]
+    assert rows[names[1]]["error"]["code"] == "invalid-image"
+    missing = rows[names[2]]["error"]
+    assert "status" not in missing and "No such file" in missing["detail"], missing

@@ -8,9 +8,10 @@ model: the pinned one, or the one that answered the first call. An input is sent
 the server to read.
 
 Each input gives one :class:`BatchLine`, in the order calls finish: its results, or its error. An
-input the server refuses (a 4xx: a corrupt image, an object it cannot read) or this client
-cannot read is an error line, not the end of the job; a failure no other input would escape
-(the endpoint unreachable, 5xx after the client's retries) ends the run, and a run with the same
+input the server refuses for itself (:data:`INPUT_ERRORS`: a corrupt image, an object missing)
+or this client cannot read (missing, forbidden) is an error line, not the end of the job; a
+failure no other input would escape (the endpoint unreachable, 5xx or 429 after the client's
+retries, a refused token, a bad parameter) ends the run, and a run with the same
 arguments carries on (:mod:`client.batch.output`).
 """
 
@@ -34,6 +35,29 @@ from client.schema import AnnotateResponse, ImageResult, InferenceResponse, Mode
 Route = Literal["detect", "segment"]
 Send = Literal["bytes", "uri"]
 MAX_CONCURRENCY = 32
+# The server's problem codes that are about one input: that input's error line. Any other
+# error (5xx, 429, a refused token, a bad parameter, a bucket the server may not read) would
+# fail every input alike: it ends the run, and a run with the same arguments carries on.
+INPUT_ERRORS = frozenset(
+    {
+        "invalid-image",
+        "payload-too-large",
+        "unsupported-media-type",
+        "object-not-found",
+        "object-forbidden",
+    }
+)
+
+
+def unreadable(exc: BaseException) -> bool:
+    """Whether a read of one input failed for that input alone (missing, a folder, refused)."""
+    if isinstance(exc, FileNotFoundError | IsADirectoryError | PermissionError):
+        return True
+    try:
+        from google.api_core import exceptions
+    except ImportError:
+        return False
+    return isinstance(exc, exceptions.NotFound | exceptions.Forbidden)
 
 
 class BatchEndpoint(Protocol):
@@ -184,31 +208,26 @@ class BatchRun:
 
     async def _one(self, name: str) -> BatchLine:
         assert self.pinned is not None
-        try:
-            image: bytes | str = name
-            if self.send == "bytes":
+        image: bytes | str = name
+        if self.send == "bytes":
+            try:
                 image = await asyncio.to_thread(read_input, name)
-            route = "annotate" if self.annotate_to else self.route
+            except Exception as exc:
+                if not unreadable(exc):
+                    raise  # Cloud Storage down, credentials refused: no input would escape it
+                return BatchLine(input=name, error=BatchError(detail=f"cannot read {name}: {exc}"))
+        route = "annotate" if self.annotate_to else self.route
+        try:
             answer = await self.endpoint.infer(route, image, self.pinned, self.params)
         except errors.APIError as exc:
-            if exc.status == 429 or exc.status >= 500:
-                raise  # the client's retries are spent: nothing another input would escape
             problem = exc.problem
+            if problem is None or problem.code not in INPUT_ERRORS:
+                raise  # 5xx, 429, a refused token, a bad parameter: no input would escape it
             return BatchLine(
                 input=name,
                 deployed_model_id=self.pinned,
-                error=BatchError(
-                    status=exc.status,
-                    code=problem.code if problem else None,
-                    detail=problem.detail if problem else str(exc),
-                ),
+                error=BatchError(status=exc.status, code=problem.code, detail=problem.detail),
             )
-        except (OSError, errors.ParameterError) as exc:  # this client could not read it
-            return BatchLine(input=name, error=BatchError(detail=f"cannot read {name}: {exc}"))
-        except Exception as exc:  # Cloud Storage's own errors, when reading here
-            if type(exc).__module__.startswith("google.api_core"):
-                return BatchLine(input=name, error=BatchError(detail=f"cannot read {name}: {exc}"))
-            raise
         if isinstance(answer, AnnotateResponse):
             drawn = answer.results[0]
             result = ImageResult(

@@ -2,8 +2,8 @@
 
 A batch SOURCE is a local folder (its images, recursively), a glob (``shots/**/*.jpg``), a
 ``gs://bucket/prefix/`` (its images), a text file of paths or URIs (one a line, ``#`` comments),
-or one image. Images are told by their suffix (:data:`IMAGE_SUFFIXES`); the list is sorted, so
-a run and its resumption see the same inputs.
+or one image. Images are told by their suffix (:data:`IMAGE_SUFFIXES`); a listing is sorted (a
+list file keeps its order, each name once), so a run and its resumption see the same inputs.
 
 Cloud Storage goes through the ``google-cloud-storage`` client (Application Default
 Credentials, or ``STORAGE_EMULATOR_HOST``), imported only when a ``gs://`` name is used.
@@ -64,7 +64,9 @@ def list_inputs(source: str) -> list[str]:
         found = sorted(str(p) for p in Path(source).rglob("*") if p.is_file() and is_image(p.name))
     elif Path(source).is_file() and source.endswith(".txt"):
         lines = Path(source).read_text().splitlines()
-        found = [s for line in lines if (s := line.strip()) and not s.startswith("#")]
+        found = list(  # in the list's order, each once
+            dict.fromkeys(s for line in lines if (s := line.strip()) and not s.startswith("#"))
+        )
     elif Path(source).is_file():
         found = [source]
     else:

@@ -2,7 +2,8 @@
 
 * **Local file**: lines are appended with one ``write`` each on a file opened ``O_APPEND``, so
   a line is in the file whole or not at all (a process killed, SIGKILL included, leaves no half
-  line; a half line left by a crashed machine is cut off when the file is opened again).
+  line; a failed write is cut back; a half line left by a crashed machine is cut off when the
+  file is opened again). A second run on the same file at once is refused (``flock``).
 * **Cloud Storage** (``gs://bucket/out.jsonl``): an object cannot be appended to, so lines go
   out in **parts**, objects of their own under ``gs://bucket/out.jsonl.parts/``, each written
   whole (every ``PART_LINES`` lines or ``PART_SECONDS`` seconds). At the end the object and the
@@ -15,6 +16,7 @@ input ends in the output exactly once.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 import uuid
@@ -23,6 +25,7 @@ from pathlib import Path
 import msgspec
 
 from client.batch.inputs import read_lines, split_uri, storage_client, write_output
+from client.errors import ParameterError
 
 PART_LINES = 50
 PART_SECONDS = 2.0
@@ -56,8 +59,14 @@ class JsonlOutput:
         if not self.cloud:
             path = Path(dest)
             path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:  # one run at a time per file; the lock goes with the process, killed or not
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise ParameterError(f"{dest}: another batch is writing to it") from None
             self._repair(path)
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd = fd
 
     @property
     def parts_prefix(self) -> str:
@@ -93,7 +102,15 @@ class JsonlOutput:
     def write(self, line: bytes) -> None:
         """One line (without its newline)."""
         if self._fd is not None:
-            os.write(self._fd, line + b"\n")  # one write: the line whole, or not at all
+            data = line + b"\n"
+            size = os.fstat(self._fd).st_size
+            try:
+                written = os.write(self._fd, data)  # one write: the line whole, as a rule
+                while written < len(data):  # a short write (a full disk, a signal)
+                    written += os.write(self._fd, data[written:])
+            except OSError:
+                os.ftruncate(self._fd, size)  # no half line left behind
+                raise
             return
         self._buffer.append(line)
         if len(self._buffer) >= PART_LINES or time.monotonic() - self._flushed >= PART_SECONDS:

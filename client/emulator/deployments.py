@@ -29,6 +29,7 @@ The store checks and records each change; this module runs the replicas behind i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -353,7 +354,9 @@ def copy_artifacts(artifact_uri: str, deployed_model_id: str) -> str:
         blobs = [b for b in client.list_blobs(bucket, prefix=prefix) if not b.name.endswith("/")]
         if not blobs:
             raise ApiError.precondition(f"artifactUri {artifact_uri} holds no object")
-        target = client.lookup_bucket(ARTIFACT_BUCKET) or client.create_bucket(ARTIFACT_BUCKET)
+        target = client.bucket(ARTIFACT_BUCKET)
+        with contextlib.suppress(exceptions.Conflict):  # made already (maybe by another deploy)
+            client.create_bucket(ARTIFACT_BUCKET)
         for blob in blobs:
             name = f"{deployed_model_id}/{blob.name[len(prefix) :]}"
             client.bucket(bucket).copy_blob(blob, target, name)
