@@ -85,6 +85,9 @@ def serve(settings: Settings) -> NoReturn:
     import threading
     import time
 
+    from app.threads import prepare_process
+
+    prepare_process()  # before torch loads (app/threads.py)
     import uvicorn
 
     from app.main import create_app

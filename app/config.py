@@ -21,8 +21,9 @@ DEMO_MODELS = (
 )
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
-# PyTorch weights, model configs, and exports (ONNX files, OpenVINO directories)
-WEIGHT_SUFFIXES = (".pt", ".yaml", ".yml", ".onnx", "_openvino_model")
+# PyTorch weights, model configs, and exports (ONNX files, OpenVINO directories, TensorRT
+# engines)
+WEIGHT_SUFFIXES = (".pt", ".yaml", ".yml", ".onnx", ".engine", "_openvino_model")
 DIRECTORY_SUFFIXES = ("_openvino_model",)
 MB = 1024 * 1024
 N = TypeVar("N", int, float)
@@ -57,7 +58,7 @@ class Settings:
     max_images: int = 16
     jpeg_draft: bool = True
     workers: int = 1
-    torch_threads: int = 0  # 0: Ultralytics' choice (min(8, cores - 1) on CPU)
+    torch_threads: int = 0  # 0: the server's policy (app/threads.py)
     device: str = "auto"
     log_level: str = "info"
     log_format: str = "json"
@@ -73,6 +74,7 @@ class Settings:
     stream_send_timeout: float = 30.0
     stream_queue: int = 4
     batching: str = "auto"  # auto: on for PyTorch weights, off for static exports
+    half: str = "auto"  # FP16: auto is on for PyTorch weights on a CUDA device
     batch_max_size: int = 8
     batch_max_delay_ms: float = 5.0
     queue_size: int = 64
@@ -145,6 +147,11 @@ class Settings:
         batching = (get("SERVE_BATCHING") or "auto").lower()
         if batching not in ("auto", "on", "off"):
             errors.append(f"SERVE_BATCHING={batching!r} must be auto, on or off")
+        half = (get("SERVE_HALF") or "auto").lower()
+        if half not in ("auto", "on", "off"):
+            errors.append(f"SERVE_HALF={half!r} must be auto, on or off")
+        elif half == "on" and device in ("cpu", "mps"):
+            errors.append(f"SERVE_HALF=on needs a CUDA device (FP16); SERVE_DEVICE is {device}")
 
         log_format = (get("SERVE_LOG_FORMAT") or "json").lower()
         if log_format not in ("json", "text"):
@@ -194,6 +201,7 @@ class Settings:
             stream_send_timeout=number("SERVE_STREAM_SEND_TIMEOUT", 30.0, 0.1, 3600.0),
             stream_queue=integer("SERVE_STREAM_QUEUE", 4, 1, 1024),
             batching=batching,
+            half=half,
             batch_max_size=integer("SERVE_BATCH_MAX_SIZE", 8, 1, 256),
             batch_max_delay_ms=number("SERVE_BATCH_MAX_DELAY_MS", 5.0, 0.0, 1000.0),
             queue_size=integer("SERVE_QUEUE_SIZE", 64, 1, 100_000),

@@ -16,9 +16,13 @@ from pathlib import Path
 from app.config import DIRECTORY_SUFFIXES, ModelSpec
 
 # Modules an export needs at run time (the `export` extra); Ultralytics never installs them here.
-EXPORT_RUNTIMES = {"onnx": ("onnx", "onnxruntime"), "openvino": ("openvino",)}
-DISCOVERED_SUFFIXES = (".pt", ".onnx", *DIRECTORY_SUFFIXES)
-FORMAT_ORDER = ("pt", "onnx", "openvino")
+EXPORT_RUNTIMES = {
+    "onnx": ("onnx", "onnxruntime"),
+    "openvino": ("openvino",),
+    "engine": ("tensorrt",),
+}
+DISCOVERED_SUFFIXES = (".pt", ".onnx", ".engine", *DIRECTORY_SUFFIXES)
+FORMAT_ORDER = ("pt", "onnx", "openvino", "engine")
 
 
 def sha256_file(path: Path) -> str:
@@ -40,18 +44,27 @@ def sha256_path(path: Path) -> str:
 
 
 def model_format(source: str) -> str:
-    """``onnx``, ``openvino`` or ``pt`` (PyTorch weights or a model config), by name."""
+    """``onnx``, ``openvino``, ``engine`` (TensorRT) or ``pt`` (PyTorch weights or a model
+    config), by name."""
     name = source.rstrip("/")
     if name.endswith(".onnx"):
         return "onnx"
+    if name.endswith(".engine"):
+        return "engine"
     if name.endswith(DIRECTORY_SUFFIXES):
         return "openvino"
     return "pt"
 
 
-def check_runtime(fmt: str, model_name: str) -> None:
+def check_runtime(fmt: str, model_name: str, device: str) -> None:
     """Fail with a clear message when an export's runtime is not installed (Ultralytics'
-    auto-install is off, so it would otherwise fail deep inside with an ImportError)."""
+    auto-install is off, so it would otherwise fail deep inside with an ImportError), or when
+    a TensorRT engine is given no CUDA device."""
+    if fmt == "engine" and not device.startswith("cuda"):
+        raise RuntimeError(
+            f"model {model_name!r} is a TensorRT engine, which runs only on a CUDA GPU; this "
+            f"server's device is {device} (SERVE_DEVICE)"
+        )
     for module in EXPORT_RUNTIMES.get(fmt, ()):
         try:
             importlib.import_module(module)
@@ -59,6 +72,7 @@ def check_runtime(fmt: str, model_name: str) -> None:
             raise RuntimeError(
                 f"model {model_name!r} is an {fmt} export, which needs the {module!r} package "
                 f"({exc}); install the server's `export` extra: pip install '.[server,export]'"
+                + (" and TensorRT (pip install tensorrt)" if fmt == "engine" else "")
             ) from None
 
 

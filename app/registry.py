@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from app.model_sources import (
 )
 from app.offline import disable_sync
 from app.scheduler import Policy, Scheduler
+from app.threads import inference_thread, torch_threads, warm_up
 from client.schema import DetectParameters, ModelInfo, ModelList
 
 log = logging.getLogger("app.registry")
@@ -46,7 +49,15 @@ def resolve_device(device: str) -> str:
 class LoadedModel:
     """A warm model: its description, a pool of Ultralytics instances and their scheduler."""
 
-    def __init__(self, spec: ModelSpec, instances: list[Any], sha256: str, device: str) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        instances: list[Any],
+        executors: list[ThreadPoolExecutor],
+        sha256: str,
+        device: str,
+        half: bool = False,
+    ) -> None:
         first = instances[0]
         self.name = spec.name
         self.source = spec.source
@@ -60,16 +71,14 @@ class LoadedModel:
         self.fixed_imgsz = self.format != "pt" and not getattr(backend, "dynamic", False)
         self.sha256 = sha256
         self.version = sha256[:12]
-        self.device = device
-        self._instances = instances
+        self.device, self.half = device, half
+        self._instances, self._executors = instances, executors
         self.scheduler: Scheduler | None = None
 
     def start(self, settings: Settings, limiter: anyio.CapacityLimiter) -> None:
         """Start the model's scheduler (needs the running event loop; see app/scheduler.py)."""
         policy = Policy.from_settings(settings, self.format)
-        self.scheduler = Scheduler(
-            self.name, self._instances, policy, limiter, Policy.thread_init(settings)
-        )
+        self.scheduler = Scheduler(self.name, self._instances, self._executors, policy, limiter)
         self.scheduler.start()
         log.info("model %s: %s", self.name, policy.describe())
 
@@ -109,6 +118,7 @@ class LoadedModel:
                 classes=class_ids,
                 imgsz=imgsz,
                 device=self.device,
+                half=self.half,
                 verbose=False,
             )
 
@@ -212,28 +222,49 @@ class Registry:
         started = time.perf_counter()
         settings = self.settings
         fmt = model_format(spec.source)
-        check_runtime(fmt, spec.name)
+        check_runtime(fmt, spec.name, device)
+        half = settings.half == "on" or (
+            settings.half == "auto" and fmt == "pt" and device.startswith("cuda")
+        )
+        if half and not device.startswith("cuda"):
+            raise RuntimeError(
+                f"SERVE_HALF=on: FP16 needs a CUDA device; model {spec.name!r} would run on "
+                f"{device}"
+            )
         where, weights = resolve_source(spec.source, settings.storage_uri, settings.cache_dir)
-        instances = []
-        for _ in range(settings.workers):
-            model = YOLO(where)  # an export's task, classes and input size come from its metadata
-            imgsz = model.overrides.get("imgsz", 640)
-            imgsz = int(max(imgsz) if isinstance(imgsz, list | tuple) else imgsz)
-            model.predict(np.zeros((imgsz, imgsz, 3), np.uint8), device=device, verbose=False)
-            if fmt != "pt":
-                backend = model.predictor.model  # Ultralytics' AutoBackend, metadata applied
-                model.overrides["imgsz"] = backend.imgsz
-                device = str(backend.device)  # OpenVINO (and ONNX without a GPU runtime): cpu
-            instances.append(model)
+        threads = torch_threads(settings, device)
+        instances, executors = [], []
+        try:
+            for _ in range(settings.workers):
+                # an export's task, classes and input size come from its metadata
+                model = YOLO(where)
+                imgsz = model.overrides.get("imgsz", 640)
+                imgsz = int(max(imgsz) if isinstance(imgsz, list | tuple) else imgsz)
+                executor = inference_thread(spec.name, threads)
+                executors.append(executor)
+                blank = np.zeros((imgsz, imgsz, 3), np.uint8)
+                warm = partial(model.predict, blank, device=device, half=half, verbose=False)
+                warm_up(executor, threads, warm)
+                if fmt != "pt":
+                    backend = model.predictor.model  # Ultralytics' AutoBackend, metadata applied
+                    model.overrides["imgsz"] = backend.imgsz
+                    device = str(backend.device)  # OpenVINO (and ONNX without a GPU runtime): cpu
+                instances.append(model)
+        except BaseException:
+            for executor in executors:
+                executor.shutdown(wait=False)
+            raise
         if weights is None:
             ckpt = getattr(instances[0], "ckpt_path", None)
             weights = Path(ckpt) if ckpt and Path(ckpt).is_file() else None
         sha = sha256_path(weights) if weights else hashlib.sha256(where.encode()).hexdigest()
-        model = LoadedModel(spec, instances, sha, device)
+        model = LoadedModel(spec, instances, executors, sha, device, half)
         log.info(
-            "model %s ready: %s, task=%s classes=%d imgsz=%d%s device=%s version=%s (%.1f s)",
+            "model %s ready: %s, task=%s classes=%d imgsz=%d%s device=%s%s version=%s, %d x "
+            "%d torch threads (%.1f s)",
             model.name, model.format, model.task, len(model.names), model.imgsz,
-            " (fixed)" if model.fixed_imgsz else "", device, model.version,
+            " (fixed)" if model.fixed_imgsz else "", device, " fp16" if half else "",
+            model.version, len(instances), threads,
             time.perf_counter() - started,
         )  # fmt: skip
         return model

@@ -32,7 +32,6 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import anyio
@@ -72,17 +71,6 @@ class Policy:
             queue_size=settings.queue_size,
         )
 
-    @staticmethod
-    def thread_init(settings: Settings) -> Callable[[], None] | None:
-        """What each inference thread runs first: ``torch.set_num_threads`` when
-        ``SERVE_TORCH_THREADS`` is set (in the thread itself: set from another thread it
-        measured slower)."""
-        if not settings.torch_threads:
-            return None
-        import torch
-
-        return partial(torch.set_num_threads, settings.torch_threads)
-
     def describe(self) -> str:
         batching = (
             f"on (up to {self.max_size} images, {self.max_delay * 1000:g} ms)"
@@ -113,19 +101,17 @@ class Scheduler:
         self,
         name: str,
         instances: list[Any],
+        executors: list[ThreadPoolExecutor],
         policy: Policy,
         limiter: anyio.CapacityLimiter,
-        thread_init: Callable[[], None] | None = None,
     ) -> None:
         self.name, self.policy, self.limiter = name, policy, limiter
         self._instances = instances
-        # One thread per instance, for its whole life: PyTorch's OpenMP keeps a team of threads
-        # per calling thread, so inference hopping across a pool of threads would wake (and spin)
-        # several teams on the same cores. ``thread_init`` runs first in each (torch threads).
-        self._threads = {
-            id(i): ThreadPoolExecutor(1, f"infer-{name}", initializer=thread_init)
-            for i in instances
-        }
+        # One thread per instance, for its whole life (``executors``, made with the instances:
+        # app/threads.py): PyTorch's OpenMP keeps a team of threads per calling thread, so
+        # inference hopping across a pool of threads would wake (and spin) several teams on
+        # the same cores.
+        self._threads = {id(i): e for i, e in zip(instances, executors, strict=True)}
         self._pool: asyncio.Queue[Any] = asyncio.Queue()
         self._depth = 0  # admitted and not yet done
         self._items = 0  # submitted to predict and not yet done
@@ -177,6 +163,15 @@ class Scheduler:
         Items with equal keys promise that one ``fn`` serves them all: the batch runs the
         first item's ``fn`` over every item's images.
         """
+        if self.policy.batching and self._alone():
+            # Nothing to batch with, now or soon: straight to the free instance (the batcher's
+            # hand-offs cost a few task switches for nothing).
+            instance = self._pool.get_nowait()
+            self._items += 1
+            try:
+                return await asyncio.shield(self._spawn(self._use(instance, fn, images)))
+            finally:
+                self._items -= 1
         if not self.policy.batching:
             self._waiting += 1
             self._count_waiting()
@@ -241,6 +236,11 @@ class Scheduler:
                 self._spawn(self._run_batch(instance, batch))
             else:
                 self._pool.put_nowait(instance)
+
+    def _alone(self) -> bool:
+        """Whether a new item would run alone: nothing pending, no other admitted request on its
+        way to :meth:`predict`, and an instance free."""
+        return not self._pending and self._depth <= self._items + 1 and not self._pool.empty()
 
     def _expecting(self) -> bool:
         """Whether an admitted request is still on its way (decoding) to :meth:`predict`."""

@@ -167,7 +167,7 @@ def test_perf_short(tmp_path: Path) -> None:
     """The benchmark's CI mode: it runs end to end and prints every figure (speed not judged)."""
     out = tmp_path / "perf.json"
     run = subprocess.run(
-        [sys.executable, "tests/bench/perf.py", "--short", "--requests", "10", "--frames", "20"]
+        [sys.executable, "tests/bench/perf.py", "--short", "--requests", "6", "--frames", "12"]
         + ["--warmup", "1", "--json", str(out)],
         cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -1,0 +1,67 @@
+"""The server's thread policy (app/threads.py) and the GPU-only features' errors on a CPU box.
+
+Speed is never judged here (tests/bench/perf.py prints it); these check what the policy picks,
+that the real server runs with it, and that a GPU feature asked of a CPU machine stops the start
+with a message naming what is missing.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from app.config import Settings, SettingsError
+from app.threads import torch_threads, usable_cores
+from servers import start_server
+
+
+def test_the_policy_shares_the_cores_among_the_instances_on_cpu() -> None:
+    cores = usable_cores()
+    assert 1 <= cores <= (os.cpu_count() or 1)
+    assert torch_threads(Settings(), "cpu") == cores
+    assert torch_threads(Settings(workers=2), "cpu") == max(1, cores // 2)
+    assert torch_threads(Settings(workers=cores * 4), "cpu") == 1  # never below one
+    assert torch_threads(Settings(), "cuda:0") == 1  # its CPU side is small: no spinning teams
+    assert torch_threads(Settings(torch_threads=3), "cpu") == 3  # SERVE_TORCH_THREADS wins
+    assert torch_threads(Settings(torch_threads=3), "cuda:0") == 3
+
+
+def test_the_server_runs_with_the_policy(server) -> None:
+    """The session's server (defaults): one instance with every usable core, said in its log."""
+    assert "device=cpu version=" in server.logs()
+    assert f"1 x {usable_cores()} torch threads" in server.logs(), server.logs()[-2000:]
+
+
+def test_half_on_a_cpu_device_is_a_settings_error() -> None:
+    with pytest.raises(SettingsError, match="SERVE_HALF=on needs a CUDA device"):
+        Settings.from_env({"SERVE_HALF": "on", "SERVE_DEVICE": "cpu"})
+    with pytest.raises(SettingsError, match="SERVE_HALF='fast' must be auto, on or off"):
+        Settings.from_env({"SERVE_HALF": "fast"})
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"SERVE_MODELS": "m={dir}/model.engine"},
+            "model 'm' is a TensorRT engine, which runs only on a CUDA GPU; this server's device "
+            "is cpu",
+        ),
+        (
+            {"SERVE_HALF": "on"},
+            "SERVE_HALF=on: FP16 needs a CUDA device; model 'shapes-detect' would run on cpu",
+        ),
+    ],
+    ids=["engine", "half"],
+)
+def test_gpu_features_on_this_cpu_machine_stop_the_start_naming_what_is_missing(
+    tmp_path, env, message
+) -> None:
+    (tmp_path / "model.engine").write_bytes(b"not an engine: never read")
+    srv = start_server(tmp_path, {k: v.format(dir=tmp_path) for k, v in env.items()})
+    try:
+        assert srv.proc.wait(120) == 1
+    finally:
+        srv.stop()
+    assert message in srv.logs(), srv.logs()[-3000:]
