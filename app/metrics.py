@@ -44,7 +44,7 @@ INFERENCE_WAITING = Gauge(
 # thread nobody accounted for (a leak, or a library starting threads of its own).
 THREAD_POOLS = (
     ("main", re.compile(r"MainThread$")),
-    ("inference", re.compile(r"infer-")),  # one per model instance (app/scheduler.py)
+    ("inference", re.compile(r"infer-")),  # SERVE_WORKERS, shared by the models (app/threads.py)
     ("worker", re.compile(r"AnyIO worker thread$")),  # decode, encode, video reads: anyio's pool
 )
 

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from app.config import DIRECTORY_SUFFIXES, ModelSpec
+from app.threads import is_cuda
 
 # Modules an export needs at run time (the `export` extra); Ultralytics never installs them here.
 EXPORT_RUNTIMES = {
@@ -21,7 +22,9 @@ EXPORT_RUNTIMES = {
     "openvino": ("openvino",),
     "engine": ("tensorrt",),
 }
-DISCOVERED_SUFFIXES = (".pt", ".onnx", ".engine", *DIRECTORY_SUFFIXES)
+# .engine files are served when named in SERVE_MODELS (CUDA only), never discovered: a folder
+# with best.pt and best.engine must still start on a CPU machine.
+DISCOVERED_SUFFIXES = (".pt", ".onnx", *DIRECTORY_SUFFIXES)
 FORMAT_ORDER = ("pt", "onnx", "openvino", "engine")
 
 
@@ -60,7 +63,7 @@ def check_runtime(fmt: str, model_name: str, device: str) -> None:
     """Fail with a clear message when an export's runtime is not installed (Ultralytics'
     auto-install is off, so it would otherwise fail deep inside with an ImportError), or when
     a TensorRT engine is given no CUDA device."""
-    if fmt == "engine" and not device.startswith("cuda"):
+    if fmt == "engine" and not is_cuda(device):
         raise RuntimeError(
             f"model {model_name!r} is a TensorRT engine, which runs only on a CUDA GPU; this "
             f"server's device is {device} (SERVE_DEVICE)"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from functools import partial
 from pathlib import Path
@@ -32,7 +31,7 @@ from app.model_sources import (
 )
 from app.offline import disable_sync
 from app.scheduler import Policy, Scheduler
-from app.threads import inference_thread, torch_threads, warm_up
+from app.threads import InferenceThreads, is_cuda, torch_threads
 from client.schema import DetectParameters, ModelInfo, ModelList
 
 log = logging.getLogger("app.registry")
@@ -53,7 +52,6 @@ class LoadedModel:
         self,
         spec: ModelSpec,
         instances: list[Any],
-        executors: list[ThreadPoolExecutor],
         sha256: str,
         device: str,
         half: bool = False,
@@ -72,13 +70,13 @@ class LoadedModel:
         self.sha256 = sha256
         self.version = sha256[:12]
         self.device, self.half = device, half
-        self._instances, self._executors = instances, executors
+        self._instances = instances
         self.scheduler: Scheduler | None = None
 
-    def start(self, settings: Settings, limiter: anyio.CapacityLimiter) -> None:
+    def start(self, settings: Settings, threads: InferenceThreads) -> None:
         """Start the model's scheduler (needs the running event loop; see app/scheduler.py)."""
         policy = Policy.from_settings(settings, self.format)
-        self.scheduler = Scheduler(self.name, self._instances, self._executors, policy, limiter)
+        self.scheduler = Scheduler(self.name, self._instances, policy, threads)
         self.scheduler.start()
         log.info("model %s: %s", self.name, policy.describe())
 
@@ -183,7 +181,7 @@ class Registry:
         self.state = "loading"
         self.error: str | None = None
         self.default_name = settings.default_model
-        self.limiter: anyio.CapacityLimiter | None = None
+        self.threads: InferenceThreads | None = None  # made by the loader (app/threads.py)
 
     @property
     def ready(self) -> bool:
@@ -194,14 +192,17 @@ class Registry:
 
     async def load(self) -> None:
         """Load and warm every model; on failure record the error and re-raise."""
-        self.limiter = anyio.CapacityLimiter(self.settings.workers)
         try:
             loaded = await anyio.to_thread.run_sync(self._load_all, abandon_on_cancel=True)
         except Exception as exc:
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            if self.threads is not None:
+                self.threads.close()
             raise
+        assert self.threads is not None
+        self.threads.start()
         for model in loaded:
-            model.start(self.settings, self.limiter)
+            model.start(self.settings, self.threads)
             self.models[model.name] = model
         if self.default_name is None and loaded:
             self.default_name = loaded[0].name
@@ -213,6 +214,7 @@ class Registry:
         if not specs and settings.storage_uri:
             specs = discover_storage_models(settings.storage_uri)
         device = resolve_device(settings.device)
+        self.threads = InferenceThreads(settings.workers, torch_threads(settings, device))
         disable_sync()
         return [self._load_one(spec, device) for spec in specs]
 
@@ -223,57 +225,51 @@ class Registry:
         settings = self.settings
         fmt = model_format(spec.source)
         check_runtime(fmt, spec.name, device)
-        half = settings.half == "on" or (
-            settings.half == "auto" and fmt == "pt" and device.startswith("cuda")
+        half = fmt == "pt" and (
+            settings.half == "on" or (settings.half == "auto" and is_cuda(device))
         )
-        if half and not device.startswith("cuda"):
+        if half and not is_cuda(device):
             raise RuntimeError(
                 f"SERVE_HALF=on: FP16 needs a CUDA device; model {spec.name!r} would run on "
                 f"{device}"
             )
+        if settings.half == "on" and fmt != "pt":
+            log.warning("model %s: SERVE_HALF applies to PyTorch weights; a %s export keeps "
+                        "the precision it was exported with", spec.name, fmt)  # fmt: skip
         where, weights = resolve_source(spec.source, settings.storage_uri, settings.cache_dir)
-        threads = torch_threads(settings, device)
-        instances, executors = [], []
-        try:
-            for _ in range(settings.workers):
-                # an export's task, classes and input size come from its metadata
-                model = YOLO(where)
-                imgsz = model.overrides.get("imgsz", 640)
-                imgsz = int(max(imgsz) if isinstance(imgsz, list | tuple) else imgsz)
-                executor = inference_thread(spec.name, threads)
-                executors.append(executor)
-                blank = np.zeros((imgsz, imgsz, 3), np.uint8)
-                warm = partial(model.predict, blank, device=device, half=half, verbose=False)
-                warm_up(executor, threads, warm)
-                if fmt != "pt":
-                    backend = model.predictor.model  # Ultralytics' AutoBackend, metadata applied
-                    model.overrides["imgsz"] = backend.imgsz
-                    device = str(backend.device)  # OpenVINO (and ONNX without a GPU runtime): cpu
-                instances.append(model)
-        except BaseException:
-            for executor in executors:
-                executor.shutdown(wait=False)
-            raise
+        assert self.threads is not None
+        instances = []
+        for index in range(settings.workers):
+            model = YOLO(where)  # an export's task, classes and input size come from its metadata
+            imgsz = model.overrides.get("imgsz", 640)
+            imgsz = int(max(imgsz) if isinstance(imgsz, list | tuple) else imgsz)
+            blank = np.zeros((imgsz, imgsz, 3), np.uint8)
+            warm = partial(model.predict, blank, device=device, half=half, verbose=False)
+            self.threads.warm_up(index, warm)
+            if fmt != "pt":
+                backend = model.predictor.model  # Ultralytics' AutoBackend, metadata applied
+                model.overrides["imgsz"] = backend.imgsz
+                device = str(backend.device)  # OpenVINO (and ONNX without a GPU runtime): cpu
+            instances.append(model)
         if weights is None:
             ckpt = getattr(instances[0], "ckpt_path", None)
             weights = Path(ckpt) if ckpt and Path(ckpt).is_file() else None
         sha = sha256_path(weights) if weights else hashlib.sha256(where.encode()).hexdigest()
-        model = LoadedModel(spec, instances, executors, sha, device, half)
+        model = LoadedModel(spec, instances, sha, device, half)
         log.info(
             "model %s ready: %s, task=%s classes=%d imgsz=%d%s device=%s%s version=%s, %d x "
             "%d torch threads (%.1f s)",
             model.name, model.format, model.task, len(model.names), model.imgsz,
             " (fixed)" if model.fixed_imgsz else "", device, " fp16" if half else "",
-            model.version, len(instances), threads,
+            model.version, len(instances), self.threads.threads,
             time.perf_counter() - started,
         )  # fmt: skip
         return model
 
     def close(self) -> None:
-        """Let each model's inference threads end once idle (at shutdown; nothing waits here)."""
-        for model in self.models.values():
-            if model.scheduler is not None:
-                model.scheduler.close()
+        """Let the inference threads end once idle (at shutdown; nothing waits here)."""
+        if self.threads is not None:
+            self.threads.close()
 
     def ensure_ready(self) -> None:
         """Raise :class:`NotReady` (503) unless every model is loaded and warm."""

@@ -9,17 +9,19 @@ Every route goes through its model's :class:`Scheduler`:
   frame takes a place while it is in flight but is never refused (the stream was admitted when
   it started).
 * :meth:`Scheduler.predict` runs one work item (a request's images, or a frame) on an instance
-  from the pool, on that instance's own inference thread. With batching off that is one ``predict`` per item, as soon
-  as an instance is free. With batching on, a batcher task gathers items whose ``key`` is equal
+  from the pool, on one of the process's inference threads (``SERVE_WORKERS``, shared by every
+  model: :class:`app.threads.InferenceThreads`). With batching off that is one ``predict`` per
+  item, as soon as an instance is free. With batching on, a batcher task gathers items whose ``key`` is equal
   (same predict arguments, so one ``predict`` call serves them all) up to ``max_size`` images or
   ``max_delay`` after the oldest one arrived, runs them as one ``predict`` and hands each item its
   own slice of the results, in order. It waits only while another admitted request is still
-  being decoded (nothing else can join a batch sooner), so a lone request is never delayed. If
+  being decoded (nothing else can join a batch sooner), so a lone request is never delayed (and
+  goes straight to a free instance, past the batcher). If
   a batched call raises, each of its items runs again alone: a bad input fails only its own
   request.
 
-A worker thread cannot be interrupted, so an instance goes back to the pool only when its thread
-is done with it: calls run in their own tasks, which a cancelled caller (a client gone from a
+An inference thread cannot be interrupted, so an instance goes back to the pool only when its
+call is done: calls run in their own tasks, which a cancelled caller (a client gone from a
 stream) does not cancel.
 """
 
@@ -30,15 +32,13 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
-
-import anyio
 
 from app.config import Settings
 from app.errors import Overloaded
 from app.metrics import BATCH_SIZE, INFERENCE_WAITING, QUEUE_DEPTH
+from app.threads import InferenceThreads
 
 log = logging.getLogger("app.scheduler")
 
@@ -101,17 +101,11 @@ class Scheduler:
         self,
         name: str,
         instances: list[Any],
-        executors: list[ThreadPoolExecutor],
         policy: Policy,
-        limiter: anyio.CapacityLimiter,
+        threads: InferenceThreads,
     ) -> None:
-        self.name, self.policy, self.limiter = name, policy, limiter
+        self.name, self.policy, self.threads = name, policy, threads
         self._instances = instances
-        # One thread per instance, for its whole life (``executors``, made with the instances:
-        # app/threads.py): PyTorch's OpenMP keeps a team of threads per calling thread, so
-        # inference hopping across a pool of threads would wake (and spin) several teams on
-        # the same cores.
-        self._threads = {id(i): e for i, e in zip(instances, executors, strict=True)}
         self._pool: asyncio.Queue[Any] = asyncio.Queue()
         self._depth = 0  # admitted and not yet done
         self._items = 0  # submitted to predict and not yet done
@@ -127,11 +121,6 @@ class Scheduler:
         self._count_waiting()
         if self.policy.batching:
             self._spawn(self._batch_forever())
-
-    def close(self) -> None:
-        """End the inference threads once their current call (if any) is done; no new work."""
-        for executor in self._threads.values():
-            executor.shutdown(wait=False, cancel_futures=True)
 
     def _ensure_room(self) -> None:
         """Raise :class:`Overloaded` when the queue is full."""
@@ -207,9 +196,8 @@ class Scheduler:
 
     async def _call(self, instance: Any, fn: PredictFn, images: list[Any]) -> list[Any]:
         BATCH_SIZE.labels(self.name).observe(len(images))
-        async with self.limiter:  # SERVE_WORKERS inference calls at a time, across models
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._threads[id(instance)], fn, instance, images)
+        # on one of the process's SERVE_WORKERS inference threads, shared by every model
+        return await self.threads.run(fn, instance, images)
 
     async def _use(self, instance: Any, fn: PredictFn, images: list[Any]) -> list[Any]:
         """One call on ``instance`` (in its own task), which then goes back to the pool."""

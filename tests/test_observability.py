@@ -210,7 +210,8 @@ def test_metrics_http_by_route_template_and_own_per_model(metrics_server, tmp_pa
     assert samples(text, "yolo_batch_size_count") and samples(text, "yolo_queue_depth")
     assert samples(text, "yolo_inference_waiting")['{model="shapes-detect"}'] == 0.0
     threads = samples(text, "yolo_threads")  # every Python thread in a pool, none unaccounted
-    assert threads['{pool="main"}'] == 1.0 and threads['{pool="inference"}'] == 2.0
+    # one inference thread (SERVE_WORKERS=1), shared by the two models
+    assert threads['{pool="main"}'] == 1.0 and threads['{pool="inference"}'] == 1.0
     assert threads['{pool="other"}'] == 0.0 and threads['{pool="worker"}'] >= 1.0
 
     # SERVE_LOG_FORMAT=text: plain lines, the request line with its id

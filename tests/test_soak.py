@@ -32,11 +32,11 @@ def test_soak(tmp_path):
     assert "(100 reached them)" in out and "streams active: 0" in out, out
     assert "temp dir: 0 entries" in out and out.rstrip().endswith("PASS"), out
     pools = re.search(r"python threads by pool: (\{.*?\})", out)
-    assert pools and "'other': 0" in pools[1] and "'inference': 2" in pools[1], out
+    assert pools and "'other': 0" in pools[1] and "'inference': 1" in pools[1], out
 
 
 def test_the_thread_check_names_what_must_hold():
-    """It fails on threads of no pool, a pool over its size or an instance without its thread,
+    """It fails on threads of no pool, a pool over its size or inference threads other than SERVE_WORKERS,
     and only then (a worker pool that grew within its bound is fine)."""
     spec = importlib.util.spec_from_file_location("soak", ROOT / "tests" / "bench" / "soak.py")
     soak = importlib.util.module_from_spec(spec)
@@ -46,7 +46,7 @@ def test_the_thread_check_names_what_must_hold():
     finally:
         del sys.modules["soak"]
     fine = {"main": 1, "inference": 2, "worker": soak.WORKER_THREADS, "other": 0}
-    assert soak.thread_problems(fine, instances=2) == []
+    assert soak.thread_problems(fine, workers=2) == []
     assert soak.thread_problems(fine | {"other": 1}, 2) == ["1 Python thread(s) of no known pool"]
     assert soak.thread_problems(fine | {"worker": soak.WORKER_THREADS + 1}, 2)
     assert soak.thread_problems(fine | {"inference": 3}, 2)

@@ -27,10 +27,21 @@ def test_the_policy_shares_the_cores_among_the_instances_on_cpu() -> None:
     assert torch_threads(Settings(torch_threads=3), "cuda:0") == 3
 
 
+def test_the_process_never_manages_more_openmp_threads_than_cores() -> None:
+    """SERVE_WORKERS inference threads, shared by every model, each a team of torch_threads:
+    with the main thread's team of one, GNU OpenMP manages at most the usable cores (past that
+    it parks idle threads instead of spinning them: app/threads.py), however many models."""
+    cores = usable_cores()
+    for workers in range(1, 2 * cores + 1):
+        threads = torch_threads(Settings(workers=workers), "cpu")
+        assert 1 + workers * (threads - 1) <= cores or threads == 1, (workers, threads)
+
+
 def test_the_server_runs_with_the_policy(server) -> None:
-    """The session's server (defaults): one instance with every usable core, said in its log."""
-    assert "device=cpu version=" in server.logs()
-    assert f"1 x {usable_cores()} torch threads" in server.logs(), server.logs()[-2000:]
+    """The session's server (defaults: two demo models): both on the one inference thread with
+    every usable core, said in its log; its metrics count one inference thread (test_soak)."""
+    logs = server.logs()
+    assert logs.count(f"1 x {usable_cores()} torch threads") == 2, logs[-2000:]
 
 
 def test_half_on_a_cpu_device_is_a_settings_error() -> None:

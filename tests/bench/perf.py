@@ -490,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if args.half and args.device != "cuda":
+            parser.error("--half is FP16 on a CUDA device; this run's device is cpu")
         if args.imgsz is None:
             from ultralytics import YOLO
 

@@ -13,8 +13,8 @@ Checks (exit status 1 when one fails):
   source is closed, FFmpeg's decoder threads with it) and ``yolo_stream_frames_total`` no longer
   growing (the dropped streams' inference stopped), and its ``SERVE_TMP_DIR`` empty;
 * threads: every Python thread of the server in a pool of bounded size (``yolo_threads``):
-  inference (one per model instance: exactly that many), workers (anyio's pool, at most its
-  40) and the main thread, none unaccounted for. So no stream owns a thread that could outlive
+  inference (``SERVE_WORKERS``, shared by the models: exactly that many), workers (anyio's
+  pool, at most its 40) and the main thread, none unaccounted for. So no stream owns a thread that could outlive
   it, and a pool growing to its size is not a leak. The process's other (native) threads, the
   libraries' own (PyTorch's OpenMP teams, one per thread that runs torch ops; FFmpeg's, per open
   video), are printed beside them.
@@ -207,13 +207,13 @@ def thread_pools(url: str) -> dict[str, int]:
     return {pool: int(float(n)) for pool, n in found}
 
 
-def thread_problems(pools: dict[str, int], instances: int) -> list[str]:
+def thread_problems(pools: dict[str, int], workers: int) -> list[str]:
     """What is wrong with the server's threads: a pool over its size, or threads of no pool."""
     problems = []
     if pools.get("other", 0):
         problems.append(f"{pools['other']} Python thread(s) of no known pool")
-    if pools.get("inference", 0) != instances:
-        problems.append(f"{pools.get('inference', 0)} inference threads, not {instances}")
+    if pools.get("inference", 0) != workers:
+        problems.append(f"{pools.get('inference', 0)} inference threads, not {workers}")
     if pools.get("worker", 0) > WORKER_THREADS:
         problems.append(f"{pools['worker']} worker threads, over {WORKER_THREADS}")
     return problems
@@ -238,9 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="an already running server (started with SERVE_METRICS)")
     parser.add_argument("--pid", type=int, help="with --url: its process id (memory, threads)")
     parser.add_argument("--tmp-dir", type=Path, help="with --url: its SERVE_TMP_DIR")
-    parser.add_argument(
-        "--instances", type=int, default=2, help="with --url: its models x SERVE_WORKERS (2)"
-    )
+    parser.add_argument("--workers", type=int, default=1, help="with --url: its SERVE_WORKERS (1)")
     args = parser.parse_args(argv)
     warmup = args.warmup if args.warmup is not None else min(10.0, args.duration / 4)
 
@@ -327,7 +325,7 @@ def soak(args, warmup: float, inputs: Inputs, url: str, pid, tmp_dir) -> int:
     pools = thread_pools(url)
     native = f"; all threads {threads0} after warm-up, {proc.num_threads()} now" if proc else ""
     print(f"  python threads by pool: {pools}{native}")
-    problems += thread_problems(pools, args.instances)
+    problems += thread_problems(pools, args.workers)
     if tmp_dir is not None:
         left = sorted(p.name for p in Path(tmp_dir).iterdir())
         print(f"  temp dir: {len(left)} entries{': ' + ', '.join(left[:5]) if left else ''}")
