@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,14 @@ def images(gcs: Any) -> list[Any]:
     """300 generated scenes at gs://inputs/batch/scene-NNN.png (and 3 corrupt images there);
     their drawn shapes."""
     bucket = gcs.bucket("inputs")
-    truth = []
-    for i, (rgb, shapes) in enumerate(scenes(IMAGES, seed=97)):
-        bucket.blob(f"batch/scene-{i:03d}.png").upload_from_string(encode(rgb), "image/png")
-        truth.append(shapes)
+    drawn = scenes(IMAGES, seed=97)
+
+    def put(i: int) -> None:
+        bucket.blob(f"batch/scene-{i:03d}.png").upload_from_string(encode(drawn[i][0]), "image/png")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, range(IMAGES)))
+    truth = [shapes for _, shapes in drawn]
     for i in range(CORRUPT):
         bucket.blob(f"batch/corrupt-{i}.png").upload_from_string(b"\x89PNG\r\n\x1a\n" + b"?" * 99)
     return truth

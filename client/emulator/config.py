@@ -118,12 +118,18 @@ def container_env(
 
     ``inherited`` (the emulator's own environment, so a local server finds its caches) without
     any ``AIP_*``: those describe a container, and one left over in a shell must not leak in;
-    ``SERVE_HOST=127.0.0.1`` (servers stay private, behind the data plane); the declared env;
+    ``SERVE_HOST=127.0.0.1`` (servers stay private, behind the data plane);
+    ``SERVE_TORCH_THREADS=1`` unless inherited (the replicas share this machine); the declared env;
     then what Vertex sets (:data:`CONTAINER_ENV`, which the declared env cannot hold).
     """
     env = {"PYTHONUNBUFFERED": "1"}
     env.update((k, v) for k, v in inherited.items() if not k.startswith("AIP_"))
     env["SERVE_HOST"] = "127.0.0.1"
+    # Every replica shares this one machine (on Vertex each has its own): servers that each
+    # spin an OpenMP team over all its cores slow one another down many times over (three on 2
+    # cores: p95 20-40x), so one torch thread each unless the environment or the model says.
+    if not env.get("SERVE_TORCH_THREADS", "").strip():
+        env["SERVE_TORCH_THREADS"] = "1"
     env.update(spec.server_env())
     vertex = {
         "AIP_HTTP_PORT": str(port),
