@@ -18,8 +18,11 @@ stream frames, one call per batch) first passes a **gate**, then a **fault** che
 * A call whose images include one of a solid colour, :data:`POISON_RGB`, raises ``RuntimeError``:
   after decoding, every image a request can send is one Ultralytics predicts without error, so
   no request can make a real ``predict`` fail.
+* ``TEST_PREDICT_DELAY_MS`` (default 0) makes every call sleep that long, in its inference
+  thread, before the real predict: a deployed model measurably slower than another serving the
+  same weights, whatever the machine's speed (the rollout's latency guard).
 
-The real server has neither hook, and the real inference runs once a call passes.
+The real server has none of these hooks, and the real inference runs once a call passes.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import json
 import os
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -109,14 +113,17 @@ def serve_gate(gate: Gate, port: int) -> int:
 
 def main() -> int:
     from app.offline import configure_ultralytics
+    from app.threads import prepare_process
 
-    configure_ultralytics()  # before Ultralytics is imported, as the server does
+    prepare_process()  # before torch is imported, as the server does
+    configure_ultralytics()
     import numpy as np
     from ultralytics.engine.model import Model
 
     initial = os.environ.get("TEST_GATE_PERMITS", "open")
     gate = Gate(None if initial == "open" else int(initial))
     poison_bgr = np.array(POISON_RGB[::-1], np.uint8)
+    delay_s = float(os.environ.get("TEST_PREDICT_DELAY_MS", "0")) / 1000
     original = Model.predict
 
     def poisoned(image: object) -> bool:
@@ -127,6 +134,8 @@ def main() -> int:
         images = source if isinstance(source, list) else [source]
         if any(poisoned(image) for image in images):
             raise RuntimeError("injected fault: a poison image reached predict")
+        if delay_s > 0:
+            time.sleep(delay_s)
         return original(self, source, stream, predictor, **kwargs)
 
     Model.predict = predict

@@ -8,7 +8,9 @@ command module imports this one.
 
 Errors print one line on stderr and exit non-zero, without a traceback: 2 for a bad argument (or
 an unwritable output file), 3 for an API error (4xx/5xx) or refused credentials, 4 for a
-connection failure or timeout, 5 for a stream that failed after it started.
+connection failure or timeout, 5 for a stream that failed after it started, 6 for a rollout
+rolled back by a failed guard; 130 and 143 for a run stopped by SIGINT or SIGTERM (a rollout
+restores its starting split first).
 """
 
 from __future__ import annotations
@@ -41,6 +43,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "deploy": (
         "client.cli.deploy",
         "upload, create an endpoint, deploy, split traffic, undeploy (Vertex or emulator)",
+    ),
+    "rollout": (
+        "client.cli.rollout",
+        "move traffic from one deployed model to another in steps, guarded by A/B figures",
     ),
 }
 

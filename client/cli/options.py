@@ -20,6 +20,7 @@ from client import errors, vertex
 from client._client import Client
 
 EXIT_USAGE, EXIT_API, EXIT_CONNECTION, EXIT_STREAM = 2, 3, 4, 5
+EXIT_ROLLED_BACK = 6  # a rollout's guard failed: the starting split is back
 
 
 def connection_options() -> argparse.ArgumentParser:

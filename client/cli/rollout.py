@@ -1,0 +1,220 @@
+"""``python -m client rollout``: :func:`client.rollout.rollout` from a shell. A line per step on
+stderr as it starts and ends (``-q``: none), the timeline table and the verdict on stdout
+(``--json``: the JSON report), ``--report FILE.json``, ``--figure FILE.png``, ``--dry-run``.
+
+SIGINT and SIGTERM set the run's stop event: the library restores the starting split (unless
+``--no-restore``), then this exits 130 or 143. A failed guard exits :data:`EXIT_ROLLED_BACK`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from client import errors
+from client.ab import image_files
+from client.ab.measures import needs
+from client.cli.options import (
+    EXIT_ROLLED_BACK,
+    connection_options,
+    inference_options,
+    make_client,
+    params,
+    vertex_target,
+    writing,
+)
+from client.deploy import Connection
+from client.rollout import (
+    Guards,
+    RolloutInterrupted,
+    RolloutReport,
+    encode_report,
+    parse_steps,
+    plan,
+    plan_lines,
+    plot,
+    render_table,
+    rollout,
+)
+
+
+@contextlib.contextmanager
+def stopping_on_signals(stop: threading.Event, received: list[int]) -> Iterator[None]:
+    """SIGINT and SIGTERM set ``stop`` (and are noted in ``received``) instead of ending the
+    process, so the run can put the split back first. Main thread only (signal's rule)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _live(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _output(args: argparse.Namespace, report: RolloutReport) -> None:
+    if args.report:
+        with writing(args.report):
+            Path(args.report).write_bytes(encode_report(report))
+    if args.figure:
+        plot(report, args.figure)
+    sys.stdout.write(encode_report(report).decode() if args.json else render_table(report) + "\n")
+    sys.stdout.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.deployed_model_id:
+        raise errors.ParameterError(
+            "rollout pins its probe calls itself: name the models with --from and --to"
+        )
+    steps = parse_steps(args.steps)
+    try:  # the extras, checked before any call is made
+        for module in (
+            "numpy",
+            "scipy",
+            *(() if args.probe_images else ("PIL",)),
+            *(("matplotlib",) if args.figure else ()),
+        ):
+            needs(module)
+    except ImportError as exc:
+        raise errors.ParameterError(str(exc)) from None
+    guards = Guards(
+        max_error_rate=args.max_error_rate,
+        max_latency_ratio=args.max_latency_ratio,
+        min_agreement=args.min_agreement,
+    )
+    probes = list(image_files(args.probe_images)) if args.probe_images else None
+    target = vertex_target(args)
+    connection = Connection(target.project, target.location, target.api_endpoint)
+    stop = threading.Event()
+    received: list[int] = []  # the signals that stopped the run
+    with make_client(args) as client:
+        if args.dry_run:
+            the_plan = plan(client, args.from_id, args.to_id, steps)
+            print(connection.init_call())
+            print("\n".join(plan_lines(the_plan)))
+            return 0
+        connection.init()
+        with stopping_on_signals(stop, received):
+            try:
+                report = rollout(
+                    client,
+                    args.from_id,
+                    args.to_id,
+                    steps,
+                    hold_s=args.hold,
+                    guards=guards,
+                    probes=probes,
+                    concurrency=args.concurrency,
+                    route=args.route,
+                    iou_threshold=args.iou_threshold,
+                    no_restore=args.no_restore,
+                    stop=stop,
+                    live=None if args.quiet else _live,
+                    **params(args),
+                )
+            except RolloutInterrupted as exc:
+                _output(args, exc.report)
+                return 128 + (received[0] if received else signal.SIGINT)
+    _output(args, report)
+    return EXIT_ROLLED_BACK if report.verdict == "rolled back" else 0
+
+
+def add(sub: Any, name: str, summary: str) -> None:
+    """``python -m client rollout``."""
+    p = sub.add_parser(
+        name,
+        parents=[connection_options(), inference_options()],
+        help=summary,
+        description="Move traffic from deployed model A to B in steps (percents of the share A "
+        "and B hold together; the others keep theirs), holding each step while probe calls "
+        "pinned to A and B and untargeted ones measure; a failed guard rolls back to the "
+        "starting split and exits 6. SIGINT/SIGTERM restore it too (exit 130/143). A re-run "
+        "continues from the endpoint's current split.",
+    )
+    g = p.add_argument_group("rollout")
+    g.add_argument(
+        "--from",
+        dest="from_id",
+        required=True,
+        metavar="DEPLOYED_A",
+        help="the deployed model traffic moves from (id or display name)",
+    )
+    g.add_argument(
+        "--to",
+        dest="to_id",
+        required=True,
+        metavar="DEPLOYED_B",
+        help="the deployed model traffic moves to (id or display name)",
+    )
+    g.add_argument(
+        "--steps",
+        required=True,
+        metavar="P,P,...",
+        help="B's share of the pool at each step, increasing, in 1..100 (e.g. 10,50,100)",
+    )
+    g.add_argument(
+        "--hold",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long each step holds while measuring (default 60)",
+    )
+    g.add_argument(
+        "--probe-images", metavar="DIR", help="the probe set (default: 6 demo scenes drawn here)"
+    )
+    g.add_argument("--route", choices=["detect", "segment"], default="detect")
+    g.add_argument("--concurrency", type=int, default=4, help="calls in flight (default 4)")
+    g.add_argument(
+        "--iou-threshold",
+        type=float,
+        default=0.5,
+        help="IoU a box match needs, for agreement (0.5)",
+    )
+    g.add_argument(
+        "--no-restore",
+        action="store_true",
+        help="on SIGINT/SIGTERM or an error, leave the split as it is",
+    )
+    g.add_argument(
+        "--dry-run", action="store_true", help="print the plan and the SDK calls; change nothing"
+    )
+    g.add_argument("--report", metavar="FILE.json", help="write the JSON report here")
+    g.add_argument("--figure", metavar="FILE.png", help="write the PNG figure here")
+    g.add_argument("--quiet", "-q", action="store_true", help="no live lines on stderr")
+    guards = p.add_argument_group("guards (each optional; a step failing one rolls back)")
+    guards.add_argument(
+        "--max-error-rate",
+        type=float,
+        metavar="RATE",
+        help="B's share of failed pinned calls in a step, 0..1",
+    )
+    guards.add_argument(
+        "--max-latency-ratio",
+        type=float,
+        metavar="RATIO",
+        help="B's p95 over A's p95 (pinned calls, same step)",
+    )
+    guards.add_argument(
+        "--min-agreement",
+        type=float,
+        metavar="F1",
+        help="F1 of B's boxes against A's on the probe images, 0..1",
+    )
+    p.set_defaults(func=run)
