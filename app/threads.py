@@ -1,13 +1,14 @@
 """The server's thread policy: how many threads PyTorch runs, and in which thread.
 
-Measured on the project's 2-core machine (README "Where the time goes"): PyTorch's CPU kernels
-run on GNU OpenMP (``libgomp``), which spins a team's idle threads between parallel regions
-only while it manages no more threads than the machine has CPUs; past that it parks them
-(futex sleep), and every one of the hundreds of parallel regions of a YOLO forward pays a wake-up.
+Measured on the project's 2-core machine (README "Threads, devices and FP16"): PyTorch's CPU
+kernels run on GNU OpenMP (``libgomp``), which spins a team's idle threads between parallel
+regions only while it manages no more threads than the machine has CPUs; past that it parks
+them (futex sleep), and each of the hundreds of parallel regions of a YOLO forward pays a
+wake-up.
 A process that first used OpenMP on its main thread (importing torch, a model's set-up) keeps
 that team forever, so an inference thread's own team then counts past the CPUs: YOLO11n at 640
 ran 72 ms on a worker thread against 49 ms on the main thread with 2 threads each, the demo
-model 16 ms against 8.5 ms (README: "Threads, devices and FP16"). So:
+model 16 ms against 8.5 ms. So:
 
 * :func:`prepare_process` (before torch is imported) sets ``OMP_NUM_THREADS=1`` unless it is
   set: the main thread and every thread that decodes or serves keep single-thread teams;
