@@ -41,7 +41,7 @@ from conftest import INSTRUMENTED, PATIENCE_S, ROOT
 
 # Each call to roll-slow sleeps this long before predicting: its p95 is at least 1.5 s, while
 # roll-a's stays far below 1 s even on a loaded 2-core machine (a detector on 160-320 px).
-DELAY_MS = 1500
+DELAY_MS = 3000  # A p95 would have to pass 2 s for the 1.5 guard to miss it
 START = {"roll-a": 70, "roll-b": 20, "roll-slow": 10}
 WEIGHTS = ROOT / "app" / "demo" / "weights" / "shapes-detect.pt"
 
@@ -182,19 +182,19 @@ def test_slower_b_rolls_back_on_the_latency_guard(emu, ids, tmp_path, capsys) ->
 
 
 def test_rerun_continues_from_the_current_split(emu, ids) -> None:
-    """Half-way already (A 45, B 45): the 50 % step is skipped; a rollback would go back to the
-    split found at the start of this run."""
+    """Past half-way already (A 40, B 50): the 50 % step (B 45) is skipped; a rollback would go
+    back to the split found at the start of this run."""
     info, _ = emu
     a, b, slow = ids["roll-a"], ids["roll-b"], ids["roll-slow"]
     with (
         restoring(info, ids),
         Client.from_vertex(endpoint=info.endpoint_id, **info.init_kwargs()) as client,
     ):
-        aiplatform.Endpoint(info.endpoint_id).update(traffic_split={a: 45, b: 45, slow: 10})
+        aiplatform.Endpoint(info.endpoint_id).update(traffic_split={a: 40, b: 50, slow: 10})
         lines: list[str] = []
         report = rollout(client, a, b, [50, 100], hold_s=0.5, guards=Guards(), live=lines.append)
         assert report.skipped == [50] and [s.percent for s in report.timeline] == [100]
-        assert report.start_split == {a: 45, b: 45, slow: 10} and report.verdict == "done"
+        assert report.start_split == {a: 40, b: 50, slow: 10} and report.verdict == "done"
         assert "steps 50 already done" in lines[0]
         assert current_split(info) == {b: 90, slow: 10}
 

@@ -66,6 +66,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _error(exc: BaseException, extra: str = "") -> None:
+    """One line on stderr, then any notes the error carries (e.g. what a rollout restored)."""
+    print(f"error: {exc}{extra}", file=sys.stderr)
+    for note in getattr(exc, "__notes__", ()):
+        print(f"  {note}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -73,20 +80,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except errors.ParameterError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(exc)
         return EXIT_USAGE
     except errors.APIError as exc:
-        rid = f" (request id {exc.request_id})" if exc.request_id else ""
-        print(f"error: {exc}{rid}", file=sys.stderr)
+        _error(exc, f" (request id {exc.request_id})" if exc.request_id else "")
         return EXIT_API
     except (errors.ConnectionError, errors.TimeoutError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(exc)
         return EXIT_CONNECTION
     except errors.StreamError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(exc)
         return EXIT_STREAM
     except errors.VertexYoloError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(exc)
         return EXIT_API
     except KeyboardInterrupt:
         return 130

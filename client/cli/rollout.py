@@ -69,13 +69,14 @@ def _live(line: str) -> None:
 
 
 def _output(args: argparse.Namespace, report: RolloutReport) -> None:
+    """The table (or JSON) first, so the verdict is out whatever happens to the files."""
+    sys.stdout.write(encode_report(report).decode() if args.json else render_table(report) + "\n")
+    sys.stdout.flush()
     if args.report:
         with writing(args.report):
             Path(args.report).write_bytes(encode_report(report))
     if args.figure:
         plot(report, args.figure)
-    sys.stdout.write(encode_report(report).decode() if args.json else render_table(report) + "\n")
-    sys.stdout.flush()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
             "rollout pins its probe calls itself: name the models with --from and --to"
         )
     steps = parse_steps(args.steps)
+    for path in (args.report, args.figure):  # found out before the run, not after it
+        if path and not Path(path).resolve().parent.is_dir():
+            raise errors.ParameterError(f"{path}: its folder does not exist")
     try:  # the extras, checked before any call is made
         for module in (
             "numpy",

@@ -128,9 +128,10 @@ def plan(client: Client, from_id: str, to_id: str, steps: Sequence[int]) -> Roll
             f"{a} and {b} hold no traffic between them: there is no share to move (set one "
             "first with `deploy split`)"
         )
-    # done: a step that would give B no more than it holds now (B's share of the pool is at
-    # or above it); exact in whole percents, where comparing shares would trip on rounding
-    done = {s for s in steps if step_split(start, a, b, s)[b] <= start.get(b, 0)}
+    # done: a step that would give B less than it holds now; exact in whole percents, where
+    # comparing shares would trip on rounding. The step B holds exactly is held again (its
+    # split is already set): a run killed during its hold never checked its guards.
+    done = {s for s in steps if step_split(start, a, b, s)[b] < start.get(b, 0)}
     skipped = [s for s in steps if s in done]
     todo = [s for s in steps if s not in done]
     return RolloutPlan(

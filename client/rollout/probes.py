@@ -82,6 +82,15 @@ class Held:
     pinned: dict[tuple[int, int], list[Outcome | None]] = field(default_factory=dict)
     untargeted: list[Outcome] = field(default_factory=list)
     interrupted: bool = False
+    # the probe threads; after an interruption some may still be in a call
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def finish(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s in all) for calls still in flight after an interruption,
+        so none is sent after the run has returned or raised."""
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def side(self, which: int) -> list[Outcome]:
         return [o for pair in self.pinned.values() if (o := pair[which]) is not None]
@@ -111,7 +120,8 @@ def hold(
     """Run the probe calls for ``hold_s`` seconds, then until one image has been answered by
     both A and B, then let the calls in flight finish (they are measured too). Returns early,
     with ``interrupted`` set, once ``stop`` is set (checked every :data:`POLL_S` s); calls
-    then still in flight finish on their daemon threads and are not counted."""
+    then still in flight finish on their daemon threads, not counted (:meth:`Held.finish`
+    waits for them)."""
     held = Held()
     lock = threading.Lock()
     tasks = itertools.count()
@@ -149,6 +159,7 @@ def hold(
         threading.Thread(target=worker, name=f"rollout-{i}", daemon=True)
         for i in range(concurrency)
     ]
+    held.threads = threads
     for thread in threads:
         thread.start()
     for thread in threads:

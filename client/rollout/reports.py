@@ -85,7 +85,7 @@ class RolloutReport(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind",
 
     ``start_split`` is the split found when this run started (a re-run starts from the split
     an earlier run left): what a rollback or an interruption restores. ``skipped`` are the
-    steps already done then (B's share of the pool at or above them).
+    steps already done then (B's share of the pool above them).
     """
 
     endpoint: str

@@ -32,6 +32,8 @@ from client.rollout.reports import (
     Verdict,
 )
 
+STRAGGLERS_S = 30.0  # after an interruption, how long calls still in flight are waited for
+
 
 class RolloutInterrupted(Exception):  # not an error: the user stopped it
     """The run was stopped through its ``stop`` event (the CLI sets it on SIGINT/SIGTERM);
@@ -313,9 +315,9 @@ class _Run:
         return round(time.monotonic() - self.t0, 3)
 
     def set_split(self, split: Mapping[str, int], why: str) -> None:
+        self.changed = True  # before the call: one that fails may still have been applied
         with vertex.sdk_errors("the Vertex AI control plane"), _sdk_quiet():
             execute(self.plan.calls(split))
-        self.changed = True
         self.splits.append(SplitChange(t_s=self.at(), split=dict(split), why=why))
 
     def report(self, verdict: Verdict, failed: list[GuardFailure] | None = None) -> RolloutReport:
@@ -377,9 +379,10 @@ class _Run:
             times=(started, _now(), start_s, self.at()),
         )
         self.timeline.append(record)
-        if held.interrupted:
-            raise _Stopped
         self.live(step_line(record, len(p.todo), p.names))
+        if held.interrupted:
+            held.finish(timeout=STRAGGLERS_S)
+            raise _Stopped
         return record
 
     def run(self, no_restore: bool) -> RolloutReport:
@@ -397,20 +400,33 @@ class _Run:
                     self.set_split(p.start, "rollback")
                     self.restored = True
                     return self.report("rolled back", record.failed)
+                if self.stop.is_set():  # a signal after the hold: stopped all the same
+                    raise _Stopped
             return self.report("done")
         except _Stopped:
             if self.changed and not no_restore:
-                self.set_split(p.start, "restore")
-                self.restored = True
+                self._restore(None)
             raise RolloutInterrupted(self.report("interrupted")) from None
         except BaseException as exc:
             if self.changed and not no_restore:
-                try:
-                    self.set_split(p.start, "restore")
-                except Exception as again:  # the first error is the one to raise
-                    exc.add_note(f"restoring the starting split failed too: {again}")
-                else:
-                    restored = f"the starting split was restored: {split_text(p.start, p.names)}"
-                    exc.add_note(restored)
-                    self.live(f"{type(exc).__name__} during the rollout: {restored}")
+                self._restore(exc)
             raise
+
+    def _restore(self, exc: BaseException | None) -> None:
+        """Put the starting split back after an interruption or an error (``exc``); a failure
+        to do so is said (live line, and a note on ``exc``), never raised over the first."""
+        p = self.plan
+        try:
+            self.set_split(p.start, "restore")
+        except Exception as again:  # noqa: BLE001 - said, then the run's own outcome stands
+            left = split_text(self.splits[-1].split, p.names)
+            said = f"restoring the starting split failed ({again}); the split may be left at {left}"
+            self.live(said)
+            if exc is not None:
+                exc.add_note(said)
+            return
+        self.restored = True
+        if exc is not None:
+            restored = f"the starting split was restored: {split_text(p.start, p.names)}"
+            exc.add_note(restored)
+            self.live(f"{type(exc).__name__} during the rollout: {restored}")
