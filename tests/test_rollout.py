@@ -41,7 +41,7 @@ from conftest import INSTRUMENTED, PATIENCE_S, ROOT
 
 # Each call to roll-slow sleeps this long before predicting: its p95 is at least 1.5 s, while
 # roll-a's stays far below 1 s even on a loaded 2-core machine (a detector on 160-320 px).
-DELAY_MS = 3000  # A p95 would have to pass 2 s for the 1.5 guard to miss it
+DELAY_MS = 2000  # A p95 would have to pass 1.3 s for the 1.5 guard to miss it
 START = {"roll-a": 70, "roll-b": 20, "roll-slow": 10}
 WEIGHTS = ROOT / "app" / "demo" / "weights" / "shapes-detect.pt"
 

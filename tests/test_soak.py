@@ -1,4 +1,4 @@
-"""CI's version of the soak (``tests/bench/soak.py``): 8 s of mixed load at concurrency 16
+"""CI's version of the soak (``tests/bench/soak.py``): 6 s of mixed load at concurrency 16
 against a real server, then 100 dropped streams; the script exits non-zero when a check fails
 (a failed request, memory growth of 5 % or more, streams still active or still inferring, a
 thread pool over its size or a thread of no pool, files left in the temp dir)."""
@@ -17,7 +17,7 @@ from conftest import ROOT
 def test_soak(tmp_path):
     run = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "bench" / "soak.py")]
-        + ["--duration", "8", "--concurrency", "16", "--warmup", "5", "--disconnects", "100"],
+        + ["--duration", "6", "--concurrency", "16", "--warmup", "4", "--disconnects", "100"],
         cwd=ROOT,
         env={**os.environ, "YOLO_CONFIG_DIR": str(tmp_path / "yolo-config")},
         capture_output=True,
