@@ -12,8 +12,8 @@ import os
 import pytest
 
 from app.config import Settings, SettingsError
+from app.registry import Registry
 from app.threads import torch_threads, usable_cores
-from servers import start_server
 
 
 def test_the_policy_shares_the_cores_among_the_instances_on_cpu() -> None:
@@ -66,13 +66,19 @@ def test_half_on_a_cpu_device_is_a_settings_error() -> None:
     ],
     ids=["engine", "half"],
 )
-def test_gpu_features_on_this_cpu_machine_stop_the_start_naming_what_is_missing(
+def test_gpu_features_on_this_cpu_machine_stop_the_load_naming_what_is_missing(
     tmp_path, env, message
 ) -> None:
+    """The loader's own checks, in this process (the server's start runs the same
+    ``Registry._load_all`` and exits 1 with the message: test_formats checks that path for a
+    missing runtime). Nothing is read: the checks come before any weights are."""
     (tmp_path / "model.engine").write_bytes(b"not an engine: never read")
-    srv = start_server(tmp_path, {k: v.format(dir=tmp_path) for k, v in env.items()})
+    settings = Settings.from_env({k: v.format(dir=tmp_path) for k, v in env.items()})
+    registry = Registry(settings)
     try:
-        assert srv.proc.wait(120) == 1
+        with pytest.raises(RuntimeError) as failure:
+            registry._load_all()
     finally:
-        srv.stop()
-    assert message in srv.logs(), srv.logs()[-3000:]
+        if registry.threads is not None:
+            registry.threads.close()
+    assert message in str(failure.value)
