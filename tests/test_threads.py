@@ -34,7 +34,7 @@ def test_the_process_never_manages_more_openmp_threads_than_cores() -> None:
     cores = usable_cores()
     for workers in range(1, 2 * cores + 1):
         threads = torch_threads(Settings(workers=workers), "cpu")
-        assert 1 + workers * (threads - 1) <= cores or threads == 1, (workers, threads)
+        assert 1 + workers * (threads - 1) <= cores, (workers, threads)
 
 
 def test_the_server_runs_with_the_policy(server) -> None:
