@@ -8,6 +8,8 @@ is not. What joins them:
   thread, its items handed to blocking code through a bounded queue (the generator waits while
   the consumer is behind); :meth:`~ThreadedIterator.close` cancels it, and the generator's own
   cleanup runs.
+* :class:`ThreadedRun` and :class:`AsyncRun`: what ``Client.video``/``Client.batch`` and their
+  ``AsyncClient`` twins return, whatever the engine (a :class:`Run`).
 
 The clients are duck-typed here: this module sits below ``client._client``.
 """
@@ -20,11 +22,12 @@ import queue
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from client.schema import ModelList, StreamEnd, StreamFrame, StreamStart
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 _DONE = object()
 
 
@@ -221,3 +224,92 @@ class ThreadedIterator(Generic[T]):
                 with contextlib.suppress(RuntimeError):
                     self._loop.call_soon_threadsafe(self._task.cancel)
             self._thread.join(30)
+
+
+class Run(Protocol[T_co]):
+    """What :class:`ThreadedRun` and :class:`AsyncRun` need of an engine's run: its live
+    ``stats`` and the async generator of its items."""
+
+    @property
+    def stats(self) -> Any: ...
+
+    def items(self) -> AsyncGenerator[T_co, None]: ...
+
+    def finish(self) -> None:
+        """Once every item is out (final figures)."""
+
+    def release(self) -> None:
+        """Let go of what the run holds before it starts (a video's capture)."""
+
+
+class AsyncRun(Generic[T]):
+    """An engine's run on the caller's loop over an ``AsyncClient``: ``async for item in run``
+    (once), ``run.stats`` live; ``async with`` it (or ``await run.aclose()``) to release a run
+    never iterated."""
+
+    def __init__(self, run: Any) -> None:
+        self.run = run
+        self._consumed = False
+
+    @property
+    def stats(self) -> Any:
+        return self.run.stats
+
+    async def __aiter__(self) -> AsyncIterator[T]:
+        if self._consumed:
+            raise RuntimeError("a run can be iterated once")
+        self._consumed = True
+        async with contextlib.aclosing(self.run.items()) as items:
+            async for item in items:
+                yield item
+        self.run.finish()
+
+    async def aclose(self) -> None:
+        if not self._consumed:
+            self._consumed = True
+            self.run.release()
+
+    async def __aenter__(self) -> AsyncRun[T]:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class ThreadedRun(Generic[T]):
+    """An engine's run over a blocking ``Client``: on a loop of its own in a thread, its calls on
+    a pool of ``workers`` threads, its items handed over through a bounded queue. ``for item in
+    run``; ``run.stats`` live; ``close()`` (or leave the ``with`` block, or stop iterating) stops
+    it: its calls are closed, its threads end, what it holds is released."""
+
+    def __init__(
+        self, make_run: Callable[[ThreadedCalls], Any], client: Any, workers: int, name: str
+    ) -> None:
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=name)
+        self.run = make_run(ThreadedCalls(client, self._pool))
+        self._items: ThreadedIterator[T] = ThreadedIterator(
+            self.run.items,
+            after=self.run.finish,
+            # streams in flight are closed (hung up): their threads end on their own
+            finally_=lambda: self._pool.shutdown(wait=False, cancel_futures=True),
+            name=name,
+        )
+
+    @property
+    def stats(self) -> Any:
+        return self.run.stats
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self._items)
+
+    def close(self) -> None:
+        if not self._items.started:
+            self.run.release()
+            self._pool.shutdown(wait=False)
+        self._items.close()
+
+    def __enter__(self) -> ThreadedRun[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

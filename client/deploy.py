@@ -27,12 +27,12 @@ import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from client import errors, vertex
+from client.info import EmulatorInfo, ReplicaStatus, ScaleEvent
 
 DEFAULT_MACHINE_TYPE = "n1-standard-4"
 INVOKE_ROUTE_PREFIX = "/*"  # every path of the container under /invoke (the only allowed value)
@@ -131,35 +131,6 @@ AUTOSCALING_METRICS = {
 }
 
 
-class Replica(msgspec.Struct, frozen=True, kw_only=True):
-    """One replica of a deployed model, as the emulator's info file lists it (Vertex does not
-    show its replicas' pods)."""
-
-    id: str
-    pid: int | None
-    port: int
-    state: str
-    restarts: int
-
-
-class ScaleEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """A change of a deployed model's replica count (the emulator's info file)."""
-
-    time: str
-    deployed_model_id: str
-    name: str
-    replicas_from: int
-    replicas_to: int
-    reason: str
-
-
-class _FleetFile(msgspec.Struct):
-    """The fields of an emulator's info file read for the replicas (others are ignored)."""
-
-    replicas: dict[str, list[Replica]] = {}  # deployed model id -> its replicas
-    scale_events: list[ScaleEvent] = []
-
-
 class DeployedModelStatus(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     display_name: str
@@ -175,7 +146,8 @@ class DeployedModelStatus(msgspec.Struct, frozen=True, kw_only=True):
     spot: bool = False
     enable_access_logging: bool = False
     disable_container_logging: bool = False
-    replicas: list[Replica] | None = None  # with an emulator's info file only
+    replicas: list[ReplicaStatus] | None = None  # with an emulator's info file only
+    # (Vertex does not show its replicas' pods)
 
 
 class EndpointStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -253,7 +225,7 @@ def with_replicas(endpoint: EndpointStatus, info_file: str) -> EndpointStatus:
     """``endpoint`` with its deployed models' replicas and scale events from a running
     emulator's info file."""
     try:
-        fleet = msgspec.json.decode(Path(info_file).read_bytes(), type=_FleetFile)
+        fleet = EmulatorInfo.load(info_file)
     except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise errors.ParameterError(f"cannot read {info_file}: {exc}") from None
     ids = {d.id for d in endpoint.deployed_models}

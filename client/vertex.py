@@ -19,26 +19,16 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import msgspec
 
 from client import errors
+from client.info import EmulatorInfo
 
 #: the scope the SDK gives its credentials (``aiplatform.constants.base.DEFAULT_AUTHED_SCOPES``)
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 LOOPBACK = ("127.0.0.1", "localhost")
-
-
-class EmulatorFile(msgspec.Struct):
-    """The fields of a running emulator's info file read here (others are ignored)."""
-
-    project: str
-    location: str
-    endpoint_id: str
-    control_plane_url: str
-    ca_cert: str | None = None
 
 
 class VertexTarget(NamedTuple):
@@ -55,7 +45,7 @@ class VertexTarget(NamedTuple):
         if not info_file:
             return self
         try:
-            info = msgspec.json.decode(Path(info_file).read_bytes(), type=EmulatorFile)
+            info = EmulatorInfo.load(info_file)
         except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise errors.ParameterError(f"cannot read {info_file}: {exc}") from None
         return VertexTarget(
