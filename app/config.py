@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import TypeVar
 
 DEMO_WEIGHTS = Path(__file__).parent / "demo" / "weights"
-DEMO_MODELS = (
-    ("shapes-detect", str(DEMO_WEIGHTS / "shapes-detect.pt")),
-    ("shapes-segment", str(DEMO_WEIGHTS / "shapes-segment.pt")),
+# One demo model per Ultralytics task (app/demo/weights/MODEL_CARD.md), the detector first: the
+# default model of the routes that take any model.
+DEMO_MODELS = tuple(
+    (name, str(DEMO_WEIGHTS / f"{name}.pt"))
+    for name in ("shapes-detect", "shapes-segment", "shapes-classify", "shapes-pose", "shapes-obb")
 )
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")

@@ -33,7 +33,7 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 
 from app.metrics import ERRORS
 from app.middleware import request_id
-from client.schema import PROBLEM_TYPE_PREFIX, Problem
+from client.schema import PROBLEM_TYPE_PREFIX, Problem, ProblemCode
 
 log = logging.getLogger("app.errors")
 
@@ -42,7 +42,7 @@ PROBLEM_JSON = "application/problem+json"
 
 class ServingError(Exception):
     status = 500
-    code = "internal"
+    code: ProblemCode = "internal"  # each subclass's is one of the contract's codes
     title = "Internal Server Error"
     headers: dict[str, str] | None = None  # extra response headers
 
@@ -56,59 +56,80 @@ class ServingError(Exception):
 
 
 class BadRequest(ServingError):
-    status, code, title = 400, "bad-request", "Bad request"
+    status = 400
+    code: ProblemCode = "bad-request"
+    title = "Bad request"
 
 
 class InvalidImage(BadRequest):
-    code, title = "invalid-image", "Invalid image"
+    code: ProblemCode = "invalid-image"
+    title = "Invalid image"
 
 
 class InvalidVideo(BadRequest):
-    code, title = "invalid-video", "Invalid video"
+    code: ProblemCode = "invalid-video"
+    title = "Invalid video"
 
 
 class InvalidParameter(BadRequest):
-    code, title = "invalid-parameter", "Invalid parameter"
+    code: ProblemCode = "invalid-parameter"
+    title = "Invalid parameter"
 
 
 class WrongTask(BadRequest):
-    code, title = "wrong-task", "Wrong model task"
+    code: ProblemCode = "wrong-task"
+    title = "Wrong model task"
 
 
 class UriNotAllowed(BadRequest):
     """A URI input the server does not read: another scheme, or a bucket not allowed."""
 
-    code, title = "uri-not-allowed", "URI not allowed"
+    code: ProblemCode = "uri-not-allowed"
+    title = "URI not allowed"
 
 
 class ObjectForbidden(ServingError):
-    status, code, title = 403, "object-forbidden", "Object forbidden"
+    status = 403
+    code: ProblemCode = "object-forbidden"
+    title = "Object forbidden"
 
 
 class ObjectNotFound(ServingError):
-    status, code, title = 404, "object-not-found", "Object not found"
+    status = 404
+    code: ProblemCode = "object-not-found"
+    title = "Object not found"
 
 
 class StorageUnavailable(ServingError):
-    status, code, title = 502, "storage-unavailable", "Storage unavailable"
+    status = 502
+    code: ProblemCode = "storage-unavailable"
+    title = "Storage unavailable"
 
 
 class UnknownModel(ServingError):
-    status, code, title = 404, "unknown-model", "Unknown model"
+    status = 404
+    code: ProblemCode = "unknown-model"
+    title = "Unknown model"
 
 
 class PayloadTooLarge(ServingError):
-    status, code, title = 413, "payload-too-large", "Payload too large"
+    status = 413
+    code: ProblemCode = "payload-too-large"
+    title = "Payload too large"
 
 
 class UnsupportedMediaType(ServingError):
-    status, code, title = 415, "unsupported-media-type", "Unsupported media type"
+    status = 415
+    code: ProblemCode = "unsupported-media-type"
+    title = "Unsupported media type"
 
 
 class Overloaded(ServingError):
     """The model's queue is full (``SERVE_QUEUE_SIZE``); nothing was done for the request."""
 
-    status, code, title = 429, "overloaded", "Overloaded"
+    status = 429
+    code: ProblemCode = "overloaded"
+    title = "Overloaded"
 
     def __init__(self, detail: str, *, retry_after: int) -> None:
         super().__init__(detail)
@@ -116,7 +137,9 @@ class Overloaded(ServingError):
 
 
 class NotReady(ServingError):
-    status, code, title = 503, "not-ready", "Not ready"
+    status = 503
+    code: ProblemCode = "not-ready"
+    title = "Not ready"
 
 
 class HttpProblem(ServingError):
@@ -124,14 +147,19 @@ class HttpProblem(ServingError):
     headers the framework gave it (``Allow`` on a 405)."""
 
     def __init__(
-        self, status: int, code: str, title: str, detail: str, headers: dict[str, str] | None
+        self,
+        status: int,
+        code: ProblemCode,
+        title: str,
+        detail: str,
+        headers: dict[str, str] | None,
     ) -> None:
         super().__init__(detail)
         self.status, self.code, self.title = status, code, title
         self.headers = headers
 
 
-_HTTP_CODES = {
+_HTTP_CODES: dict[int, tuple[ProblemCode, str]] = {
     400: ("bad-request", "Bad request"),
     404: ("not-found", "Not found"),
     405: ("method-not-allowed", "Method not allowed"),

@@ -26,22 +26,14 @@ from app.config import Settings
 from app.errors import InvalidImage, InvalidVideo, PayloadTooLarge
 from app.images import image_label, open_image, oriented_size, to_bgr
 from app.inputs import Inputs
-from client.schema import StreamParameters
-
-QUICKTIME_ATOMS = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")
+from client.schema import VIDEO_SUFFIXES, StreamParameters
+from client.schema import sniff as sniff_media_type
 
 
 def sniff(data: bytes) -> str | None:
-    """The container a video's first bytes announce (a file suffix), or None."""
-    if data[4:8] in QUICKTIME_ATOMS:
-        return ".mp4"
-    if data[:4] == b"\x1a\x45\xdf\xa3":  # EBML: Matroska and WebM
-        return ".mkv"
-    if data[:4] == b"RIFF" and data[8:12] == b"AVI ":
-        return ".avi"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return ".gif"
-    return None
+    """The container a video's first bytes announce, as the file suffix FFmpeg knows it by
+    (the contract's one table: :func:`client.schema.sniff`), or None."""
+    return VIDEO_SUFFIXES.get(sniff_media_type(data))
 
 
 class FrameSource(Protocol):

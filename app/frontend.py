@@ -25,9 +25,9 @@ from app.config import Settings
 from app.errors import BadRequest
 from app.inputs import Inputs, fetch, parse_parameters, read_images, read_stream
 from app.registry import LoadedModel, Registry
-from client.schema import DetectParameters
+from client.schema import ModelParameters
 
-P = TypeVar("P", bound=DetectParameters)
+P = TypeVar("P", bound=ModelParameters)
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Route(Generic[P]):
     Attributes:
         path: the route (``/detect``), as errors name it.
         parameters: the Struct its parameters must fit; any other parameter is refused.
-        task: the model task it needs (``segment``), or None for any model.
+        tasks: the model tasks it takes (``("segment",)``), or None for any model.
         aliases: other names a parameter may be given by (``/predict``'s ``confidence``).
         stream: the body is a video or a run of frames (``/stream``), not images.
         check: further checks of the parameters against the model and settings, before any
@@ -46,7 +46,7 @@ class Route(Generic[P]):
 
     path: str
     parameters: type[P]
-    task: str | None = None
+    tasks: tuple[str, ...] | None = None
     aliases: Mapping[str, str] = field(default_factory=dict)
     stream: bool = False
     check: Callable[[P, LoadedModel, Settings], None] | None = None
@@ -89,8 +89,8 @@ async def admitted(
             f"{route.path} answers one image but the request has {len(inputs.blobs)}; {one_image}"
         )
     params = parse_parameters(inputs.params, route.parameters, route.aliases)
-    model = registry.get(params.model, task=route.task, route=route.path)
-    class_ids = model.class_ids(params.classes)
+    model = registry.get(params.model, tasks=route.tasks, route=route.path)
+    class_ids = model.class_ids(getattr(params, "classes", None))
     imgsz = model.input_size(params.imgsz)  # 400 when a static export is asked for another size
     if route.check is not None:
         route.check(params, model, settings)

@@ -46,17 +46,17 @@ from app.errors import (
     UnsupportedMediaType,
 )
 from client.schema import (
+    OCTET_STREAM,
     Binary,
-    DetectParameters,
+    ModelParameters,
     Tracker,
     decode_frames_request,
     decode_predict_request,
 )
 
-P = TypeVar("P", bound=DetectParameters)
+P = TypeVar("P", bound=ModelParameters)
 T = TypeVar("T")
 
-OCTET_STREAM = "application/octet-stream"
 RAW_IMAGE_TYPES = frozenset(
     {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/x-ms-bmp"}
 )
@@ -363,7 +363,7 @@ def parse_parameters(
             known = [*kind.__struct_fields__, *aliases]
             message += f"; known parameters: {', '.join(known)}"
         raise InvalidParameter(f"invalid parameter: {message}", field=field) from None
-    if params.classes == []:
+    if getattr(params, "classes", None) == []:
         raise InvalidParameter(
             "invalid parameter: classes is empty; name at least one class (names or ids), or "
             "leave it out for every class",

@@ -20,9 +20,9 @@ from app.images import decode_images
 from app.metrics import IMAGES, INFERENCE_SECONDS
 from app.registry import LoadedModel, Registry
 from app.results import RESCALABLE_TASKS, restore_size
-from client.schema import SERVER_TIMING, DetectParameters, format_server_timing
+from client.schema import SERVER_TIMING, ModelParameters, format_server_timing
 
-P = TypeVar("P", bound=DetectParameters)
+P = TypeVar("P", bound=ModelParameters)
 T = TypeVar("T")
 
 

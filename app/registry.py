@@ -32,9 +32,37 @@ from app.model_sources import (
 from app.offline import disable_sync
 from app.scheduler import Policy, Scheduler
 from app.threads import InferenceThreads, is_cuda, torch_threads
-from client.schema import DetectParameters, ModelInfo, ModelList
+from client.schema import KeypointLayout, ModelInfo, ModelList, ModelParameters
 
 log = logging.getLogger("app.registry")
+
+
+def keypoint_layout(yolo: Any) -> KeypointLayout | None:
+    """A pose model's keypoints: shape, names and skeleton, from what the model carries.
+
+    The shape and names come from Ultralytics' backend (its checkpoint or an export's
+    metadata; names per class, used when every class shares them); the skeleton from the
+    model's architecture file (a ``skeleton`` key of pairs of keypoint indexes, as the demo
+    pose model's has), else COCO's for a 17-keypoint model.
+    """
+    if yolo.task != "pose":
+        return None
+    backend = yolo.predictor.model
+    shape = [int(v) for v in backend.kpt_shape]
+    names = None
+    per_class = getattr(backend, "kpt_names", None) or {}
+    listed = {tuple(str(n) for n in v) for v in per_class.values()}
+    if len(listed) == 1:
+        names = list(listed.pop())
+    architecture = getattr(yolo.model, "yaml", None)
+    skeleton = architecture.get("skeleton") if isinstance(architecture, dict) else None
+    if skeleton is None and shape[0] == 17:
+        from ultralytics.utils.plotting import Annotator
+
+        skeleton = [[a - 1, b - 1] for a, b in Annotator.skeleton]  # Ultralytics counts from 1
+    return KeypointLayout(
+        shape=shape, names=names, skeleton=[[int(a), int(b)] for a, b in skeleton or []] or None
+    )
 
 
 def resolve_device(device: str) -> str:
@@ -70,6 +98,7 @@ class LoadedModel:
         self.sha256 = sha256
         self.version = sha256[:12]
         self.device, self.half = device, half
+        self.keypoints = keypoint_layout(first)
         self._instances = instances
         self.scheduler: Scheduler | None = None
 
@@ -88,37 +117,37 @@ class LoadedModel:
         assert self.scheduler is not None, "model not started"
         return self.scheduler.admit(force)
 
+    def predict_args(self, params: ModelParameters, class_ids: list[int] | None) -> dict[str, Any]:
+        """The arguments of Ultralytics' ``predict`` a request's parameters make for this model:
+        a classification model takes only the input size (its answer is every class's
+        probability; ``top_k`` picks from it), the others the box filters too."""
+        args: dict[str, Any] = {"imgsz": params.imgsz or self.imgsz}
+        if self.task != "classify":
+            args.update(
+                conf=getattr(params, "conf", 0.25),
+                iou=getattr(params, "iou", 0.7),
+                max_det=getattr(params, "max_det", 300),
+                classes=class_ids,
+            )
+        return args
+
     async def predict(
-        self, images: list[np.ndarray], params: DetectParameters, class_ids: list[int] | None
+        self, images: list[np.ndarray], params: ModelParameters, class_ids: list[int] | None
     ) -> list[Any]:
         """One predict over BGR images, maybe batched with other requests'; Results in order."""
         assert self.scheduler is not None, "model not started"
-        imgsz = params.imgsz or self.imgsz
+        args = self.predict_args(params, class_ids)
         # Only arguments that are equal can share a predict call. Ultralytics pads an image to
         # its own rectangle when all images of a call have one size, and to a square otherwise,
         # so one-size items batch only with the same size: batching never changes results.
         shapes = {image.shape for image in images}
         key = (
-            params.conf,
-            params.iou,
-            params.max_det,
-            None if class_ids is None else tuple(class_ids),
-            imgsz,
+            *((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(args.items())),
             shapes.pop() if len(shapes) == 1 else "mixed",
         )
 
         def fn(yolo: Any, batch: list[np.ndarray]) -> list[Any]:
-            return yolo.predict(
-                batch,
-                conf=params.conf,
-                iou=params.iou,
-                max_det=params.max_det,
-                classes=class_ids,
-                imgsz=imgsz,
-                device=self.device,
-                half=self.half,
-                verbose=False,
-            )
+            return yolo.predict(batch, **args, device=self.device, half=self.half, verbose=False)
 
         return await self.scheduler.predict(images, key, fn)
 
@@ -169,6 +198,7 @@ class LoadedModel:
             device=self.device,
             default=default,
             format=self.format,
+            keypoints=self.keypoints,
         )
 
 
@@ -281,18 +311,24 @@ class Registry:
             )
             raise NotReady(detail)
 
-    def get(self, name: str | None, task: str | None = None, route: str = "") -> LoadedModel:
-        """The model to use: by name, else the default (for ``task``, the first of that task)."""
+    def get(
+        self, name: str | None, tasks: tuple[str, ...] | None = None, route: str = ""
+    ) -> LoadedModel:
+        """The model to use: by name, else the default (for a route that needs one of
+        ``tasks``: the default when it is one, else the first model of the first such task)."""
         self.ensure_ready()
+        wanted = " or ".join(tasks or ())
         if name is None:
             default = self.models.get(self.default_name or "")
-            if task is None or (default and default.task == task):
+            if tasks is None or (default and default.task in tasks):
                 name = self.default_name
             else:
-                name = next((m.name for m in self.models.values() if m.task == task), None)
+                name = next(
+                    (m.name for t in tasks for m in self.models.values() if m.task == t), None
+                )
                 if name is None:
                     raise WrongTask(
-                        f"{route} needs a {task} model and none is loaded "
+                        f"{route} needs a {wanted} model and none is loaded "
                         f"(models: {self._listing()})"
                     )
         model = self.models.get(name or "")
@@ -302,12 +338,12 @@ class Registry:
                 field="model",
                 allowed=list(self.models),
             )
-        if task is not None and model.task != task:
+        if tasks is not None and model.task not in tasks:
             raise WrongTask(
-                f"model {model.name!r} is a {model.task} model; {route} needs a {task} model "
+                f"model {model.name!r} is a {model.task} model; {route} needs a {wanted} model "
                 f"(models: {self._listing()})",
                 field="model",
-                allowed=[m.name for m in self.models.values() if m.task == task],
+                allowed=[m.name for m in self.models.values() if m.task in tasks],
             )
         return model
 

@@ -1,4 +1,5 @@
-"""Ultralytics ``Results`` to the wire contract: detections, masks, drawn images.
+"""Ultralytics ``Results`` to the wire contract: detections (boxes, masks, keypoints, rotated
+boxes), classifications, drawn images. Every task's result goes through here.
 
 Everything here is synchronous and runs in worker threads.
 """
@@ -12,7 +13,18 @@ import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from client.schema import Box, Detection, ImageResult, Mask, Rle
+from client.schema import (
+    Box,
+    Classification,
+    ClassifyResult,
+    Detection,
+    ImageResult,
+    Keypoint,
+    KeypointLayout,
+    Mask,
+    Rle,
+    RotatedBox,
+)
 
 MIN_CONTOUR_POINTS = 3
 RESCALABLE_TASKS = frozenset({"detect", "segment"})  # see restore_size
@@ -64,9 +76,35 @@ def _mask_rle(mask: Any, orig_shape: tuple[int, int]) -> Rle:
     return Rle(size=[int(v) for v in encoded["size"]], counts=encoded["counts"].decode("ascii"))
 
 
+def _keypoints(points: np.ndarray) -> list[Keypoint]:
+    """One object's keypoints ``(K, 2 or 3)`` in pixels."""
+    return [
+        Keypoint(
+            x=round(float(p[0]), 1),
+            y=round(float(p[1]), 1),
+            confidence=round(float(p[2]), 4) if len(p) > 2 else None,
+        )
+        for p in points
+    ]
+
+
+def _rotated(xywhr: np.ndarray, corners: np.ndarray) -> RotatedBox:
+    cx, cy, w, h, angle = (float(v) for v in xywhr)
+    return RotatedBox(
+        cx=round(cx, 1),
+        cy=round(cy, 1),
+        width=round(w, 1),
+        height=round(h, 1),
+        angle=round(angle, 4),
+        corners=[[round(float(x), 1), round(float(y), 1)] for x, y in corners],
+    )
+
+
 def detections(result: Any, with_masks: bool = False, rle: bool = False) -> list[Detection]:
-    """The detections of one Ultralytics result (tracking ids and masks when present)."""
-    boxes = result.boxes
+    """The detections of one Ultralytics result: boxes (an oriented box's axis-aligned box),
+    tracking ids, keypoints and rotated boxes when present, masks when asked for."""
+    obb = getattr(result, "obb", None)
+    boxes = obb if obb is not None else result.boxes
     if boxes is None or len(boxes) == 0:
         return []
     xyxy = boxes.xyxy.cpu().numpy().astype(np.float64).round(1).tolist()
@@ -76,6 +114,10 @@ def detections(result: Any, with_masks: bool = False, rle: bool = False) -> list
     masks = None
     if with_masks and result.masks is not None:
         masks = result.masks.data
+    points = result.keypoints.data.cpu().numpy() if result.keypoints is not None else None
+    if obb is not None:
+        xywhr = obb.xywhr.cpu().numpy().astype(np.float64)
+        corners = obb.xyxyxyxy.cpu().numpy().astype(np.float64)
     orig_shape = tuple(result.orig_shape)
     out = []
     for i, (box, c, k, tid) in enumerate(zip(xyxy, conf, cls, ids, strict=True)):
@@ -93,9 +135,40 @@ def detections(result: Any, with_masks: bool = False, rle: bool = False) -> list
                 box=Box(x1=box[0], y1=box[1], x2=box[2], y2=box[3]),
                 track_id=tid,
                 mask=mask,
+                keypoints=_keypoints(points[i]) if points is not None else None,
+                rotated_box=_rotated(xywhr[i], corners[i]) if obb is not None else None,
             )
         )
     return out
+
+
+def detection_count(result: Any) -> int:
+    """How many objects a result holds (a classification: none)."""
+    if result.probs is not None:
+        return 0
+    found = result.obb if result.obb is not None else result.boxes
+    return 0 if found is None else len(found)
+
+
+def classifications(result: Any, top_k: int = 5) -> list[Classification]:
+    """A classification result's ``top_k`` classes, best first (Ultralytics' own order: its
+    ``Probs.top5`` is the first five of the same sort)."""
+    probs = result.probs.data
+    order = (-probs).argsort(0)[:top_k].tolist()
+    values = probs.cpu().numpy().astype(np.float64)
+    return [
+        Classification(
+            class_id=int(j), class_name=result.names[int(j)], confidence=round(float(values[j]), 4)
+        )
+        for j in order
+    ]
+
+
+def classify_result(result: Any, top_k: int = 5) -> ClassifyResult:
+    height, width = result.orig_shape
+    return ClassifyResult(
+        width=int(width), height=int(height), classes=classifications(result, top_k)
+    )
 
 
 def image_result(result: Any, with_masks: bool = False, rle: bool = False) -> ImageResult:
@@ -105,9 +178,25 @@ def image_result(result: Any, with_masks: bool = False, rle: bool = False) -> Im
     )
 
 
-def render(result: Any) -> np.ndarray:
-    """The image with boxes, labels (and masks) drawn, BGR (OpenCV drawing, no font download)."""
-    return result.plot(pil=False)
+def render(result: Any, layout: KeypointLayout | None = None) -> np.ndarray:
+    """The image with the result drawn, BGR: boxes and labels, masks, rotated boxes, keypoints,
+    a classification's top classes (Ultralytics' own drawing; the server bundles its font).
+
+    Ultralytics draws a skeleton only for 17 keypoints (COCO's person); a pose model whose
+    layout names another skeleton gets its lines drawn here, under the boxes and dots.
+    """
+    skeleton = layout.skeleton if layout is not None and layout.shape[0] != 17 else None
+    if not skeleton or result.keypoints is None:
+        return result.plot(pil=False)
+    base = result.orig_img.copy()
+    width = max(round(sum(base.shape[:2]) / 2 * 0.003), 2)  # Ultralytics' line width
+    for points in result.keypoints.data.cpu().numpy():
+        for a, b in skeleton:
+            if points.shape[1] > 2 and min(points[a][2], points[b][2]) < 0.5:
+                continue  # Ultralytics does not draw a keypoint under 0.5 either
+            ends = [(round(float(p[0])), round(float(p[1]))) for p in (points[a], points[b])]
+            cv2.line(base, ends[0], ends[1], (255, 255, 255), width, cv2.LINE_AA)
+    return result.plot(pil=False, img=base)
 
 
 def encode_image(bgr: np.ndarray, fmt: str) -> bytes:

@@ -29,7 +29,7 @@ from app.errors import ServingError, problem
 from app.frames import FrameSource
 from app.metrics import STREAM_FRAMES, STREAMS_ACTIVE
 from app.registry import LoadedModel
-from app.results import detections
+from app.results import classifications, detections
 from app.shutdown import Shutdown, ShuttingDown
 from client.schema import (
     StreamEnd,
@@ -65,18 +65,22 @@ def make_tracker(kind: str) -> Any:
 
 
 def apply_tracker(tracker: Any, result: Any) -> Any:
-    """Update ``tracker`` with one frame's result; keep only tracked boxes, with their ids.
+    """Update ``tracker`` with one frame's result; keep only tracked boxes (rotated ones for an
+    OBB model, as Ultralytics' own tracking does), with their ids; keypoints follow their box.
 
     Unlike Ultralytics, which passes untracked boxes through when no track is confirmed, every
     detection of a tracked stream carries a ``track_id``.
     """
     import torch
 
-    tracks = tracker.update(result.boxes.cpu().numpy(), result.orig_img)
+    is_obb = result.obb is not None
+    found = result.obb if is_obb else result.boxes
+    tracks = tracker.update(found.cpu().numpy(), result.orig_img)
     if len(tracks) == 0:
         return result[:0]
     tracked = result[tracks[:, -1].astype(int)]
-    tracked.update(boxes=torch.as_tensor(tracks[:, :-1], device=result.boxes.data.device))
+    kept = torch.as_tensor(tracks[:, :-1], device=found.data.device)
+    tracked.update(**{"obb" if is_obb else "boxes": kept})
     return tracked
 
 
@@ -123,6 +127,7 @@ class StreamSession:
                 width=src.width,
                 height=src.height,
                 track=self.params.track,
+                keypoints=self.model.keypoints,
             ),
         )
 
@@ -141,7 +146,12 @@ class StreamSession:
         if self.tracker is not None:
             result = apply_tracker(self.tracker, result)
         inference_ms = (time.perf_counter() - started) * 1000
-        found = detections(result, self.with_masks, p.rle)
+        classes = None
+        if self.model.task == "classify":
+            found, classes = [], classifications(result, p.top_k)
+            self.class_counts[classes[0].class_name] += 1  # a frame counts as its top class
+        else:
+            found = detections(result, self.with_masks, p.rle)
         for d in found:
             self.class_counts[d.class_name] += 1
             if d.track_id is not None:
@@ -152,6 +162,7 @@ class StreamSession:
             timestamp_ms=timestamp,
             inference_ms=round(inference_ms, 2),
             detections=found,
+            classes=classes,
         )
         return event("frame", body, str(index))
 

@@ -45,14 +45,18 @@ from client.media import (
 from client.schema import (
     AnnotateParameters,
     AnnotateResponse,
+    ClassifyParameters,
+    ClassifyResponse,
     DetectParameters,
     InferenceResponse,
     ModelList,
+    ModelParameters,
     SegmentParameters,
     StreamParameters,
     StreamStart,
     Tracker,
     decode_annotate,
+    decode_classify,
     decode_inference,
     decode_models,
 )
@@ -92,8 +96,9 @@ class Annotation(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ImageParams(TypedDict, total=False):
-    """``/detect``'s parameters as keyword arguments (``client.schema.DetectParameters``); any
-    not given takes the server's default. Checked against the contract before anything is sent."""
+    """``/detect``'s parameters as keyword arguments (``client.schema.DetectParameters``; also
+    ``/pose``'s and ``/obb``'s); any not given takes the server's default. Checked against the
+    contract before anything is sent."""
 
     model: str
     conf: float
@@ -101,6 +106,21 @@ class ImageParams(TypedDict, total=False):
     max_det: int
     classes: list[int | str] | int | str
     imgsz: int
+
+
+class BatchParams(ImageParams, total=False):
+    """``batch``'s: the route's own (``top_k`` for ``route="classify"``, which takes no box
+    filters)."""
+
+    top_k: int
+
+
+class ClassifyParams(TypedDict, total=False):
+    """``/classify``'s (``client.schema.ClassifyParameters``)."""
+
+    model: str
+    imgsz: int
+    top_k: int
 
 
 class SegmentParams(ImageParams, total=False):
@@ -119,6 +139,7 @@ class StreamParams(ImageParams, total=False):
     """``/stream``'s parameters (``client.schema.StreamParameters``)."""
 
     rle: bool
+    top_k: int
     track: Tracker
     vid_stride: int
     max_frames: int
@@ -143,15 +164,23 @@ def _query(values: dict[str, Any]) -> str:
     return "?" + urlencode(items) if items else ""
 
 
-ROUTE_PARAMETERS: dict[str, type[DetectParameters]] = {
+ROUTE_PARAMETERS: dict[str, type[ModelParameters]] = {
     "/detect": DetectParameters,
     "/segment": SegmentParameters,
+    "/pose": DetectParameters,
+    "/obb": DetectParameters,
+    "/classify": ClassifyParameters,
     "/annotate": AnnotateParameters,
     "/stream": StreamParameters,
 }
+#: How each image route's JSON answer decodes.
+ROUTE_DECODERS: dict[str, Callable[[bytes], Any]] = {
+    "/classify": decode_classify,
+    "/annotate": decode_annotate,
+}
 
 
-def _validate(kind: type[DetectParameters], given: Mapping[str, Any]) -> dict[str, Any]:
+def _validate(kind: type[ModelParameters], given: Mapping[str, Any]) -> dict[str, Any]:
     """The given (non-None) parameters, checked against the contract's Struct."""
     given = {k: v for k, v in given.items() if v is not None}
     if isinstance(given.get("classes"), str | int):
@@ -226,9 +255,10 @@ class _Base:
         params: Mapping[str, Any],
         deployed_model_id: str | None,
         accept: str = "application/json",
-        decode: Callable[[bytes], Any] = decode_inference,
+        decode: Callable[[bytes], Any] | None = None,
     ) -> _Call:
         query = _query(_validate(ROUTE_PARAMETERS[route], params))
+        decode = decode or ROUTE_DECODERS.get(route, decode_inference)
         body, content_type = images_body(
             images, image_format=self.image_format, channels=self.channels
         )
@@ -245,9 +275,7 @@ class _Base:
         self, image: Images, json: bool, params: Mapping[str, Any], deployed_model_id: str | None
     ) -> _Call:
         if json:
-            return self._images_call(
-                "/annotate", image, params, deployed_model_id, decode=decode_annotate
-            )
+            return self._images_call("/annotate", image, params, deployed_model_id)
         if is_many(image):
             raise errors.ParameterError(
                 "annotate() draws one image; pass json=True to annotate several"
@@ -484,6 +512,29 @@ class Client(_Base):
         """Instance masks (polygons; COCO RLE too with ``rle=True``). Needs a segment model."""
         return self._run(self._images_call("/segment", images, params, deployed_model_id))
 
+    def classify(
+        self,
+        images: Images,
+        *,
+        deployed_model_id: str | None = None,
+        **params: Unpack[ClassifyParams],
+    ) -> ClassifyResponse:
+        """Each image's ``top_k`` classes (default 5), best first. Needs a classify model."""
+        return self._run(self._images_call("/classify", images, params, deployed_model_id))
+
+    def pose(
+        self, images: Images, *, deployed_model_id: str | None = None, **params: Unpack[ImageParams]
+    ) -> InferenceResponse:
+        """Detections with their keypoints (and the model's keypoint layout in ``keypoints``).
+        Needs a pose model."""
+        return self._run(self._images_call("/pose", images, params, deployed_model_id))
+
+    def obb(
+        self, images: Images, *, deployed_model_id: str | None = None, **params: Unpack[ImageParams]
+    ) -> InferenceResponse:
+        """Detections with their rotated boxes (``rotated_box``). Needs an OBB model."""
+        return self._run(self._images_call("/obb", images, params, deployed_model_id))
+
     @overload
     def annotate(
         self,
@@ -584,7 +635,7 @@ class Client(_Base):
         concurrency: int | None = None,
         deployed_model_id: str | None = None,
         annotate_to: str | None = None,
-        **params: Unpack[ImageParams],
+        **params: Unpack[BatchParams],
     ) -> BatchStream:
         """Many images (local paths or ``gs://`` URIs), one call each, many in flight over the
         endpoint's replicas (:mod:`client.batch`): iterate the result for a
@@ -598,7 +649,7 @@ class Client(_Base):
             ...     for line in run:
             ...         print(line.input, line.error or len(line.result.detections))
         """
-        _validate(DetectParameters, params)
+        _validate(ROUTE_PARAMETERS["/" + route], params)
         return BatchStream(
             lambda calls: BatchRun(
                 calls,
@@ -724,6 +775,25 @@ class AsyncClient(_Base):
     ) -> InferenceResponse:
         return await self._run(self._images_call("/segment", images, params, deployed_model_id))
 
+    async def classify(
+        self,
+        images: Images,
+        *,
+        deployed_model_id: str | None = None,
+        **params: Unpack[ClassifyParams],
+    ) -> ClassifyResponse:
+        return await self._run(self._images_call("/classify", images, params, deployed_model_id))
+
+    async def pose(
+        self, images: Images, *, deployed_model_id: str | None = None, **params: Unpack[ImageParams]
+    ) -> InferenceResponse:
+        return await self._run(self._images_call("/pose", images, params, deployed_model_id))
+
+    async def obb(
+        self, images: Images, *, deployed_model_id: str | None = None, **params: Unpack[ImageParams]
+    ) -> InferenceResponse:
+        return await self._run(self._images_call("/obb", images, params, deployed_model_id))
+
     @overload
     async def annotate(
         self,
@@ -805,10 +875,10 @@ class AsyncClient(_Base):
         concurrency: int | None = None,
         deployed_model_id: str | None = None,
         annotate_to: str | None = None,
-        **params: Unpack[ImageParams],
+        **params: Unpack[BatchParams],
     ) -> AsyncBatchStream:
         """:meth:`Client.batch` on this loop: ``async for line in client.batch(...)``."""
-        _validate(DetectParameters, params)
+        _validate(ROUTE_PARAMETERS["/" + route], params)
         run = BatchRun(
             AsyncCalls(self),
             inputs,

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 from urllib3 import encode_multipart_formdata
 
 from client.errors import ParameterError
+from client.schema import OCTET_STREAM, sniff
 
 if TYPE_CHECKING:
     import numpy
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 
 ImageFormat = Literal["jpeg", "png"]
 Channels = Literal["bgr", "rgb"]
-OCTET_STREAM = "application/octet-stream"
 
 #: One image: a path, encoded bytes, a PIL image, or a numpy array (BGR unless ``channels="rgb"``).
 ImageInput: TypeAlias = (
@@ -48,29 +48,6 @@ Images: TypeAlias = "ImageInput | Sequence[ImageInput]"
 VideoInput: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview"
 #: What ``/stream`` runs: a video, or a run of frames (images, in order).
 StreamSource: TypeAlias = "VideoInput | Sequence[ImageInput]"
-
-_IMAGE_MAGIC = (
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"BM", "image/bmp"),
-    (b"GIF8", "image/gif"),
-)
-
-
-def sniff(data: bytes) -> str:
-    """The media type announced by an image's or video's first bytes (else octet-stream)."""
-    for magic, media_type in _IMAGE_MAGIC:
-        if data.startswith(magic):
-            return media_type
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    if data[:4] == b"RIFF" and data[8:12] == b"AVI ":
-        return "video/x-msvideo"
-    if data[4:8] == b"ftyp":
-        return "video/quicktime" if data[8:12] == b"qt  " else "video/mp4"
-    if data[:4] == b"\x1a\x45\xdf\xa3":
-        return "video/webm" if b"webm" in data[:64] else "video/x-matroska"
-    return OCTET_STREAM
 
 
 def read_path(value: str | os.PathLike) -> tuple[bytes, str]:

@@ -3,8 +3,9 @@
 Starts the local dedicated-endpoint emulator (``client.emulator``) with the two bundled demo
 deployments at 50/50 (``shapes-a`` serves the detector by default, ``shapes-b`` the segmenter),
 points the unmodified google-cloud-aiplatform SDK at it, and runs the client through
-``Endpoint.invoke``: models, detect, annotate (saves the drawn image), segment, a stream of a
-generated video with a progress bar, and one call pinned to each deployed model. Everything is
+``Endpoint.invoke``: models, detect, annotate (saves the drawn image), segment, classify, pose,
+obb (one line each), a stream of a generated video with a progress bar, and one call pinned to
+each deployed model. Everything is
 shut down on exit. No cloud account, no internet, no GPU.
 """
 
@@ -89,6 +90,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nsegment via {names[seg.deployed_model_id]} (model {seg.model}): "
                   f"{len(masks)} masks, polygon points "
                   f"{[sum(len(p) for p in mask.polygons) for mask in masks]}")  # fmt: skip
+
+            one, (shape,) = draw_scene(np.random.default_rng(args.seed), 96, 96, max_shapes=1)
+            top = client.classify(np.ascontiguousarray(one[:, :, ::-1]), top_k=2)
+            print(f"\nclassify via {names[top.deployed_model_id]} (model {top.model}): drawn "
+                  f"{shape.name}, found " + ", ".join(
+                      f"{c.class_name} {c.confidence:.2f}" for c in top.results[0].classes))  # fmt: skip
+
+            pose = client.pose(image)
+            print(f"\npose via {names[pose.deployed_model_id]} (model {pose.model}): "
+                  + "; ".join(
+                      f"{d.class_name} corners "
+                      + " ".join(f"({k.x:.0f},{k.y:.0f})" for k in d.keypoints or [])
+                      for d in pose.results[0].detections) or "no square")  # fmt: skip
+
+            obb = client.obb(image)
+            print(f"\nobb via {names[obb.deployed_model_id]} (model {obb.model}): "
+                  + ", ".join(
+                      f"{d.class_name} at {np.degrees(d.rotated_box.angle):.0f} deg"
+                      for d in obb.results[0].detections if d.rotated_box))  # fmt: skip
 
             frames, _ = moving_shape_frames(args.frames, 320, 240)
             video = args.out / "moving-square.mp4"

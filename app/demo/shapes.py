@@ -140,22 +140,112 @@ def yolo_label(shapes: list[Shape], width: int, height: int) -> str:
 def write_dataset(root: Path, n_train: int, n_val: int, seed: int, size: int = 160) -> Path:
     """Write a YOLO data set (images, polygon labels, data.yaml) under ``root``; return the yaml.
 
-    Polygon labels serve both tasks: Ultralytics derives detection boxes from them.
+    Polygon labels serve both detect and segment: Ultralytics derives detection boxes from them.
+    """
+    return write_task_dataset("segment", root, n_train, n_val, seed, size)
+
+
+# --- the other tasks' views of a scene -----------------------------------------------------
+
+SQUARE = 1
+CORNER_NAMES: tuple[str, ...] = ("top-left", "top-right", "bottom-right", "bottom-left")
+#: The pose demo model's skeleton: the square's four edges, between keypoints by index.
+SQUARE_SKELETON: tuple[tuple[int, int], ...] = ((0, 1), (1, 2), (2, 3), (3, 0))
+
+
+def square_corners(shape: Shape) -> np.ndarray:
+    """A square's four corners (4, 2) in a fixed order: the one nearest the top-left direction
+    from the centre first, then clockwise on screen (y down), as :data:`CORNER_NAMES` names
+    them. A square looks the same every quarter turn, so the order is defined by position, not
+    by how the square was drawn; it jumps only at a 45-degree (diamond) pose."""
+    if shape.class_id != SQUARE:
+        raise ValueError(f"only squares have corners as keypoints, not a {shape.name}")
+    pts = shape.polygon.astype(np.float64)
+    centre = pts.mean(axis=0)
+    angles = np.arctan2(pts[:, 1] - centre[1], pts[:, 0] - centre[0])  # -3pi/4 is top-left
+    first = int(np.argmin(np.abs(np.angle(np.exp(1j * (angles + 3 * math.pi / 4))))))
+    order = [(first + k) % 4 for k in range(4)]
+    # make_shape lists a square's corners clockwise on screen (y down) whatever the angle
+    return pts[order].astype(np.float32)
+
+
+def rotated_box(shape: Shape) -> np.ndarray:
+    """The rotated box (4, 2 corner points) that fits a shape's rotation: a square's own
+    outline, the minimum-area rectangle of a triangle (one side on a triangle's side), and the
+    axis-aligned box of a circle (whose rotation says nothing)."""
+    if shape.class_id == 0:
+        x1, y1, x2, y2 = shape.box
+        return np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.float32)
+    if shape.class_id == SQUARE:
+        return shape.polygon.astype(np.float32)
+    return cv2.boxPoints(cv2.minAreaRect(shape.polygon.astype(np.float32))).astype(np.float32)
+
+
+def _norm(points: np.ndarray, width: int, height: int) -> list[str]:
+    return [f"{v:.6f}" for v in (points / [width, height]).clip(0, 1).reshape(-1)]
+
+
+def pose_label(shapes: list[Shape], width: int, height: int) -> str:
+    """YOLO pose label lines: each square's box and its four corners (visible), in
+    :func:`square_corners` order; other shapes are background."""
+    lines = []
+    for s in shapes:
+        if s.class_id != SQUARE:
+            continue
+        x1, y1, x2, y2 = s.box
+        box = [(x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height]
+        kpts = [v for xy in square_corners(s) for v in (*_norm(xy, width, height), "2")]
+        lines.append(" ".join(["0", *(f"{v:.6f}" for v in box), *kpts]))
+    return "\n".join(lines) + "\n"
+
+
+def obb_label(shapes: list[Shape], width: int, height: int) -> str:
+    """YOLO OBB label lines: class and the four corners of :func:`rotated_box`."""
+    return "".join(
+        " ".join([str(s.class_id), *_norm(rotated_box(s), width, height)]) + "\n" for s in shapes
+    )
+
+
+TASK_LABELS = {"detect": yolo_label, "segment": yolo_label, "pose": pose_label, "obb": obb_label}
+
+
+def write_task_dataset(
+    task: str, root: Path, n_train: int, n_val: int, seed: int, size: int = 160
+) -> Path:
+    """A data set for ``task`` under ``root``; returns what Ultralytics' ``train(data=...)``
+    takes: a data.yaml (detect, segment, pose, obb) or the folder (classify: one folder per
+    class, each image holding exactly one shape).
+
+    The scenes are those of :func:`draw_scene` from the same seeded stream, so every task sees
+    the same kind of image; the pose task's data set names one class, ``square``, with four
+    keypoints (:data:`CORNER_NAMES`), its edges as the skeleton.
     """
     rng = np.random.default_rng(seed)
     for split, count in (("train", n_train), ("val", n_val)):
-        (root / "images" / split).mkdir(parents=True, exist_ok=True)
-        (root / "labels" / split).mkdir(parents=True, exist_ok=True)
         for i in range(count):
-            image, shapes = draw_scene(rng, size, size)
             stem = f"{split}_{i:05d}"
+            if task == "classify":
+                image, shapes = draw_scene(rng, size, size, max_shapes=1)
+                folder = root / split / shapes[0].name
+                folder.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(folder / f"{stem}.png"), image[:, :, ::-1])
+                continue
+            image, shapes = draw_scene(rng, size, size)
+            (root / "images" / split).mkdir(parents=True, exist_ok=True)
+            (root / "labels" / split).mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(root / "images" / split / f"{stem}.png"), image[:, :, ::-1])
-            (root / "labels" / split / f"{stem}.txt").write_text(yolo_label(shapes, size, size))
-    names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASS_NAMES))
+            label = TASK_LABELS[task](shapes, size, size)
+            (root / "labels" / split / f"{stem}.txt").write_text(label)
+    if task == "classify":
+        return root
+    names = ("square",) if task == "pose" else CLASS_NAMES
+    lines = [f"path: {root.resolve()}", "train: images/train", "val: images/val", "names:"]
+    lines += [f"  {i}: {n}" for i, n in enumerate(names)]
+    if task == "pose":
+        lines += ["kpt_shape: [4, 3]", "flip_idx: [1, 0, 3, 2]", "kpt_names:", "  0:"]
+        lines += [f"    - {n}" for n in CORNER_NAMES]
     data = root / "data.yaml"
-    data.write_text(
-        f"path: {root.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n"
-    )
+    data.write_text("\n".join(lines) + "\n")
     return data
 
 

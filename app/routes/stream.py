@@ -31,10 +31,17 @@ from app.registry import LoadedModel, Registry
 from app.routes.openapi import operation, problems
 from app.shutdown import Shutdown
 from app.stream import SSE_SEPARATOR, StreamSession
-from client.schema import Problem, StreamEnd, StreamFrame, StreamParameters, StreamStart
+from client.schema import (
+    BOX_TASKS,
+    Problem,
+    StreamEnd,
+    StreamFrame,
+    StreamParameters,
+    StreamStart,
+)
 
 log = logging.getLogger("app.stream")
-TRACKABLE = ("detect", "segment")  # models whose results have boxes Ultralytics' trackers take
+TRACKABLE = BOX_TASKS  # models whose results have boxes Ultralytics' trackers take
 
 
 def check(params: StreamParameters, model: LoadedModel, settings: Settings) -> None:
@@ -42,7 +49,8 @@ def check(params: StreamParameters, model: LoadedModel, settings: Settings) -> N
     if params.track != "none" and model.task not in TRACKABLE:
         raise WrongTask(
             f"model {model.name!r} is a {model.task} model; tracking needs boxes "
-            f"({', '.join(TRACKABLE)} models)",
+            f"({', '.join(TRACKABLE)} models): leave track out (or track=none) to stream its "
+            "classes",
             field="track",
         )
     if params.max_frames is not None and params.max_frames > settings.stream_max_frames:
@@ -57,16 +65,17 @@ STREAM = Route("/stream", StreamParameters, stream=True, check=check)
 DESCRIPTION = f"""Runs a video, or a run of image frames, through a model and answers
 `text/event-stream`: one `start` event (model, version, deployed model id, source fps, frame count
 when known, width, height), one `frame` event per processed frame as soon as it is computed (SSE
-`id` = frame index; timestamp in ms, inference ms, detections with `track_id` when tracking and
-masks for a segmentation model), then `end` (frames, elapsed ms, fps, per-class counts, distinct
+`id` = frame index; timestamp in ms, inference ms, detections with `track_id` when tracking,
+masks for a segmentation model, keypoints for a pose model, rotated boxes for an OBB model, the
+top_k classes for a classification model), then `end` (frames, elapsed ms, fps, per-class counts, distinct
 tracks) or `error` (problem details) and the stream closes. A `: ping` comment keeps the
 connection alive. Events are separated by LF only; each `data:` is one line of JSON.
 
 Input: a video as the raw body ({", ".join(sorted(VIDEO_TYPES))}; the container is sniffed),
 multipart/form-data image frames in order, or JSON `{{"frames": ["<base64>", ...], "parameters":
 {{...}}}}`. Parameters (query string, form fields or JSON): model, conf, iou, max_det, classes,
-imgsz, rle, `track` (none, bytetrack, botsort; state lives for this request), `vid_stride`,
-`max_frames`. Everything is validated before the first event: an undecodable video, no frame or
+imgsz, rle, top_k, `track` (none, bytetrack, botsort; state lives for this request; not for a
+classification model), `vid_stride`, `max_frames`. Everything is validated before the first event: an undecodable video, no frame or
 a video over the server's limits (frames, duration, resolution) is a 4xx problem+json answer."""
 
 

@@ -5,9 +5,10 @@ Two modes, each a function returning a msgspec Struct report (JSON with :func:`e
 * :func:`targeted`: the same inputs sent to each deployed model (pinned by
   ``deployed_model_id``). Per model: latency p50/p95/p99, errors, detections per image,
   per-class counts, confidence quantiles and histogram. Between models: every other model
-  against the first (the reference, A): boxes matched one to one (same class, IoU >= 0.5,
-  the matching of largest total IoU), precision/recall/F1 of B against A and the mean IoU of
-  the matches.
+  against the first (the reference, A): boxes matched one to one (same class, IoU >= 0.5 (of
+  rotated boxes for OBB), the matching of largest total IoU; :mod:`client.matching`),
+  precision/recall/F1 of B against A and the mean IoU of the matches (and their mean object
+  keypoint similarity for pose); for a classification, top-1 agreement.
 * :func:`split_check`: N untargeted calls; the share each deployed model answered against the
   endpoint's configured traffic split, with a chi-square goodness-of-fit p-value.
 
@@ -32,7 +33,9 @@ from client.ab.figure import plot
 from client.ab.inputs import IMAGE_SUFFIXES, image_files, video_frames
 from client.ab.measures import agreement, latency_stats, match_boxes
 from client.ab.modes import (
+    ROUTES,
     Route,
+    answer_of,
     configured_split,
     deployed_model_names,
     deployed_models,
@@ -60,11 +63,13 @@ __all__ = [
     "LatencyStats",
     "ModelStats",
     "Report",
+    "ROUTES",
     "Route",
     "SplitReport",
     "SplitRow",
     "TargetedReport",
     "agreement",
+    "answer_of",
     "configured_split",
     "decode_report",
     "deployed_label",

@@ -1,4 +1,5 @@
-"""A/B measures: latency and confidence statistics, one-to-one box matching and agreement,
+"""A/B measures: latency and confidence statistics, agreement of two models' answers (every
+task: matched objects through :mod:`client.matching`, or the top class of a classification),
 and the traffic split's chi-square test. numpy and scipy (the ``tools`` extra) are imported only
 when needed."""
 
@@ -10,8 +11,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from client.ab.reports import Agreement, ConfidenceStats, LatencyStats, SplitRow
-from client.schema import Detection
+from client.matching import match, oks, similarity_for
+from client.schema import Classification, Detection
 from client.stats import percentile
+
+#: One image's answer: a model's detections, or a classification's top classes (best first).
+Answer = list[Detection] | list[Classification]
 
 CONFIDENCE_BINS = 10  # histogram bins over [0, 1]
 
@@ -55,36 +60,15 @@ def confidence_stats(confidences: Sequence[float]) -> ConfidenceStats:
 
 
 def match_boxes(
-    reference: Sequence[Detection], candidate: Sequence[Detection], iou_threshold: float = 0.5
+    reference: Sequence[Detection],
+    candidate: Sequence[Detection],
+    iou_threshold: float = 0.5,
+    task: str = "detect",
 ) -> list[tuple[int, int, float]]:
     """One-to-one matches ``(reference index, candidate index, IoU)`` between two images'
-    detections: same class name, IoU >= ``iou_threshold``, the assignment of largest total
-    IoU (``scipy.optimize.linear_sum_assignment``)."""
-    if not reference or not candidate:
-        return []
-    np = needs("numpy")
-    linear_sum_assignment = needs("scipy.optimize").linear_sum_assignment
-
-    def boxes(detections: Sequence[Detection]) -> Any:
-        return np.array([[d.box.x1, d.box.y1, d.box.x2, d.box.y2] for d in detections], float)
-
-    a, b = boxes(reference)[:, None, :], boxes(candidate)[None, :, :]
-    width = (np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])).clip(0)
-    height = (np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])).clip(0)
-    inter = width * height
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    union = area_a + area_b - inter
-    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    same = (
-        np.array([d.class_name for d in reference])[:, None]
-        == np.array([d.class_name for d in candidate])[None, :]
-    )
-    allowed = same & (iou >= iou_threshold)
-    rows, cols = linear_sum_assignment(np.where(allowed, iou, 0.0), maximize=True)
-    return [
-        (int(r), int(c), float(iou[r, c])) for r, c in zip(rows, cols, strict=True) if allowed[r, c]
-    ]
+    detections: same class name, IoU (of rotated boxes for OBB) >= ``iou_threshold``, the
+    assignment of largest total IoU (:func:`client.matching.match`)."""
+    return match(reference, candidate, similarity=similarity_for(task), threshold=iou_threshold)
 
 
 def _ratio(num: int, den: int, empty: float) -> float:
@@ -92,23 +76,37 @@ def _ratio(num: int, den: int, empty: float) -> float:
 
 
 def agreement(
-    reference: Sequence[list[Detection] | None],
-    candidate: Sequence[list[Detection] | None],
+    reference: Sequence[Answer | None],
+    candidate: Sequence[Answer | None],
     *,
     labels: tuple[str, str] = ("A", "B"),
     iou_threshold: float = 0.5,
+    task: str = "detect",
 ) -> Agreement:
     """Candidate against reference, image by image (``None``: the model did not answer that
-    image; such images are left out)."""
+    image; such images are left out).
+
+    Detect and segment: objects matched by box IoU; OBB: by rotated-box IoU; pose: by box IoU,
+    and the object keypoint similarity of the matched pairs (``mean_oks``). Classify: an image's
+    top class is its one object, so precision, recall and F1 are all the share of images whose
+    top class is the same (top-1 agreement).
+    """
+    if task == "classify":
+        return _top1_agreement(reference, candidate, labels)
     ref_boxes = cand_boxes = images = 0
     ious: list[float] = []
+    similarities: list[float] = []
     for ref, cand in zip(reference, candidate, strict=True):
         if ref is None or cand is None:
             continue
         images += 1
         ref_boxes += len(ref)
         cand_boxes += len(cand)
-        ious.extend(iou for _, _, iou in match_boxes(ref, cand, iou_threshold))
+        refs, cands = _detections(ref), _detections(cand)
+        for r, c, iou in match_boxes(refs, cands, iou_threshold, task):
+            ious.append(iou)
+            if task == "pose" and (value := oks(refs[r], cands[c])) is not None:
+                similarities.append(value)
     matched = len(ious)
     nothing = 1.0 if ref_boxes == 0 and cand_boxes == 0 else 0.0
     precision = _ratio(matched, cand_boxes, nothing)
@@ -125,6 +123,33 @@ def agreement(
         recall=recall,
         f1=f1,
         mean_iou=sum(ious) / matched if matched else None,
+        task=task,
+        mean_oks=statistics.fmean(similarities) if similarities else None,
+    )
+
+
+def _detections(answer: Answer) -> list[Detection]:
+    return [d for d in answer if isinstance(d, Detection)]
+
+
+def _top1_agreement(
+    reference: Sequence[Answer | None], candidate: Sequence[Answer | None], labels: tuple[str, str]
+) -> Agreement:
+    pairs = [(r, c) for r, c in zip(reference, candidate, strict=True) if r and c]
+    same = sum(r[0].class_name == c[0].class_name for r, c in pairs)
+    share = same / len(pairs) if pairs else 1.0
+    return Agreement(
+        reference=labels[0],
+        candidate=labels[1],
+        images=len(pairs),
+        reference_boxes=len(pairs),
+        candidate_boxes=len(pairs),
+        matched=same,
+        precision=share,
+        recall=share,
+        f1=share,
+        mean_iou=None,
+        task="classify",
     )
 
 

@@ -6,18 +6,19 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Any, Literal, Unpack
+from typing import Any, Literal, Unpack, get_args
 
 from client import errors
 from client._client import Client, ImageParams
 from client.ab.calls import Outcome, run_all
-from client.ab.measures import agreement, chi_square, confidence_stats, latency_stats
+from client.ab.measures import Answer, agreement, chi_square, confidence_stats, latency_stats
 from client.ab.reports import ModelStats, SplitReport, SplitRow, TargetedReport
 from client.media import ImageInput
-from client.schema import Detection
+from client.schema import Classification, ClassifyResponse, Detection
 from client.transports import VertexTransport
 
-Route = Literal["detect", "segment"]
+Route = Literal["detect", "segment", "classify", "pose", "obb"]
+ROUTES: tuple[str, ...] = get_args(Route)
 
 
 def _vertex_endpoint(client: Client) -> Any | None:
@@ -63,7 +64,9 @@ def _model_stats(
     label: str, deployed_model_id: str, display_name: str | None, outcomes: list[Outcome]
 ) -> ModelStats:
     answered = [o.result for o in outcomes if o.result is not None]
-    detections = [d for r in answered for image in r.results for d in image.detections]
+    detections: list[Detection | Classification] = [
+        item for r in answered for image in r.results for item in _objects(image)
+    ]
     images = sum(len(r.results) for r in answered)
     latencies = [o.latency_ms for o in outcomes if o.result is not None]
     return ModelStats(
@@ -85,9 +88,23 @@ def _model_stats(
     )
 
 
+def _objects(image: Any) -> list[Detection] | list[Classification]:
+    """What one image's answer holds: its detections, or a classification's top class (a
+    classified image counts as one object of its top class)."""
+    return image.classes[:1] if hasattr(image, "classes") else image.detections
+
+
+def answer_of(outcome: Outcome) -> Answer | None:
+    """The first image's answer of a call (``None``: no answer)."""
+    if outcome.result is None:
+        return None
+    image = outcome.result.results[0]
+    return image.classes if isinstance(outcome.result, ClassifyResponse) else image.detections
+
+
 def _check(route: str, concurrency: int) -> None:
-    if route not in ("detect", "segment"):
-        raise errors.ParameterError(f"route must be 'detect' or 'segment', not {route!r}")
+    if route not in ROUTES:
+        raise errors.ParameterError(f"route must be one of {', '.join(ROUTES)}, not {route!r}")
     if concurrency < 1:
         raise errors.ParameterError(f"concurrency must be at least 1, not {concurrency}")
 
@@ -112,7 +129,9 @@ def targeted(
         deployed_model_ids: the models to compare, the reference first; the same id may come
             twice (a determinism check). Default: :func:`deployed_models`.
         concurrency: calls in flight at once.
-        route: ``"detect"`` or ``"segment"`` (boxes are compared either way).
+        route: any inference route: ``"detect"``, ``"segment"`` (boxes are compared either
+            way), ``"obb"`` (rotated boxes), ``"pose"`` (boxes, and keypoints by OKS),
+            ``"classify"`` (top-1 agreement).
         iou_threshold: the IoU a match needs (with the same class).
         progress: a tqdm bar on stderr.
         params: inference parameters, the same for every call.
@@ -127,7 +146,7 @@ def targeted(
         raise errors.ParameterError("the endpoint has no deployed models")
     for dm in dict.fromkeys(ids):  # unknown ids fail here, before the run; opens connections
         client.models(deployed_model_id=dm)
-    method = client.segment if route == "segment" else client.detect
+    method = getattr(client, route)
 
     # interleaved (input by input) so every model sees the same conditions over the run
     calls = [
@@ -138,16 +157,14 @@ def targeted(
     names = deployed_model_names(client)
     models = [_model_stats(_label(j), dm, names.get(dm), per_model[j]) for j, dm in enumerate(ids)]
 
-    def detections(outcome: Outcome) -> list[Detection] | None:
-        return outcome.result.results[0].detections if outcome.result is not None else None
-
-    answers = [[detections(o) for o in column] for column in per_model]
+    answers = [[answer_of(o) for o in column] for column in per_model]
     agreements = [
         agreement(
             answers[0],
             answers[j],
             labels=(models[0].label, models[j].label),
             iou_threshold=iou_threshold,
+            task=route,
         )
         for j in range(1, len(ids))
     ]
@@ -192,7 +209,7 @@ def split_check(
     client.models()  # opens the connection before the threads share it
     calls: list[Callable[[], Any]]
     if inputs:
-        method = client.segment if route == "segment" else client.detect
+        method = getattr(client, route)
         calls = [partial(method, inputs[i % len(inputs)], **params) for i in range(n)]
     else:
         calls = [client.models] * n

@@ -67,10 +67,23 @@ def render_table(report: Report) -> str:
                 [[c, *(s.class_counts.get(c, 0) for s in m)] for c in classes],
             ),
         ]
-    if report.agreement:
+    if report.agreement and report.agreement[0].task == "classify":
         parts += [
             "",
-            f"agreement with {m[0].label} (same class, IoU >= {report.iou_threshold:g}, one to one)",
+            f"agreement with {m[0].label} (the same top class)",
+            table(
+                ["model", "images", "same top class", "top-1 agreement"],
+                [[a.candidate, a.images, a.matched, fmt(a.f1, 3)] for a in report.agreement],
+            ),
+        ]
+    elif report.agreement:
+        task = report.agreement[0].task
+        iou = "rotated IoU" if task == "obb" else "IoU"
+        extra = ["mean OKS"] if task == "pose" else []
+        parts += [
+            "",
+            f"agreement with {m[0].label} (same class, {iou} >= {report.iou_threshold:g}, "
+            "one to one)",
             table(
                 [
                     "model",
@@ -81,7 +94,8 @@ def render_table(report: Report) -> str:
                     "precision",
                     "recall",
                     "F1",
-                    "mean IoU",
+                    f"mean {iou}",
+                    *extra,
                 ],
                 [
                     [
@@ -94,6 +108,7 @@ def render_table(report: Report) -> str:
                         fmt(a.recall, 3),
                         fmt(a.f1, 3),
                         fmt(a.mean_iou, 3),
+                        *([fmt(a.mean_oks, 3)] if extra else []),
                     ]
                     for a in report.agreement
                 ],

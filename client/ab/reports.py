@@ -49,11 +49,13 @@ class ModelStats(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Agreement(msgspec.Struct, frozen=True, kw_only=True):
-    """A candidate model's boxes against the reference's, over the images both answered.
+    """A candidate model's answers against the reference's, over the images both answered.
 
     ``precision`` = matched / candidate boxes, ``recall`` = matched / reference boxes; with no
     boxes on either side all three are 1.0, else a zero denominator gives 0.0. ``mean_iou`` is
-    the mean box IoU of the matches (``None`` without matches).
+    the mean IoU of the matches (of rotated boxes for ``task`` obb; ``None`` without matches);
+    ``mean_oks`` the mean object keypoint similarity of matched pose detections. For a
+    classification each image's top class is its one object: ``f1`` is the top-1 agreement.
     """
 
     reference: str  # label of the reference model (A)
@@ -66,6 +68,8 @@ class Agreement(msgspec.Struct, frozen=True, kw_only=True):
     recall: float
     f1: float
     mean_iou: float | None
+    task: str = "detect"
+    mean_oks: float | None = None
 
 
 class TargetedReport(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind", tag="targeted"):

@@ -1,7 +1,7 @@
 """Batch inference over many images: one call per image, many in flight, a line per image.
 
-:class:`BatchRun` (asyncio) sends each input to ``/detect`` or ``/segment`` (``/annotate`` when
-the drawn images are kept), up to ``concurrency`` calls at once: by default two per replica seen
+:class:`BatchRun` (asyncio) sends each input to its route (``/detect``, ``/segment``, ``/classify``,
+``/pose`` or ``/obb``; ``/annotate`` with that route's model when the drawn images are kept), up to ``concurrency`` calls at once: by default two per replica seen
 answering plus one (at most 32), so every replica stays busy. Every call goes to one deployed
 model: the pinned one, or the one that answered the first call. An input is sent as its bytes
 (read here, from a local path or Cloud Storage) or, ``send="uri"``, as its ``gs://`` URI for
@@ -24,21 +24,30 @@ import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from pathlib import PurePosixPath
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import msgspec
 
 from client import errors
 from client.batch.inputs import read_input, write_output
-from client.schema import AnnotateResponse, ImageResult, InferenceResponse, ModelList
+from client.schema import (
+    AnnotateResponse,
+    ClassifyResponse,
+    ClassifyResult,
+    ImageResult,
+    InferenceResponse,
+    ModelList,
+    ProblemCode,
+)
 
-Route = Literal["detect", "segment"]
+Route = Literal["detect", "segment", "classify", "pose", "obb"]
+ROUTES: tuple[str, ...] = get_args(Route)
 Send = Literal["bytes", "uri"]
 MAX_CONCURRENCY = 32
 # The server's problem codes that are about one input: that input's error line. Any other
 # error (5xx, 429, a refused token, a bad parameter, a bucket the server may not read) would
 # fail every input alike: it ends the run, and a run with the same arguments carries on.
-INPUT_ERRORS = frozenset(
+INPUT_ERRORS: frozenset[ProblemCode] = frozenset(
     {
         "invalid-image",
         "payload-too-large",
@@ -71,7 +80,7 @@ class BatchEndpoint(Protocol):
         image: bytes | str,
         deployed_model_id: str,
         params: Mapping[str, Any],
-    ) -> InferenceResponse | AnnotateResponse: ...
+    ) -> InferenceResponse | ClassifyResponse | AnnotateResponse: ...
 
 
 class BatchError(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -92,7 +101,7 @@ class BatchLine(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     model: str | None = None
     version: str | None = None
     replica_id: str | None = None
-    result: ImageResult | None = None
+    result: ImageResult | ClassifyResult | None = None  # ClassifyResult on route classify
     error: BatchError | None = None
     annotated: str | None = None
 
@@ -135,8 +144,8 @@ class BatchRun:
         deployed_model_id: str | None = None,
         annotate_to: str | None = None,
     ) -> None:
-        if route not in ("detect", "segment"):
-            raise errors.ParameterError(f"route must be detect or segment, not {route!r}")
+        if route not in ROUTES:
+            raise errors.ParameterError(f"route must be one of {', '.join(ROUTES)}, not {route!r}")
         if send not in ("bytes", "uri"):
             raise errors.ParameterError(f"send must be bytes or uri, not {send!r}")
         if send == "uri" and (local := [i for i in inputs if not i.startswith("gs://")]):
@@ -146,8 +155,6 @@ class BatchRun:
             )
         if concurrency is not None and not 1 <= concurrency <= 256:
             raise errors.ParameterError(f"concurrency {concurrency}: 1 to 256")
-        if annotate_to is not None and route != "detect":
-            raise errors.ParameterError("annotated images are drawn by /annotate: route detect")
         self.endpoint, self.inputs, self.params = endpoint, list(inputs), dict(params)
         self.route, self.send, self.fixed = route, send, concurrency
         self.pinned, self.annotate_to = deployed_model_id, annotate_to
@@ -166,6 +173,15 @@ class BatchRun:
         started = time.monotonic()
         listing = await self.endpoint.models(self.pinned)
         self.pinned = self.pinned or listing.deployed_model_id
+        if self.annotate_to and self.route != "detect" and "model" not in self.params:
+            # /annotate draws with any model: name the route's, as the route itself would pick
+            model = next((m.name for m in listing.models if m.task == self.route), None)
+            if model is None:
+                raise errors.ParameterError(
+                    f"route {self.route}: deployed model {self.pinned} serves no {self.route} "
+                    f"model ({', '.join(f'{m.name} ({m.task})' for m in listing.models)})"
+                )
+            self.params["model"] = model
         self.stats.deployed_model_id = self.pinned
         pending: set[asyncio.Task[BatchLine]] = set()
         queue = iter(self.inputs)
@@ -192,13 +208,26 @@ class BatchRun:
             await asyncio.gather(*pending, return_exceptions=True)
             self.stats.in_flight = 0
 
+    # -- the run's face (client._bridge.Run) ---------------------------------------------------
+
+    def items(self) -> AsyncGenerator[BatchLine, None]:
+        return self.lines()
+
+    def finish(self) -> None:
+        """Nothing to add once every line is out."""
+
+    def release(self) -> None:
+        """A batch holds nothing before it starts."""
+
     def _count(self, line: BatchLine, started: float) -> None:
         stats = self.stats
         stats.done += 1
         if line.error is not None:
             self._errors[line.error.code or "unreadable"] += 1
             stats.errors = dict(self._errors)
-        if line.result is not None:
+        if isinstance(line.result, ClassifyResult):
+            self._classes[line.result.classes[0].class_name] += 1  # an image counts as its top
+        elif line.result is not None:
             self._classes.update(d.class_name for d in line.result.detections)
             stats.class_counts = dict(self._classes)
         if line.replica_id:
@@ -228,11 +257,17 @@ class BatchRun:
                 deployed_model_id=self.pinned,
                 error=BatchError(status=exc.status, code=problem.code, detail=problem.detail),
             )
+        result: ImageResult | ClassifyResult
         if isinstance(answer, AnnotateResponse):
             drawn = answer.results[0]
-            result = ImageResult(
-                width=drawn.width, height=drawn.height, detections=drawn.detections
-            )
+            if drawn.classes is not None:
+                result = ClassifyResult(
+                    width=drawn.width, height=drawn.height, classes=drawn.classes
+                )
+            else:
+                result = ImageResult(
+                    width=drawn.width, height=drawn.height, detections=drawn.detections
+                )
             assert self.annotate_to is not None
             where = annotated_name(self.annotate_to, name, drawn.media_type)
             await asyncio.to_thread(

@@ -28,6 +28,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("client.cli.models", "list the served models"),
     "detect": ("client.cli.detect", "detect objects in images"),
     "segment": ("client.cli.detect", "segment instances in images (a segmentation model)"),
+    "classify": ("client.cli.detect", "classify images: the top classes (a classification model)"),
+    "pose": ("client.cli.detect", "detect objects with their keypoints (a pose model)"),
+    "obb": ("client.cli.detect", "detect oriented (rotated) boxes (an OBB model)"),
     "annotate": ("client.cli.annotate", "draw the detections on an image"),
     "stream": ("client.cli.stream", "run a video (or image frames) through /stream, with progress"),
     "video": (

@@ -11,6 +11,7 @@ from typing import Any
 
 from client import errors
 from client.ab import (
+    ROUTES,
     Report,
     encode_report,
     image_files,
@@ -22,6 +23,7 @@ from client.ab import (
 )
 from client.ab.measures import needs
 from client.cli.options import (
+    ROUTE_OPTIONS,
     connection_options,
     inference_options,
     make_client,
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise errors.ParameterError(str(exc)) from None
     inputs = _inputs(args)
-    given = params(args)
+    given = params(args, ROUTE_OPTIONS)
     if args.mode == "split":
         # A retried call is routed again: it would count a failing model's calls as the other's.
         args.retries = 0
@@ -107,13 +109,13 @@ def add(sub: Any, name: str, summary: str) -> None:
         where.add_argument("--video", metavar="FILE", help="a video; its frames are the inputs")
         g.add_argument("--every", type=int, default=1, help="with --video: every n-th frame")
         g.add_argument("--max-frames", type=int, help="with --video: at most this many frames")
-        g.add_argument("--route", choices=["detect", "segment"], default="detect")
+        g.add_argument("--route", choices=ROUTES, default="detect")
         g.add_argument("--report", metavar="FILE.json", help="write the JSON report here")
         g.add_argument("--figure", metavar="FILE.png", help="write the PNG figure here")
         g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
         return p
 
-    parents = [connection_options(), inference_options(), shared()]
+    parents = [connection_options(), inference_options(any_route=True), shared()]
     ab = sub.add_parser(
         name,
         help=summary,

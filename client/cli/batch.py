@@ -9,11 +9,11 @@ from typing import Any
 
 import msgspec
 
-from client.batch.engine import BatchStats
+from client.batch.engine import ROUTES, BatchStats
 from client.batch.inputs import list_inputs
 from client.batch.output import JsonlOutput
 from client.cli.options import (
-    DETECT_OPTIONS,
+    ROUTE_OPTIONS,
     connection_options,
     inference_options,
     make_client,
@@ -27,7 +27,7 @@ from client.errors import ParameterError
 def add(sub: Any, name: str, summary: str) -> None:
     p = sub.add_parser(
         name,
-        parents=[connection_options(), inference_options()],
+        parents=[connection_options(), inference_options(any_route=True)],
         help=summary,
         description="One call per image, many in flight over the endpoint's replicas; one JSON "
         "line per input in DEST (its results, or its error: a bad image is a line, not the end "
@@ -43,7 +43,7 @@ def add(sub: Any, name: str, summary: str) -> None:
     p.add_argument(
         "--out", required=True, metavar="DEST", help="a .jsonl file, or gs://bucket/path.jsonl"
     )
-    p.add_argument("--route", choices=["detect", "segment"], default="detect")
+    p.add_argument("--route", choices=ROUTES, default="detect", help="the inference route")
     p.add_argument(
         "--send",
         choices=["bytes", "uri"],
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
                 concurrency=args.concurrency,
                 deployed_model_id=args.deployed_model_id,
                 annotate_to=args.save_annotated,
-                **params(args, DETECT_OPTIONS),
+                **params(args, ROUTE_OPTIONS),
             ) as batch,
             tqdm(
                 total=len(inputs),

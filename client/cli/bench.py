@@ -29,7 +29,7 @@ from client.cli.options import (
 )
 from client.transports import AsyncHttpTransport, AsyncVertexTransport, Request
 
-ROUTES = ("detect", "segment", "annotate", "predict", "models")
+ROUTES = ("detect", "segment", "classify", "pose", "obb", "annotate", "predict", "models")
 
 
 def _concurrency(text: str) -> list[int]:

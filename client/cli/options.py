@@ -46,16 +46,22 @@ def connection_options() -> argparse.ArgumentParser:
     return p
 
 
-def inference_options(stream: bool = False) -> argparse.ArgumentParser:
-    """``/detect``'s parameters as options (and ``/stream``'s with ``stream``)."""
+def inference_options(
+    stream: bool = False, boxes: bool = True, any_route: bool = False
+) -> argparse.ArgumentParser:
+    """``/detect``'s parameters as options (``/classify``'s without ``boxes``; ``/stream``'s
+    with ``stream``; every image route's with ``any_route``, for a command with ``--route``)."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("inference parameters")
     g.add_argument("--model", help="model name on the server (default: the server's default)")
-    g.add_argument("--conf", type=float, help="confidence threshold, 0..1")
-    g.add_argument("--iou", type=float, help="NMS IoU threshold, 0..1")
-    g.add_argument("--max-det", type=int, help="most detections per image")
-    g.add_argument("--classes", help="comma-separated class names or ids to keep")
+    if boxes:
+        g.add_argument("--conf", type=float, help="confidence threshold, 0..1")
+        g.add_argument("--iou", type=float, help="NMS IoU threshold, 0..1")
+        g.add_argument("--max-det", type=int, help="most detections per image")
+        g.add_argument("--classes", help="comma-separated class names or ids to keep")
     g.add_argument("--imgsz", type=int, help="inference size (pixels)")
+    if stream or not boxes or any_route:
+        g.add_argument("--top-k", type=int, help="classes per image of a classification model")
     if stream:
         g.add_argument("--track", choices=["none", "bytetrack", "botsort"])
         g.add_argument("--vid-stride", type=int, help="process every n-th frame")
@@ -64,7 +70,9 @@ def inference_options(stream: bool = False) -> argparse.ArgumentParser:
 
 
 DETECT_OPTIONS = ("model", "conf", "iou", "max_det", "classes", "imgsz")
-STREAM_OPTIONS = (*DETECT_OPTIONS, "track", "vid_stride", "max_frames")
+CLASSIFY_OPTIONS = ("model", "imgsz", "top_k")
+ROUTE_OPTIONS = (*DETECT_OPTIONS, "top_k")  # a command with --route: the route checks them
+STREAM_OPTIONS = (*DETECT_OPTIONS, "top_k", "track", "vid_stride", "max_frames")
 
 
 def params(args: argparse.Namespace, names: tuple[str, ...] = DETECT_OPTIONS) -> dict[str, Any]:

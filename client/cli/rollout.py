@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from client import errors
-from client.ab import image_files
+from client.ab import ROUTES, image_files
 from client.ab.measures import needs
 from client.cli.options import (
     EXIT_ROLLED_BACK,
+    ROUTE_OPTIONS,
     connection_options,
     inference_options,
     make_client,
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
                     no_restore=args.no_restore,
                     stop=stop,
                     live=None if args.quiet else _live,
-                    **params(args),
+                    **params(args, ROUTE_OPTIONS),
                 )
             except RolloutInterrupted as exc:
                 _output(args, exc.report)
@@ -144,7 +145,7 @@ def add(sub: Any, name: str, summary: str) -> None:
     """``python -m client rollout``."""
     p = sub.add_parser(
         name,
-        parents=[connection_options(), inference_options()],
+        parents=[connection_options(), inference_options(any_route=True)],
         help=summary,
         description="Move traffic from deployed model A to B in steps (percents of the share A "
         "and B hold together; the others keep theirs), holding each step while probe calls "
@@ -183,7 +184,7 @@ def add(sub: Any, name: str, summary: str) -> None:
     g.add_argument(
         "--probe-images", metavar="DIR", help="the probe set (default: 6 demo scenes drawn here)"
     )
-    g.add_argument("--route", choices=["detect", "segment"], default="detect")
+    g.add_argument("--route", choices=ROUTES, default="detect")
     g.add_argument("--concurrency", type=int, default=4, help="calls in flight (default 4)")
     g.add_argument(
         "--iou-threshold",

@@ -84,7 +84,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def frame_summary(frame: StreamFrame) -> str:
-    """``frame 3: 1 circle, 2 square tracks [1, 2] (12.5 ms)``."""
+    """``frame 3: 1 circle, 2 square tracks [1, 2] (12.5 ms)``; a classification's frame:
+    ``frame 3: circle 0.97, square 0.02 (4.1 ms)``."""
+    if frame.classes is not None:
+        top = ", ".join(f"{c.class_name} {c.confidence:.2f}" for c in frame.classes)
+        return f"frame {frame.index}: {top} ({frame.inference_ms:.1f} ms)"
     counts: dict[str, int] = {}
     for d in frame.detections:
         counts[d.class_name] = counts.get(d.class_name, 0) + 1

@@ -121,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
                     out.write(encode(msgspec.structs.replace(frame, image=None)) + b"\n")
             if saver is not None and frame.image is not None:
                 with writing(args.save):
+                    saver.layout = stats.keypoints  # known once the run found its model
                     saver.write(frame.image, frame.detections)
             bar.update(1)
             bar.set_postfix_str(progress(stats), refresh=False)

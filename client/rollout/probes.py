@@ -20,7 +20,6 @@ from typing import Any
 from client.ab.calls import Outcome, timed
 from client.ab.measures import needs
 from client.media import ImageInput
-from client.schema import Detection
 
 PINNED_A, PINNED_B, UNTARGETED = range(3)
 POLL_S = 0.1  # how often the hold checks for an interruption
@@ -100,10 +99,6 @@ class Held:
         return [
             (a, b) for _, (a, b) in sorted(self.pinned.items()) if a is not None and b is not None
         ]
-
-
-def detections(outcome: Outcome) -> list[Detection] | None:
-    return outcome.result.results[0].detections if outcome.result is not None else None
 
 
 def hold(

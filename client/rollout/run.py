@@ -15,12 +15,12 @@ from typing import Any, Unpack
 
 from client import errors, vertex
 from client._client import Client, ImageParams
-from client.ab import Route, agreement, latency_stats
+from client.ab import ROUTES, Route, agreement, answer_of, latency_stats
 from client.ab.calls import Outcome
 from client.deploy import execute
 from client.media import ImageInput
 from client.rollout.plan import RolloutPlan, plan, pool_share
-from client.rollout.probes import PINNED_A, PINNED_B, Held, demo_scenes, detections, hold
+from client.rollout.probes import PINNED_A, PINNED_B, Held, demo_scenes, hold
 from client.rollout.render import holding_line, split_text, step_line
 from client.rollout.reports import (
     GuardFailure,
@@ -155,6 +155,7 @@ def measure(
     guards: Guards,
     iou_threshold: float,
     times: tuple[str, str, float, float],
+    task: str = "detect",
 ) -> StepRecord:
     """A step's record from what its hold measured, the guards evaluated (none when it was
     interrupted)."""
@@ -162,9 +163,10 @@ def measure(
     pairs = [(x, y) for x, y in held.pairs() if x.result is not None and y.result is not None]
     agree = (
         agreement(
-            [detections(x) for x, _ in pairs],
-            [detections(y) for _, y in pairs],
+            [answer_of(x) for x, _ in pairs],
+            [answer_of(y) for _, y in pairs],
             iou_threshold=iou_threshold,
+            task=task,
         )
         if pairs
         else None
@@ -266,8 +268,8 @@ def rollout(
         raise errors.ParameterError(f"hold must be at least 0 seconds, not {hold_s}")
     if concurrency < 1:
         raise errors.ParameterError(f"concurrency must be at least 1, not {concurrency}")
-    if route not in ("detect", "segment"):
-        raise errors.ParameterError(f"route must be 'detect' or 'segment', not {route!r}")
+    if route not in ROUTES:
+        raise errors.ParameterError(f"route must be one of {', '.join(ROUTES)}, not {route!r}")
     if not 0 < iou_threshold <= 1:
         raise errors.ParameterError(f"iou_threshold must be in (0, 1], not {iou_threshold}")
     guards = guards or Guards()
@@ -356,7 +358,7 @@ class _Run:
         self.set_split(split, f"step {number}")
         start_s, started = self.at(), _now()
         self.live(holding_line(number, len(p.todo), percent, split, p.names, s.hold_s))
-        method = self.client.segment if s.route == "segment" else self.client.detect
+        method = getattr(self.client, s.route)
         held = hold(
             method,
             s.probes,
@@ -377,6 +379,7 @@ class _Run:
             guards=s.guards,
             iou_threshold=s.iou_threshold,
             times=(started, _now(), start_s, self.at()),
+            task=s.route,
         )
         self.timeline.append(record)
         self.live(step_line(record, len(p.todo), p.names))

@@ -1,7 +1,9 @@
 """Drawing results on source frames and writing them as a video (``--save``), client-side.
 
 The look is the server's ``/annotate`` (Ultralytics' ``Results.plot``): its 20-colour palette by
-class, a box line of about 0.3 % of the image, a filled label ``id:N name 0.87`` above the box.
+class, a box line of about 0.3 % of the image, a filled label ``id:N name 0.87`` above the box;
+an oriented box drawn as its rotated outline, keypoints as dots in the palette by keypoint
+index, joined by the model's skeleton (from the stream's ``start`` event) when it has one.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from client.errors import ParameterError
-from client.schema import Detection
+from client.schema import Detection, KeypointLayout
 from client.video.source import cv2_module
 
 # Ultralytics' palette (ultralytics.utils.plotting.Colors), RGB hex
@@ -31,8 +33,11 @@ def colour(class_id: int) -> tuple[int, int, int]:
     return int(h[4:6], 16), int(h[2:4], 16), int(h[0:2], 16)
 
 
-def draw(image: np.ndarray, detections: Sequence[Detection]) -> np.ndarray:
-    """``image`` (BGR, drawn on in place and returned) with each box and its label."""
+def draw(
+    image: np.ndarray, detections: Sequence[Detection], layout: KeypointLayout | None = None
+) -> np.ndarray:
+    """``image`` (BGR, drawn on in place and returned) with each box (or rotated box), its
+    label, and its keypoints with the skeleton of ``layout``."""
     cv2 = cv2_module()
     lw = max(round(sum(image.shape[:2]) / 2 * 0.003), 2)
     tf, scale = max(lw - 1, 1), lw / 3
@@ -40,7 +45,15 @@ def draw(image: np.ndarray, detections: Sequence[Detection]) -> np.ndarray:
         c = colour(d.class_id)
         p1 = (int(d.box.x1), int(d.box.y1))
         p2 = (int(d.box.x2), int(d.box.y2))
-        cv2.rectangle(image, p1, p2, c, thickness=lw, lineType=cv2.LINE_AA)
+        if d.rotated_box is not None:
+            corners = np.round(np.array(d.rotated_box.corners)).astype(np.int32)
+            cv2.polylines(image, [corners], True, c, thickness=lw, lineType=cv2.LINE_AA)
+            top_left = corners[np.argmin(corners.sum(axis=1))]
+            p1 = (int(top_left[0]), int(top_left[1]))  # the label sits on the topmost corner
+        else:
+            cv2.rectangle(image, p1, p2, c, thickness=lw, lineType=cv2.LINE_AA)
+        if d.keypoints:
+            _keypoints(cv2, image, d, layout, lw)
         label = f"{d.class_name} {d.confidence:.2f}"
         if d.track_id is not None:
             label = f"id:{d.track_id} {label}"
@@ -55,12 +68,30 @@ def draw(image: np.ndarray, detections: Sequence[Detection]) -> np.ndarray:
     return image
 
 
+def _keypoints(
+    cv2: Any, image: np.ndarray, d: Detection, layout: KeypointLayout | None, lw: int
+) -> None:
+    """The skeleton's lines, then a dot per keypoint (Ultralytics skips those under 0.5)."""
+    points = d.keypoints or []
+    seen = [k.confidence is None or k.confidence >= 0.5 for k in points]
+    xy = [(round(k.x), round(k.y)) for k in points]
+    for a, b in layout.skeleton if layout is not None and layout.skeleton else []:
+        if a < len(xy) and b < len(xy) and seen[a] and seen[b]:
+            cv2.line(image, xy[a], xy[b], (255, 255, 255), max(lw // 2, 1), cv2.LINE_AA)
+    for i, point in enumerate(xy):
+        if seen[i]:
+            cv2.circle(image, point, max(lw + 1, 3), colour(i), -1, cv2.LINE_AA)
+
+
 class AnnotatedVideo:
     """A video file of drawn frames at source resolution (codec by suffix: .mp4 mp4v, .avi
     MJPG, .mkv XVID); opened on the first frame."""
 
-    def __init__(self, path: str | Path, fps: float | None) -> None:
+    def __init__(
+        self, path: str | Path, fps: float | None, layout: KeypointLayout | None = None
+    ) -> None:
         self.path = Path(path)
+        self.layout = layout  # a pose model's keypoints, for the skeleton
         if self.path.suffix.lower() not in FOURCC:
             raise ParameterError(
                 f"--save {path}: write a {', '.join(FOURCC)} file (the suffix picks the codec)"
@@ -77,7 +108,7 @@ class AnnotatedVideo:
             self._writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (width, height))
             if not self._writer.isOpened():
                 raise ParameterError(f"cannot write {self.path} (OpenCV's VideoWriter refused)")
-        self._writer.write(draw(image, detections))
+        self._writer.write(draw(image, detections, self.layout))
 
     def close(self) -> None:
         if self._writer is not None:

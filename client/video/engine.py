@@ -40,7 +40,17 @@ from typing import Any, Protocol
 import msgspec
 
 from client import errors
-from client.schema import Box, Detection, ModelList, StreamEnd, StreamFrame, StreamStart
+from client.matching import similarity_for
+from client.schema import (
+    Box,
+    Classification,
+    Detection,
+    KeypointLayout,
+    ModelList,
+    StreamEnd,
+    StreamFrame,
+    StreamStart,
+)
 from client.stats import percentiles
 from client.video.source import Capture, Prepared, SourceInfo, encode_jpeg, prepare
 from client.video.tracks import TrackIds
@@ -125,6 +135,7 @@ class VideoFrame(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     replica_id: str | None
     latency_ms: float | None = None
     image: bytes | None = None
+    classes: list[Classification] | None = None  # a classification model's top classes
 
 
 class VideoStats(msgspec.Struct, kw_only=True):
@@ -138,6 +149,8 @@ class VideoStats(msgspec.Struct, kw_only=True):
     frames_expected: int | None  # None for a live source or an unknown length
     deployed_model_id: str | None = None
     model: str | None = None
+    task: str | None = None
+    keypoints: KeypointLayout | None = None  # a pose model's, for drawing its skeleton
     frames: int = 0  # results passed on
     read: int = 0  # frames read (after vid_stride)
     windows: int = 0  # /stream calls made, resumes included
@@ -184,7 +197,9 @@ class _Window:
     number: int
     frames: list[_Frame]
     shared: int  # leading frames shared with the previous window (passed on by it)
-    received: dict[int, tuple[_Part, list[Detection]]] = field(default_factory=dict)
+    received: dict[int, tuple[_Part, list[Detection], list[Classification] | None]] = field(
+        default_factory=dict
+    )
     done: bool = False
     error: BaseException | None = None
 
@@ -223,19 +238,33 @@ def _retryable(exc: BaseException) -> bool:
 
 
 def _scaled(detections: Sequence[Detection], sent: Prepared) -> list[Detection]:
-    """Boxes and mask polygons from the sent frame's pixels to the source's (an RLE mask stays
-    at the size it was computed at: its ``size`` says which)."""
+    """Boxes, mask polygons, keypoints and rotated boxes from the sent frame's pixels to the
+    source's (an RLE mask stays at the size it was computed at: its ``size`` says which). A
+    frame is scaled by one factor both ways (up to rounding), so a rotated box keeps its angle."""
     sx, sy = sent.scale_x, sent.scale_y
     if sx == 1 and sy == 1:
         return list(detections)
     out = []
     for d in detections:
         box = Box(x1=d.box.x1 * sx, y1=d.box.y1 * sy, x2=d.box.x2 * sx, y2=d.box.y2 * sy)
-        mask = d.mask
+        mask, keypoints, rotated = d.mask, d.keypoints, d.rotated_box
         if mask is not None:
             polygons = [[[x * sx, y * sy] for x, y in polygon] for polygon in mask.polygons]
             mask = msgspec.structs.replace(mask, polygons=polygons)
-        out.append(msgspec.structs.replace(d, box=box, mask=mask))
+        if keypoints is not None:
+            keypoints = [msgspec.structs.replace(k, x=k.x * sx, y=k.y * sy) for k in keypoints]
+        if rotated is not None:
+            rotated = msgspec.structs.replace(
+                rotated,
+                cx=rotated.cx * sx,
+                cy=rotated.cy * sy,
+                width=rotated.width * (sx + sy) / 2,
+                height=rotated.height * (sx + sy) / 2,
+                corners=[[x * sx, y * sy] for x, y in rotated.corners],
+            )
+        out.append(
+            msgspec.structs.replace(d, box=box, mask=mask, keypoints=keypoints, rotated_box=rotated)
+        )
     return out
 
 
@@ -351,6 +380,8 @@ class VideoRun:
             )
         self._imgsz = int(self.params.get("imgsz") or model.imgsz)
         self.stats.deployed_model_id, self.stats.model = self.pinned, model.name
+        self.stats.task, self.stats.keypoints = model.task, model.keypoints
+        self._tracks.similarity = similarity_for(model.task)
 
     # -- reading (a thread) ------------------------------------------------------------------
 
@@ -549,7 +580,7 @@ class VideoRun:
                 if position < part.first:
                     part.shared[position] = detections
                 elif position not in window.received:
-                    window.received[position] = (part, detections)
+                    window.received[position] = (part, detections, event.classes)
                     if part.replica_id:
                         replicas = self.stats.replicas
                         replicas[part.replica_id] = replicas.get(part.replica_id, 0) + 1
@@ -609,7 +640,12 @@ class VideoRun:
         )
 
     def _result(
-        self, window: _Window, position: int, part: _Part, detections: list[Detection]
+        self,
+        window: _Window,
+        position: int,
+        part: _Part,
+        detections: list[Detection],
+        classes: list[Classification] | None,
     ) -> VideoFrame:
         frame = window.frames[position]
         if self.tracking:
@@ -626,6 +662,8 @@ class VideoRun:
         pending = self.stats.read - self.stats.drops - self.stats.frames - 1
         self.stats.max_pending = max(self.stats.max_pending, pending)
         self._classes.update(d.class_name for d in detections)
+        if classes:
+            self._classes[classes[0].class_name] += 1  # a classified frame counts as its top
         self.stats.class_counts = dict(self._classes)
         self.stats.frames += 1
         latency = None
@@ -643,6 +681,7 @@ class VideoRun:
             replica_id=part.replica_id,
             latency_ms=latency,
             image=frame.original,
+            classes=classes,
         )
 
     def finish_stats(self) -> VideoStats:
@@ -651,3 +690,14 @@ class VideoRun:
             p50, p95 = percentiles(self._latencies, 50, 95)
             self.stats.latency_p50_ms, self.stats.latency_p95_ms = p50, p95
         return self.stats
+
+    # -- the run's face (client._bridge.Run) ---------------------------------------------------
+
+    def items(self) -> AsyncGenerator[VideoFrame, None]:
+        return self.frames()
+
+    def finish(self) -> None:
+        self.finish_stats()
+
+    def release(self) -> None:
+        self.capture.close()
