@@ -50,7 +50,8 @@ def keypoint_layout(yolo: Any) -> KeypointLayout | None:
     backend = yolo.predictor.model
     shape = [int(v) for v in backend.kpt_shape]
     names = None
-    per_class = getattr(backend, "kpt_names", None) or {}
+    # an export's metadata (on the backend), or the checkpoint's model (PyTorch weights)
+    per_class = getattr(backend, "kpt_names", None) or getattr(yolo.model, "kpt_names", None) or {}
     listed = {tuple(str(n) for n in v) for v in per_class.values()}
     if len(listed) == 1:
         names = list(listed.pop())

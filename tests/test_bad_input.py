@@ -393,7 +393,7 @@ CORPUS = [
         400,
         PARAM,
         "unknown field `confidence`",
-        "known parameters: model, conf",
+        "known parameters: model, imgsz, conf",
         field="confidence",
     ),
     bad(
@@ -402,7 +402,7 @@ CORPUS = [
         400,
         PARAM,
         "unknown field `rle`",
-        "known parameters: model, conf, iou, max_det, classes, imgsz",
+        "known parameters: model, imgsz, conf, iou, max_det, classes",
         field="rle",
     ),
     bad(

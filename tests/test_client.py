@@ -25,6 +25,7 @@ import pytest
 import requests
 from PIL import Image
 
+from app.config import DEMO_MODELS
 from app.demo.shapes import moving_shape_frames, write_video
 from client import (
     NO_RETRIES,
@@ -312,7 +313,7 @@ def test_models(url_client):
     listing = url_client.models()
     assert isinstance(listing, ModelList)
     assert listing.deployed_model_id == "dm-test-1"
-    assert {m.name for m in listing.models} == {"shapes-detect", "shapes-segment"}
+    assert {m.name for m in listing.models} == {name for name, _ in DEMO_MODELS}
 
 
 def test_detect_every_input_kind_gives_the_same_result(url_client, scene, tmp_path):

@@ -195,7 +195,13 @@ def test_unknown_model(client):
         "shapes-detect",
         "shapes-segment",
     )
-    assert body["allowed"] == ["shapes-detect", "shapes-segment"]
+    assert body["allowed"] == [
+        "shapes-detect",
+        "shapes-segment",
+        "shapes-classify",
+        "shapes-pose",
+        "shapes-obb",
+    ]
     assert_problem(client.get("/models/nope"), 404, "unknown-model", "shapes-detect")
 
 

@@ -18,20 +18,29 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from httpx_sse import connect_sse
 
 from app.config import Settings, SettingsError
+from app.demo.shapes import CLASSIFY_SCALE, draw_scene
 from conftest import PATIENCE_S, ROOT, Server, serving, start_server
 from helpers import box_iou, det_box, encode, mask_iou, polygons_mask, scenes, upload
 
 DEMO = ROOT / "app/demo/weights"
-EXPORT = """
-import sys
+# Every task's demo model, at its own input size.
+EXPORTED = {
+    "shapes-detect": 160,
+    "shapes-segment": 160,
+    "shapes-classify": 96,
+    "shapes-pose": 160,
+    "shapes-obb": 160,
+}
+EXPORT = f"""
 from ultralytics import YOLO
-for name in ("shapes-detect", "shapes-segment"):
+for name, size in {EXPORTED!r}.items():
     for fmt in ("onnx", "openvino"):
-        YOLO(f"{name}.pt").export(format=fmt, imgsz=160, device="cpu")
+        YOLO(f"{{name}}.pt").export(format=fmt, imgsz=size, device="cpu")
 """
 
 
@@ -46,9 +55,10 @@ def offline_env(workdir: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory with the demo .pt files and their ONNX and OpenVINO exports (static, 160)."""
+    """A directory with the demo .pt files and their ONNX and OpenVINO exports (static, each
+    at its model's input size)."""
     out = tmp_path_factory.mktemp("exports")
-    for name in ("shapes-detect", "shapes-segment"):
+    for name in EXPORTED:
         shutil.copy(DEMO / f"{name}.pt", out / f"{name}.pt")
     done = subprocess.run(
         [sys.executable, "-c", EXPORT], cwd=out, env=offline_env(out), capture_output=True,
@@ -65,6 +75,11 @@ MODELS = {
     "seg-pt": "shapes-segment.pt",
     "seg-onnx": "shapes-segment.onnx",
     "seg-ov": "shapes-segment_openvino_model",
+    **{
+        f"{task}-{fmt}": f"shapes-{task}{suffix}"
+        for task in ("classify", "pose", "obb")
+        for fmt, suffix in (("pt", ".pt"), ("onnx", ".onnx"), ("ov", "_openvino_model"))
+    },
 }
 
 
@@ -93,14 +108,24 @@ def test_models_report_format_task_classes_size_and_version(http, exports):
     models = {m["name"]: m for m in http.get("/models").json()["models"]}
     assert list(models) == list(MODELS)
     formats = {n: m["format"] for n, m in models.items()}
-    assert formats == {
-        "det-pt": "pt", "det-onnx": "onnx", "det-ov": "openvino",
-        "seg-pt": "pt", "seg-onnx": "onnx", "seg-ov": "openvino",
-    }  # fmt: skip
+    kinds = {"pt": "pt", "onnx": "onnx", "ov": "openvino"}
+    assert formats == {n: kinds[n.rsplit("-", 1)[1]] for n in MODELS}
+    tasks = {
+        "det": "detect",
+        "seg": "segment",
+        "classify": "classify",
+        "pose": "pose",
+        "obb": "obb",
+    }
     for name, m in models.items():
-        assert m["task"] == ("detect" if name.startswith("det") else "segment"), m
-        assert m["classes"] == {"0": "circle", "1": "square", "2": "triangle"}
-        assert m["imgsz"] == 160
+        task = tasks[name.rsplit("-", 1)[0]]
+        assert m["task"] == task, m
+        classes = (
+            {"0": "square"} if task == "pose" else {"0": "circle", "1": "square", "2": "triangle"}
+        )
+        assert m["classes"] == classes
+        assert m["imgsz"] == (96 if task == "classify" else 160)
+        assert (m["keypoints"] or {}).get("shape") == ([4, 3] if task == "pose" else None)
         assert m["device"] == "cpu"
         assert m["version"] == m["sha256"][:12]
     onnx = exports / "shapes-detect.onnx"
@@ -160,6 +185,39 @@ def test_segment_with_an_export(http, name):
             ious.append(best)
         assert all(d["mask"]["rle"]["size"] == [h, w] for d in result["detections"])
     assert sum(ious) / len(ious) > 0.7, ious
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "ov"])
+def test_classify_pose_and_obb_exports_answer_as_their_pytorch_weights(http, fmt):
+    """The same top class; the same boxes, keypoints (within 2 px) and rotated boxes."""
+    from client.matching import polygon_iou
+
+    rng = np.random.default_rng(7)
+    singles = [encode(draw_scene(rng, 96, 96, 1, CLASSIFY_SCALE)[0]) for _ in range(4)]
+    reference = post_multipart(http, "/classify", singles, model="classify-pt")
+    exported = post_multipart(http, "/classify", singles, model=f"classify-{fmt}")
+    for ref, res in zip(reference["results"], exported["results"], strict=True):
+        assert ref["classes"][0]["class_name"] == res["classes"][0]["class_name"]
+        assert abs(ref["classes"][0]["confidence"] - res["classes"][0]["confidence"]) < 0.02
+    for task in ("pose", "obb"):
+        reference = post_multipart(http, f"/{task}", BLOBS, model=f"{task}-pt")
+        exported = post_multipart(http, f"/{task}", BLOBS, model=f"{task}-{fmt}")
+        assert_same_detections(reference, exported)
+        found = 0
+        for ref, res in zip(reference["results"], exported["results"], strict=True):
+            for d in ref["detections"]:
+                if d["confidence"] < 0.5:
+                    continue
+                twin = max(res["detections"], key=lambda e: box_iou(det_box(d), det_box(e)))
+                found += 1
+                if task == "pose":
+                    gaps = [max(abs(a["x"] - b["x"]), abs(a["y"] - b["y"]))
+                            for a, b in zip(d["keypoints"], twin["keypoints"], strict=True)]  # fmt: skip
+                    assert max(gaps) <= 2, (d, twin)
+                else:
+                    iou = polygon_iou(d["rotated_box"]["corners"], twin["rotated_box"]["corners"])
+                    assert iou > 0.9, (d, twin)
+        assert found >= 3, task
 
 
 def test_a_static_export_refuses_another_imgsz(http):

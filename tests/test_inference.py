@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+from app.config import DEMO_MODELS
 from helpers import (
     b64,
     decode,
@@ -208,7 +209,7 @@ def test_models_describe_the_demo_models(client):
     body = r.json()
     assert body["default_model"] == "shapes-detect"
     by_name = {m["name"]: m for m in body["models"]}
-    assert set(by_name) == {"shapes-detect", "shapes-segment"}
+    assert set(by_name) == {name for name, _ in DEMO_MODELS}
     for name, task in (("shapes-detect", "detect"), ("shapes-segment", "segment")):
         m = by_name[name]
         assert m["task"] == task

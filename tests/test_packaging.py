@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
+from app.config import DEMO_MODELS
 from conftest import ROOT, free_port, serving
 from helpers import encode, scenes
 
@@ -126,7 +127,7 @@ def test_dockerfile_command_serves_and_its_healthcheck_follows_the_vertex_variab
     env = image.run_env(tmp_path, AIP_HEALTH_ROUTE=route)
     with serving(tmp_path, env, image.cmd, health=route) as srv:
         r = httpx.get(srv.url + "/models")
-        assert {m["name"] for m in r.json()["models"]} == {"shapes-detect", "shapes-segment"}
+        assert {m["name"] for m in r.json()["models"]} == {name for name, _ in DEMO_MODELS}
         # the image's YOLO_CONFIG_DIR got the offline settings and font (not start_server's)
         assert (tmp_path / "srv/ultralytics/Ultralytics/Arial.ttf").is_file()
         port = srv.url.rsplit(":", 1)[1]
@@ -264,23 +265,40 @@ def test_dockerignore_sends_only_what_the_dockerfile_copies(tmp_path):
 
 
 def test_demo_model_training_script_runs_at_toy_size(tmp_path):
-    """The training script still works end to end (1 epoch, 16 images); the committed weights are untouched."""
+    """The training script still works end to end for every kind of data set it writes (polygon
+    labels, class folders, keypoints, rotated boxes: 1 epoch, 8 images) and its held-out
+    evaluation; the committed weights are untouched."""
     committed = {p: p.stat().st_mtime for p in (ROOT / "app/demo/weights").glob("*.pt")}
     env = {**os.environ, "YOLO_CONFIG_DIR": str(tmp_path / "cfg")}
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "app.demo.train", "--out", str(out), "--train-images", "16",
-         "--val-images", "8", "--detect-epochs", "1", "--segment-epochs", "1"],
+        [sys.executable, "-m", "app.demo.train", "--out", str(out), "--tasks",
+         "segment,classify,pose,obb", "--train-images", "8", "--val-images", "4", "--epochs",
+         "1", "--eval-images", "2"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     card = (out / "MODEL_CARD.md").read_text()
-    assert "val box mAP50" in card and "val mask mAP50" in card and "--detect-epochs 1" in card
+    for needle in ("val mask mAP50", "val top-1", "val keypoint mAP50", "mean keypoint error",
+                   "mean rotated IoU", "--epochs 1"):  # fmt: skip
+        assert needle in card, needle
     from ultralytics import YOLO
 
-    for name, task in (("shapes-detect", "detect"), ("shapes-segment", "segment")):
+    names = {0: "circle", 1: "square", 2: "triangle"}
+    for name, task, classes in (
+        ("shapes-segment", "segment", names),
+        ("shapes-classify", "classify", names),
+        ("shapes-pose", "pose", {0: "square"}),
+        ("shapes-obb", "obb", names),
+    ):
         model = YOLO(str(out / f"{name}.pt"))
-        assert model.task == task and model.names == {0: "circle", 1: "square", 2: "triangle"}
+        assert model.task == task and model.names == classes
+    assert YOLO(str(out / "shapes-pose.pt")).model.yaml["skeleton"] == [
+        [0, 1],
+        [1, 2],
+        [2, 3],
+        [3, 0],
+    ]
     assert {p: p.stat().st_mtime for p in (ROOT / "app/demo/weights").glob("*.pt")} == committed
     assert not (tmp_path / "runs").exists()
 

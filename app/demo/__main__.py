@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.demo.shapes import draw_scene, moving_shape_frames, write_video
+from app.demo.shapes import CLASSIFY_SCALE, draw_scene, moving_shape_frames, write_video
 
 
 def _box(b) -> tuple[int, ...]:
@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{len(masks)} masks, polygon points "
                   f"{[sum(len(p) for p in mask.polygons) for mask in masks]}")  # fmt: skip
 
-            one, (shape,) = draw_scene(np.random.default_rng(args.seed), 96, 96, max_shapes=1)
+            one, (shape,) = draw_scene(
+                np.random.default_rng(args.seed), 96, 96, max_shapes=1, scale=CLASSIFY_SCALE
+            )
             top = client.classify(np.ascontiguousarray(one[:, :, ::-1]), top_k=2)
             print(f"\nclassify via {names[top.deployed_model_id]} (model {top.model}): drawn "
                   f"{shape.name}, found " + ", ".join(

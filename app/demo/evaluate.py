@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.demo.shapes import SQUARE, Shape, draw_scene, rotated_box, square_corners
+from app.demo.shapes import CLASSIFY_SCALE, SQUARE, Shape, draw_scene, rotated_box, square_corners
 from client.matching import match, oks, similarity_for
 from client.schema import Box, Detection, Keypoint, RotatedBox
 
@@ -57,7 +57,7 @@ def evaluate(task: str, weights: Path, images: int, seed: int) -> list[tuple[str
     if task == "classify":
         right = 0
         for _ in range(images):
-            rgb, shapes = draw_scene(rng, imgsz, imgsz, max_shapes=1)
+            rgb, shapes = draw_scene(rng, imgsz, imgsz, max_shapes=1, scale=CLASSIFY_SCALE)
             (result,) = model.predict(rgb[:, :, ::-1], verbose=False)
             right += classifications(result, 1)[0].class_name == shapes[0].name
         return [(f"{held_out} top-1", f"{right / images:.3f}")]

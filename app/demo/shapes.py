@@ -22,6 +22,9 @@ import numpy as np
 
 CLASS_NAMES: tuple[str, ...] = ("circle", "square", "triangle")
 CIRCLE_POINTS = 36
+SCALE = (0.14, 0.32)  # a shape's width, as a share of the image's short side
+#: The classifier's images hold one bigger shape: the whole image is about it.
+CLASSIFY_SCALE = (0.3, 0.6)
 
 
 @dataclass(frozen=True)
@@ -103,15 +106,20 @@ def _overlaps(box: tuple[float, ...], others: list[Shape], margin: float) -> boo
 
 
 def draw_scene(
-    rng: np.random.Generator, width: int = 160, height: int = 160, max_shapes: int = 3
+    rng: np.random.Generator,
+    width: int = 160,
+    height: int = 160,
+    max_shapes: int = 3,
+    scale: tuple[float, float] = SCALE,
 ) -> tuple[np.ndarray, list[Shape]]:
-    """An RGB image with 1..max_shapes non-overlapping shapes, and the shapes themselves."""
+    """An RGB image with 1..max_shapes non-overlapping shapes, and the shapes themselves; each
+    shape's width a share in ``scale`` of the short side."""
     image = noisy_background(rng, height, width)
     short = min(width, height)
     shapes: list[Shape] = []
     for _ in range(int(rng.integers(1, max_shapes + 1))):
         for _attempt in range(50):
-            size = rng.uniform(0.14, 0.32) * short
+            size = rng.uniform(*scale) * short
             shape = make_shape(
                 int(rng.integers(0, len(CLASS_NAMES))),
                 rng.uniform(size * 0.75, width - size * 0.75),
@@ -225,7 +233,7 @@ def write_task_dataset(
         for i in range(count):
             stem = f"{split}_{i:05d}"
             if task == "classify":
-                image, shapes = draw_scene(rng, size, size, max_shapes=1)
+                image, shapes = draw_scene(rng, size, size, max_shapes=1, scale=CLASSIFY_SCALE)
                 folder = root / split / shapes[0].name
                 folder.mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(folder / f"{stem}.png"), image[:, :, ::-1])

@@ -54,7 +54,7 @@ DEMO_MODELS: dict[str, DemoModel] = {
                   "boxes around circles, squares and triangles"),
         DemoModel("shapes-segment", "segment", "yolo11n-seg.yaml", 160, "detect",
                   "the same objects with instance masks"),
-        DemoModel("shapes-classify", "classify", "yolo11n-cls.yaml", 96, None,
+        DemoModel("shapes-classify", "classify", "yolo11n-cls.yaml", 96, "detect",
                   "names the one shape in an image: circle, square or triangle",
                   # crops that keep the shape whole, and nothing erased: the shape is small
                   (("scale", 0.1), ("erasing", 0.0), ("auto_augment", None))),
@@ -169,7 +169,8 @@ def _section(
 {table}
 
 Data: {args.train_images} training and {args.val_images} validation images of
-{model_def.imgsz}x{model_def.imgsz} pixels (1 to 3 shapes each; one for classification),
+{model_def.imgsz}x{model_def.imgsz} pixels (1 to 3 shapes each; one, 0.3 to 0.6 of the side, for
+classification),
 generated with seed {args.seed}. Training: batch {args.batch}, mosaic off, `device="cpu"`,
 deterministic{extra}, Ultralytics defaults otherwise. Command: `{command}`
 """

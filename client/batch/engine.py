@@ -229,7 +229,7 @@ class BatchRun:
             self._classes[line.result.classes[0].class_name] += 1  # an image counts as its top
         elif line.result is not None:
             self._classes.update(d.class_name for d in line.result.detections)
-            stats.class_counts = dict(self._classes)
+        stats.class_counts = dict(self._classes)
         if line.replica_id:
             stats.replicas[line.replica_id] = stats.replicas.get(line.replica_id, 0) + 1
         stats.elapsed_s = time.monotonic() - started
