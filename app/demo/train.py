@@ -3,8 +3,9 @@
 The committed weights in ``app/demo/weights`` and their ``MODEL_CARD.md`` were made by::
 
     python -m app.demo.train --out app/demo/weights --tasks detect,segment
-    python -m app.demo.train --out app/demo/weights --tasks classify,pose,obb \\
-        --epochs 40 --train-images 300
+    python -m app.demo.train --out app/demo/weights --tasks obb,classify --epochs 25 \\
+        --train-images 300
+    python -m app.demo.train --out app/demo/weights --tasks pose --epochs 60
 
 (a run updates the card's sections of the models it trains and keeps the others). A toy run
 (the test suite does this) proves the script still works without touching them::
