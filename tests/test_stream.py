@@ -100,6 +100,7 @@ def test_video_with_tracking_follows_the_shape(http, mp4, stream_server):
         "width": 160,
         "height": 120,
         "track": "bytetrack",
+        "keypoints": None,  # a pose model's layout
     }
     frames = frames_of(events)
     assert [f["index"] for f in frames] == list(range(len(FRAMES)))

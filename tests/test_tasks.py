@@ -449,3 +449,35 @@ def test_video_and_batch_per_task(server, tmp_path):
             lines = list(run)
         assert all(line.model == "shapes-obb" and line.annotated for line in lines)
         assert all(d.rotated_box for line in lines for d in line.result.detections)
+
+
+def test_every_task_writes_labels_ultralytics_reads(tmp_path):
+    """The training data of each task (no training: test_packaging trains two at toy size):
+    class folders, polygon labels, pose labels with the corners in order, OBB corners."""
+    from app.demo.shapes import write_task_dataset
+
+    folder = write_task_dataset("classify", tmp_path / "cls", 6, 2, seed=1, size=96)
+    assert sum(1 for _ in folder.glob("train/*/*.png")) == 6
+    assert {p.name for p in folder.glob("*/*")} <= set(CLASS_NAMES)
+    for task in ("segment", "pose", "obb"):
+        data = write_task_dataset(task, tmp_path / task, 4, 1, seed=1)
+        text = data.read_text()
+        assert "kpt_shape: [4, 3]" in text if task == "pose" else "kpt_shape" not in text
+        for label in (data.parent / "labels/train").glob("*.txt"):
+            for line in filter(None, label.read_text().splitlines()):
+                values = line.split()
+                if task == "pose":  # class, box, then four (x, y, visible)
+                    assert values[0] == "0" and len(values) == 1 + 4 + 4 * 3
+                    assert values[7::3] == ["2"] * 4
+                elif task == "obb":  # class, four corners
+                    assert len(values) == 1 + 8
+                coordinates = (
+                    values[1:5] + values[5::3] + values[6::3] if task == "pose" else values[1:]
+                )
+                assert all(0 <= float(v) <= 1 for v in coordinates)
+    rgb, shapes = busy(RNG_SEED)
+    square = next(s for s in shapes if s.class_id == SQUARE)
+    corners = square_corners(square)
+    centre = corners.mean(axis=0)
+    assert corners[0][0] < centre[0] and corners[0][1] < centre[1]  # top-left first
+    assert corners[2][0] > centre[0] and corners[2][1] > centre[1]  # bottom-right third

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from app.config import Settings, SettingsError
+from app.config import DEMO_MODELS, Settings, SettingsError
 from app.registry import Registry
 from app.threads import torch_threads, usable_cores
 
@@ -41,7 +41,8 @@ def test_the_server_runs_with_the_policy(server) -> None:
     """The session's server (defaults: two demo models): both on the one inference thread with
     every usable core, said in its log; its metrics count one inference thread (test_soak)."""
     logs = server.logs()
-    assert logs.count(f"1 x {usable_cores()} torch threads") == 2, logs[-2000:]
+    models = len(DEMO_MODELS)  # every demo model, one instance each
+    assert logs.count(f"1 x {usable_cores()} torch threads") == models, logs[-2000:]
 
 
 def test_half_on_a_cpu_device_is_a_settings_error() -> None:
