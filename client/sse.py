@@ -222,8 +222,16 @@ class StreamDecoder:
         self.ended = False
 
     def feed(self, line: str | bytes) -> StreamEvent | None:
-        """One line in; the typed event it completes, if any."""
+        """One line in; the typed event it completes, if any. A line over
+        :data:`MAX_LINE_BYTES` (the SDK's ``requests`` joins lines itself) fails as
+        :class:`LineSplitter` does."""
         raw = line.encode() if isinstance(line, str) else line
+        if len(raw) > MAX_LINE_BYTES:
+            raise errors.StreamError(
+                f"a line of the event stream passed {MAX_LINE_BYTES} bytes ({len(raw)}): no "
+                "event is that long, so this is not an event stream to read",
+                last_event_id=self.last_event_id,
+            )
         if self._mode is None:
             if not raw.strip():
                 return None

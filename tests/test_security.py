@@ -29,7 +29,7 @@ from app.model_sources import (
 from app.registry import Registry
 from client import errors, vertex
 from client.emulator.__main__ import exposure_warning
-from client.sse import LineSplitter, iter_lines
+from client.sse import MAX_LINE_BYTES, LineSplitter, StreamDecoder, iter_lines
 from conftest import wait_until
 
 DETECT = Path(dict(DEMO_MODELS)["shapes-detect"])
@@ -159,6 +159,13 @@ def test_an_unterminated_sse_line_past_the_cap_fails_clearly() -> None:
         splitter.feed(b"y")
     with pytest.raises(errors.StreamError, match="passed 1000 bytes"):
         LineSplitter(max_line=1000).feed(b"z" * 1001 + b"\n")  # a whole line in one chunk too
+
+
+def test_a_line_over_the_cap_from_the_sdk_fails_clearly() -> None:
+    """The SDK's path hands whole lines (``requests`` joins them): the decoder checks them too."""
+    decoder = StreamDecoder()
+    with pytest.raises(errors.StreamError, match="passed 16777216 bytes"):
+        decoder.feed(b"data: " + b"x" * MAX_LINE_BYTES)
 
 
 def test_the_default_cap_is_16_mb_and_lines_join_across_many_chunks() -> None:
