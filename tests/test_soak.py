@@ -18,7 +18,7 @@ from conftest import ROOT
 def test_soak(tmp_path):
     run = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "bench" / "soak.py")]
-        + ["--duration", "6", "--concurrency", "16", "--warmup", "4", "--disconnects", "100"]
+        + ["--duration", "6", "--concurrency", "16", "--warmup", "1", "--disconnects", "100"]
         + ["--no-memory-verdict"],
         cwd=ROOT,
         env={**os.environ, "YOLO_CONFIG_DIR": str(tmp_path / "yolo-config")},
