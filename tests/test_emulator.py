@@ -170,6 +170,10 @@ def test_pinned_deployed_model_always_serves(
 
 
 def test_traffic_split_is_followed(emulator: EmulatorInfo, endpoint: aiplatform.Endpoint) -> None:
+    # Setting the split restarts the emulator's seeded draws for it (--split-seed): the same
+    # 1000 draws in every run; the bound says they are a fair 80/20.
+    a, b = emulator.deployed_models["shapes-a"], emulator.deployed_models["shapes-b"]
+    endpoint.update(traffic_split={a: 80, b: 20})
     seen = Counter(served_by(endpoint.invoke("/models", b"", {})) for _ in range(1000))
     share_a = seen[emulator.deployed_models["shapes-a"]] / 1000
     assert set(seen) == set(emulator.deployed_models.values())
