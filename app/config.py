@@ -82,6 +82,7 @@ class Settings:
     queue_size: int = 64
     allowed_buckets: frozenset[str] = frozenset()  # gs:// inputs: only these buckets
     max_object_bytes: int = 2 * 1024 * MB  # a gs:// video (images: max_body_bytes)
+    model_sha256: Mapping[str, str] = field(default_factory=dict)  # name -> pinned sha256
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -209,6 +210,7 @@ class Settings:
             queue_size=integer("SERVE_QUEUE_SIZE", 64, 1, 100_000),
             allowed_buckets=buckets,
             max_object_bytes=integer("SERVE_MAX_OBJECT_BYTES", 2 * 1024 * MB, 1024, 1 << 40),
+            model_sha256=_parse_pins(get("SERVE_MODEL_SHA256"), models, errors),
         )
         if errors:
             raise SettingsError("invalid configuration:\n  - " + "\n  - ".join(errors))
@@ -252,3 +254,22 @@ def _parse_models(raw: str | None, storage: str | None, errors: list[str]) -> tu
     if not specs:
         errors.append("SERVE_MODELS names no model")
     return tuple(specs)
+
+
+def _parse_pins(
+    raw: str | None, models: tuple[ModelSpec, ...], errors: list[str]
+) -> dict[str, str]:
+    """``SERVE_MODEL_SHA256="name=<sha256>,name2=<sha256>"``: each named model's weights must
+    have that sha256 (a file's; an OpenVINO folder's is that of its listing, as /models shows),
+    or the server refuses to start. A name must be one SERVE_MODELS serves, or, when models are
+    discovered under AIP_STORAGE_URI, one found there (checked when they load)."""
+    pins: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in (raw or "").split(","))):
+        name, sep, digest = (s.strip() for s in item.partition("="))
+        if not sep or not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+            errors.append(f"SERVE_MODEL_SHA256 entry {item!r} must look like name=<64 hex digits>")
+            continue
+        if models and name not in {m.name for m in models}:
+            errors.append(f"SERVE_MODEL_SHA256 pins {name!r}, which SERVE_MODELS does not serve")
+        pins[name] = digest.lower()
+    return pins

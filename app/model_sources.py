@@ -11,6 +11,7 @@ import importlib
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 from app.config import DIRECTORY_SUFFIXES, ModelSpec
@@ -84,6 +85,18 @@ def _split_gs(uri: str) -> tuple[str, str]:
     return bucket, path
 
 
+def _inside(root: Path, relative: str, uri: str) -> Path:
+    """``root / relative``, refusing a name that would leave ``root`` (an object name from
+    Cloud Storage is any string: ``..`` parts or a leading ``/`` would write elsewhere)."""
+    parts = relative.split("/")
+    if not relative or relative.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(
+            f"{uri}: object name {relative!r} is not a plain relative path (empty, '.' or '..' "
+            "parts, or a leading '/'); refused: it would be written outside the model's folder"
+        )
+    return root.joinpath(*parts)
+
+
 def _download_gs(uri: str, cache_dir: Path) -> Path:
     """Copy a gs:// object (or, for an OpenVINO export, every object under that "directory")
     into the cache (Application Default Credentials; ``STORAGE_EMULATOR_HOST`` for a local GCS
@@ -92,7 +105,7 @@ def _download_gs(uri: str, cache_dir: Path) -> Path:
     from google.cloud import storage  # imported only when a gs:// source is used
 
     bucket, path = _split_gs(uri.rstrip("/"))
-    target = cache_dir / bucket / path
+    target = _inside(cache_dir, f"{bucket}/{path}", uri)
     client = storage.Client()
     try:
         # A partial copy of this process's own: servers sharing a cache (replicas on one
@@ -109,8 +122,11 @@ def _download_gs(uri: str, cache_dir: Path) -> Path:
                     raise FileNotFoundError(
                         f"{uri}: no objects under it (an OpenVINO export is a folder)"
                     )
-                for blob in blobs:
-                    local = partial / blob.name[len(path) + 1 :]
+                # every name checked before anything is written
+                copies = [
+                    (blob, _inside(partial, blob.name[len(path) + 1 :], uri)) for blob in blobs
+                ]
+                for blob, local in copies:
                     local.parent.mkdir(parents=True, exist_ok=True)
                     blob.download_to_filename(str(local))
                 try:
@@ -220,3 +236,59 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+class PinMismatch(RuntimeError):
+    """A model's weights are not the ones ``SERVE_MODEL_SHA256`` pins."""
+
+
+def check_pin(name: str, weights: Path | None, pins: Mapping[str, str]) -> None:
+    """Refuse weights whose sha256 is not the one pinned for model ``name`` (PyTorch weights
+    are pickles: loading them runs code, so a pinned model's file is checked before it is
+    read). An unpinned model passes; a pinned one with no local file to check fails."""
+    expected = pins.get(name)
+    if expected is None:
+        return
+    if weights is None:
+        raise PinMismatch(
+            f"model {name!r} is pinned by SERVE_MODEL_SHA256 but has no file to check (a name "
+            "Ultralytics would download, or a model config): give it a path or gs:// URI"
+        )
+    actual = sha256_path(weights)
+    if actual != expected:
+        raise PinMismatch(
+            f"model {name!r}: sha256 {actual} of {weights} is not the {expected} that "
+            "SERVE_MODEL_SHA256 pins; refused before loading it"
+        )
+
+
+def check_pins_name_models(names: list[str], pins: Mapping[str, str]) -> None:
+    """Every model SERVE_MODEL_SHA256 pins must be served (discovered models are known only
+    once listed): a pin on a name that is not served fails the start."""
+    if unknown := sorted(set(pins) - set(names)):
+        raise PinMismatch(f"SERVE_MODEL_SHA256 pins {unknown}, which are not served: {names}")
+
+
+def public_source(source: str) -> str:
+    """What ``/models`` shows of a source: a ``gs://`` URI or a bare name as is, a local path
+    by its file name only (where the server keeps files is nobody's business but its log's)."""
+    if source.startswith("gs://") or "/" not in source:
+        return source
+    return Path(source.rstrip("/")).name
+
+
+#: the short codes a failed load shows callers (/health, 503 bodies); the log has the rest
+LOAD_ERROR_CODES: tuple[tuple[type[BaseException], str], ...] = (
+    (PinMismatch, "sha256-mismatch"),
+    (FileNotFoundError, "weights-not-found"),
+    (PermissionError, "weights-forbidden"),
+    (ValueError, "bad-weights-source"),
+    (ImportError, "runtime-missing"),
+    (MemoryError, "out-of-memory"),
+)
+
+
+def load_error_code(exc: BaseException) -> str:
+    """A failed load's short code for callers: see :data:`LOAD_ERROR_CODES`; else
+    ``load-failed``."""
+    return next((code for kind, code in LOAD_ERROR_CODES if isinstance(exc, kind)), "load-failed")

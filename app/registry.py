@@ -23,9 +23,13 @@ import numpy as np
 from app.config import ModelSpec, Settings
 from app.errors import InvalidParameter, NotReady, UnknownModel, WrongTask
 from app.model_sources import (
+    check_pin,
+    check_pins_name_models,
     check_runtime,
     discover_storage_models,
+    load_error_code,
     model_format,
+    public_source,
     resolve_source,
     sha256_path,
 )
@@ -193,7 +197,7 @@ class LoadedModel:
             task=self.task,
             classes=self.names,
             imgsz=self.imgsz,
-            source=self.source,
+            source=public_source(self.source),
             version=self.version,
             sha256=self.sha256,
             device=self.device,
@@ -210,7 +214,8 @@ class Registry:
         self.settings = settings
         self.models: dict[str, LoadedModel] = {}
         self.state = "loading"
-        self.error: str | None = None
+        self.error: str | None = None  # the whole text, for the logs only
+        self.error_code: str | None = None  # what a caller sees (public_error)
         self.default_name = settings.default_model
         self.threads: InferenceThreads | None = None  # made by the loader (app/threads.py)
 
@@ -227,6 +232,7 @@ class Registry:
             loaded = await anyio.to_thread.run_sync(self._load_all, abandon_on_cancel=True)
         except Exception as exc:
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            self.error_code = load_error_code(exc)
             if self.threads is not None:
                 self.threads.close()
             raise
@@ -244,6 +250,7 @@ class Registry:
         specs = list(settings.models)
         if not specs and settings.storage_uri:
             specs = discover_storage_models(settings.storage_uri)
+        check_pins_name_models([spec.name for spec in specs], settings.model_sha256)
         device = resolve_device(settings.device)
         self.threads = InferenceThreads(settings.workers, torch_threads(settings, device))
         disable_sync()
@@ -268,6 +275,7 @@ class Registry:
             log.warning("model %s: SERVE_HALF applies to PyTorch weights; a %s export keeps "
                         "the precision it was exported with", spec.name, fmt)  # fmt: skip
         where, weights = resolve_source(spec.source, settings.storage_uri, settings.cache_dir)
+        check_pin(spec.name, weights, settings.model_sha256)  # before the pickle is loaded
         assert self.threads is not None
         instances = []
         for index in range(settings.workers):
@@ -302,13 +310,18 @@ class Registry:
         if self.threads is not None:
             self.threads.close()
 
+    def public_error(self) -> str | None:
+        """The load failure as callers see it (/health, 503 bodies): a short code, never paths
+        or the exception's text, which the log has (every route is public through /invoke)."""
+        if self.error_code is None:
+            return None
+        return f"model loading failed: {self.error_code} (the server's log has the details)"
+
     def ensure_ready(self) -> None:
         """Raise :class:`NotReady` (503) unless every model is loaded and warm."""
         if not self.ready:
-            detail = (
-                f"model loading failed: {self.error}"
-                if self.state == "failed"
-                else "models are still loading; retry shortly (GET /health says when ready)"
+            detail = (self.public_error() if self.state == "failed" else None) or (
+                "models are still loading; retry shortly (GET /health says when ready)"
             )
             raise NotReady(detail)
 

@@ -99,25 +99,63 @@ def looks_like_sse(line: str | bytes) -> bool:
     return line.startswith(":") or line.partition(":")[0] in SSE_FIELDS
 
 
-class LineSplitter:
-    """Byte chunks to lines, splitting on ``\\r\\n``, ``\\n`` and ``\\r`` (endings removed)."""
+#: the longest line :class:`LineSplitter` keeps (16 MB, far more than any event of the
+#: contract): an unterminated line past it is not an event stream this client reads
+MAX_LINE_BYTES = 16 * 1024 * 1024
 
-    def __init__(self) -> None:
+
+class LineSplitter:
+    """Byte chunks to lines, splitting on ``\\r\\n``, ``\\n`` and ``\\r`` (endings removed).
+
+    An unterminated line is kept in pieces and joined once it ends (linear, however it is
+    chunked); one longer than ``max_line`` bytes raises :class:`~client.errors.StreamError`.
+    """
+
+    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
         self._pending = b""
+        self._pieces: list[bytes] = []  # chunks of the unterminated line after _pending
+        self._size = 0
+        self.max_line = max_line
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        data = self._pending + chunk
+        if not chunk:
+            return []
+        goes_on = b"\n" not in chunk and b"\r" not in chunk
+        if goes_on and (self._pending or self._pieces) and not self._pending.endswith(b"\r"):
+            self._pieces.append(chunk)  # the line goes on: kept without a copy
+            self._grow(len(chunk))
+            return []
+        data = b"".join([self._pending, *self._pieces, chunk])
+        self._pieces, self._size = [], 0
         lines = data.splitlines(keepends=True)
         # Keep an unterminated last line, and a trailing "\r" (its "\n" may be next).
         if lines and (lines[-1][-1:] not in (b"\n", b"\r") or lines[-1].endswith(b"\r")):
             self._pending = lines.pop()
         else:
             self._pending = b""
-        return [_strip_ending(x) for x in lines]
+        self._grow(len(self._pending))
+        out = [_strip_ending(x) for x in lines]
+        for line in out:
+            if len(line) > self.max_line:
+                self._too_long(len(line))
+        return out
 
     def flush(self) -> list[bytes]:
-        pending, self._pending = self._pending, b""
+        pending = b"".join([self._pending, *self._pieces])
+        self._pending, self._pieces, self._size = b"", [], 0
         return [_strip_ending(pending)] if pending else []
+
+    def _grow(self, size: int) -> None:
+        self._size += size
+        if self._size > self.max_line:
+            self._too_long(self._size)
+
+    def _too_long(self, size: int) -> None:
+        self._pending, self._pieces, self._size = b"", [], 0
+        raise errors.StreamError(
+            f"a line of the event stream passed {self.max_line} bytes ({size} read without a "
+            "line ending): no event is that long, so this is not an event stream to read"
+        )
 
 
 def _strip_ending(line: bytes) -> bytes:
@@ -184,8 +222,16 @@ class StreamDecoder:
         self.ended = False
 
     def feed(self, line: str | bytes) -> StreamEvent | None:
-        """One line in; the typed event it completes, if any."""
+        """One line in; the typed event it completes, if any. A line over
+        :data:`MAX_LINE_BYTES` (the SDK's ``requests`` joins lines itself) fails as
+        :class:`LineSplitter` does."""
         raw = line.encode() if isinstance(line, str) else line
+        if len(raw) > MAX_LINE_BYTES:
+            raise errors.StreamError(
+                f"a line of the event stream passed {MAX_LINE_BYTES} bytes ({len(raw)}): no "
+                "event is that long, so this is not an event stream to read",
+                last_event_id=self.last_event_id,
+            )
         if self._mode is None:
             if not raw.strip():
                 return None

@@ -67,12 +67,24 @@ def is_emulator(api_endpoint: str | None) -> bool:
 
 
 def loopback_without_proxy(api_endpoint: str | None) -> None:
-    """An emulator's http:// control plane is on loopback: keep any HTTP(S)_PROXY off it."""
-    if not is_emulator(api_endpoint):
+    """An emulator's http:// control plane is on loopback: keep any HTTP(S)_PROXY off it.
+
+    This changes the process's environment, and only when it must: the control plane is the
+    emulator *and* a proxy variable is set. It cannot be scoped to our calls: the SDK's REST
+    transport builds its own ``requests`` sessions, which read ``NO_PROXY`` from the environment
+    at each request and take no proxy setting from the caller. Without a proxy nothing changes.
+    """
+    if not is_emulator(api_endpoint) or not proxy_configured():
         return
     hosts = [h for h in os.environ.get("NO_PROXY", "").split(",") if h.strip()]
     hosts += [host for host in LOOPBACK if host not in hosts]
     os.environ["NO_PROXY"] = ",".join(hosts)
+
+
+def proxy_configured() -> bool:
+    """Whether ``requests`` would send anything through a proxy (any ``*_PROXY`` variable)."""
+    names = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+    return any(os.environ.get(n) or os.environ.get(n.lower()) for n in names)
 
 
 def anonymous_credentials() -> Any:
@@ -108,8 +120,13 @@ def endpoint(
     credentials: Any = None,
     api_transport: str | None = None,
 ) -> Any:
-    """``aiplatform.Endpoint(name)``, the SDK pointed at ``api_endpoint`` first when given (this
-    calls ``aiplatform.init``, which is global)."""
+    """``aiplatform.Endpoint(name)``, the SDK pointed at ``api_endpoint`` first when given.
+
+    That calls ``aiplatform.init``, which is the SDK's process-wide configuration: the SDK has
+    no per-call way to name a control plane (``Endpoint`` takes project, location and
+    credentials, not an API endpoint or transport), so it cannot be scoped; it is called only
+    when ``api_endpoint`` or ``api_transport`` is given, and a caller that uses the SDK for
+    something else afterwards should call ``aiplatform.init`` again."""
     from google.cloud import aiplatform
 
     loopback_without_proxy(api_endpoint)

@@ -20,7 +20,9 @@ stream frames, one call per batch) first passes a **gate**, then a **fault** che
   no request can make a real ``predict`` fail.
 * ``TEST_PREDICT_DELAY_MS`` (default 0) makes every call sleep that long, in its inference
   thread, before the real predict: a deployed model measurably slower than another serving the
-  same weights, whatever the machine's speed (the rollout's latency guard).
+  same weights, whatever the machine's speed (the rollout's latency guard); and
+  ``TEST_PREDICT_REPEAT`` (default 1) runs the real predict that many times per call, so it is
+  slower in proportion too: a loaded machine slows it as much as the model it is compared with.
 
 The real server has none of these hooks, and the real inference runs once a call passes.
 """
@@ -124,6 +126,7 @@ def main() -> int:
     gate = Gate(None if initial == "open" else int(initial))
     poison_bgr = np.array(POISON_RGB[::-1], np.uint8)
     delay_s = float(os.environ.get("TEST_PREDICT_DELAY_MS", "0")) / 1000
+    repeat = int(os.environ.get("TEST_PREDICT_REPEAT", "1"))
     original = Model.predict
 
     def poisoned(image: object) -> bool:
@@ -136,6 +139,8 @@ def main() -> int:
             raise RuntimeError("injected fault: a poison image reached predict")
         if delay_s > 0:
             time.sleep(delay_s)
+        for _ in range(repeat - 1):
+            original(self, source, stream, predictor, **kwargs)
         return original(self, source, stream, predictor, **kwargs)
 
     Model.predict = predict

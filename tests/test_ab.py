@@ -140,8 +140,11 @@ def test_targeted_through_one_url_is_that_servers_model(emulator, folder, ids):
     assert report.agreement == [] and "agreement" not in render_table(report)
 
 
-def test_split_check_observes_the_configured_split(vertex, ids, tmp_path):
+def test_split_check_observes_the_configured_split(vertex, ids, endpoint, tmp_path):
     a, b = ids
+    # Setting the split restarts the emulator's seeded draws for it (--split-seed): these 400
+    # calls get the same 400 draws in every run, wherever the test runs in the session.
+    endpoint.update(traffic_split={a: 80, b: 20})
     report = split_check(vertex, 400, concurrency=8)
     assert (report.calls, report.answered, report.errors, report.route) == (400, 400, 0, "models")
     shares = {r.deployed_model_id: r for r in report.rows}

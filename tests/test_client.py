@@ -821,7 +821,14 @@ def test_vertex_every_route(vertex, emulator, scene, video):
 
 
 def test_vertex_traffic_split_reaches_both_deployed_models(vertex, emulator):
-    served = {vertex.models().deployed_model_id for _ in range(40)}  # 0.8**40: never all A
+    from google.cloud import aiplatform
+
+    # Setting the split restarts the emulator's seeded draws for it (--split-seed): the 40
+    # calls below get the same draws in every run, wherever the test runs in the session.
+    aiplatform.init(**emulator.init_kwargs())
+    split = {emulator.deployed_models["shapes-a"]: 80, emulator.deployed_models["shapes-b"]: 20}
+    aiplatform.Endpoint(emulator.endpoint_id).update(traffic_split=split)
+    served = {vertex.models().deployed_model_id for _ in range(40)}
     assert served == set(emulator.deployed_models.values())
 
 

@@ -7,6 +7,16 @@ answer may be a server error, and every answer must be documented: status, conte
 body schema; a method the schema does not list must get 405 with ``Allow``. Runs are
 derandomized, so CI sends the same requests every time.
 
+Hypothesis, by default, also draws "local constants": at a test's first draw it ``ast.parse``-s
+the source of every module of this project loaded in the process (so what it generates depends
+on what other tests imported first). On CPython 3.11.7 (fixed in 3.11.8, gh-106905) that parse
+shares its recursion-depth counter with any other ``ast.parse``, and a garbage collection in
+the middle of it runs finalizers: one that raises goes to pytest's unraisable-exception hook,
+which formats the traceback, which (3.11's caret anchors) runs ``ast.parse`` again, and the
+outer parse fails with ``SystemError: AST constructor recursion depth mismatch``. The fixture
+below turns the local constants off for this module (an empty set): no parse of our sources in
+the middle of a run, and the same requests whatever ran before.
+
 The schema is built in this process at collection time, because schemathesis' lazy fixture
 loader does not run under pytest 9 (``Function._nodeid`` is gone); a test checks that the
 running server serves exactly this schema.
@@ -19,9 +29,12 @@ import warnings
 from unittest import mock
 
 import hypothesis
+import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck
+from hypothesis.internal.conjecture import providers
+from hypothesis.internal.constants_ast import Constants
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -58,6 +71,14 @@ RAW_TYPES = {
 }
 schemathesis.serializer.alias(sorted(RAW_TYPES), "application/octet-stream")
 HTTP = requests.Session()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_local_constants():
+    """Hypothesis' local constants off (see the module's docstring); a version of Hypothesis
+    without this hook fails here, loudly, rather than bringing the parse back unseen."""
+    with mock.patch.object(providers, "_get_local_constants", Constants):
+        yield
 
 
 @schema.parametrize()

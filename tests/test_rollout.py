@@ -39,9 +39,12 @@ from client.rollout import (
 )
 from conftest import INSTRUMENTED, PATIENCE_S, ROOT
 
-# Each call to roll-slow sleeps this long before predicting: its p95 is at least 1.5 s, while
-# roll-a's stays far below 1 s even on a loaded 2-core machine (a detector on 160-320 px).
-DELAY_MS = 2000  # A p95 would have to pass 1.3 s for the 1.5 guard to miss it
+# Each call to roll-slow sleeps this long and then runs the real predict REPEAT times: its p95
+# is DELAY_MS plus REPEAT of roll-a's predicts, so a machine loaded enough to slow roll-a slows
+# roll-slow REPEAT times as much, and the 1.5 ratio holds by construction, not by a bound on
+# how fast roll-a stays (its p95 would have to pass 1.33 s plus 2.67 of its own predicts).
+DELAY_MS = 2000
+REPEAT = 4
 START = {"roll-a": 70, "roll-b": 20, "roll-slow": 10}
 WEIGHTS = ROOT / "app" / "demo" / "weights" / "shapes-detect.pt"
 
@@ -55,6 +58,7 @@ def emu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[EmulatorInfo
         args += ["--deploy", f"{name}={percent}", "--models", f"{name}:shapes-detect={WEIGHTS}"]
     args += ["--command", f"roll-slow={' '.join(INSTRUMENTED)}"]
     args += ["--env", f"roll-slow:TEST_PREDICT_DELAY_MS={DELAY_MS}"]
+    args += ["--env", f"roll-slow:TEST_PREDICT_REPEAT={REPEAT}"]
     # (the emulator gives each server one torch thread: client/emulator/config.py)
     env = {"YOLO_CONFIG_DIR": str(workdir / "yolo-config"), "PYTHONUNBUFFERED": "1"}
     emulator = Emulator(

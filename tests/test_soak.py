@@ -1,7 +1,8 @@
 """CI's version of the soak (``tests/bench/soak.py``): 6 s of mixed load at concurrency 16
 against a real server, then 100 dropped streams; the script exits non-zero when a check fails
-(a failed request, memory growth of 5 % or more, streams still active or still inferring, a
-thread pool over its size or a thread of no pool, files left in the temp dir)."""
+(a failed request, streams still active or still inferring, a thread pool over its size or a
+thread of no pool, files left in the temp dir). Memory is printed, not judged: 6 s is too short
+to tell a leak from the allocator's noise; the long soak (README, Benchmarks) judges it."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from conftest import ROOT
 def test_soak(tmp_path):
     run = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "bench" / "soak.py")]
-        + ["--duration", "6", "--concurrency", "16", "--warmup", "4", "--disconnects", "100"],
+        + ["--duration", "6", "--concurrency", "16", "--warmup", "1", "--disconnects", "100"]
+        + ["--no-memory-verdict"],
         cwd=ROOT,
         env={**os.environ, "YOLO_CONFIG_DIR": str(tmp_path / "yolo-config")},
         capture_output=True,

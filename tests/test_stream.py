@@ -324,8 +324,14 @@ def test_disconnect_stops_the_work_and_leaves_no_temp_file(stream_server, http, 
     finally:
         srv.gate.open()
     wait_until(lambda: metric(http, "yolo_queue_depth") == 0, "no frame in flight")
+    wait_until(lambda: srv.gate.state()["waiting"] == 0, "no call held at the gate")
     done = metric(http, "yolo_stream_frames_total") - before
-    time.sleep(0.5)  # a window to see a frame that would still start (none may)
+    # A fence, not a window of time: one /detect through the same model queue; had the dropped
+    # stream any frame still to start, the gate would count it beside the fence's one call.
+    passed = srv.gate.state()["passed"]
+    fence = http.post("/detect", content=encode(FRAMES[0]), headers={"Content-Type": "image/png"})
+    assert fence.status_code == 200, fence.text
+    assert srv.gate.state()["passed"] == passed + 1
     assert metric(http, "yolo_stream_frames_total") - before == done
     assert 3 <= done <= 6, done  # at most what the gate let through, far from 192
     assert list(tmp.iterdir()) == []

@@ -7,6 +7,7 @@ with a message naming what is missing.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -37,12 +38,16 @@ def test_the_process_never_manages_more_openmp_threads_than_cores() -> None:
         assert 1 + workers * (threads - 1) <= cores, (workers, threads)
 
 
-def test_the_server_runs_with_the_policy(server) -> None:
-    """The session's server (defaults: two demo models): both on the one inference thread with
-    every usable core, said in its log; its metrics count one inference thread (test_soak)."""
+def test_the_server_runs_with_the_policy(server, client) -> None:
+    """The session's server (defaults: the demo models): all on the one inference thread with
+    the policy's threads for the device it chose (every usable core on CPU, one on a GPU), said
+    in its log; its metrics count one inference thread (test_soak)."""
+    devices = {m["device"] for m in client.get("/models").json()["models"]}
+    assert len(devices) == 1, devices
+    threads = torch_threads(Settings(), devices.pop())
     logs = server.logs()
     models = len(DEMO_MODELS)  # every demo model, one instance each
-    assert logs.count(f"1 x {usable_cores()} torch threads") == models, logs[-2000:]
+    assert logs.count(f"1 x {threads} torch threads") == models, logs[-2000:]
 
 
 def test_half_on_a_cpu_device_is_a_settings_error() -> None:
@@ -72,9 +77,12 @@ def test_gpu_features_on_this_cpu_machine_stop_the_load_naming_what_is_missing(
 ) -> None:
     """The loader's own checks, in this process (the server's start runs the same
     ``Registry._load_all`` and exits 1 with the message: test_formats checks that path for a
-    missing runtime). Nothing is read: the checks come before any weights are."""
+    missing runtime). Nothing is read: the checks come before any weights are. The device is
+    set to the CPU after validation (which refuses SERVE_HALF=on with SERVE_DEVICE=cpu), so a
+    CUDA machine, where ``auto`` would pick the GPU and nothing fail, checks the same."""
     (tmp_path / "model.engine").write_bytes(b"not an engine: never read")
     settings = Settings.from_env({k: v.format(dir=tmp_path) for k, v in env.items()})
+    settings = dataclasses.replace(settings, device="cpu")
     registry = Registry(settings)
     try:
         with pytest.raises(RuntimeError) as failure:

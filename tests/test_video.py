@@ -275,30 +275,33 @@ class MjpegSource:
 
 
 def test_live_mjpeg_drops_the_oldest_frames_and_stays_bounded(tmp_path: Path) -> None:
-    source = MjpegSource(fps=20, seconds=8)
+    """Behind by state, not by speed: the gate holds every model call until the reader has
+    dropped frames (its buffer full, the windows in flight held), then opens; the source's 60
+    frames (more than the buffer and the windows in flight hold) are all read, whatever the
+    machine's pace."""
+    source = MjpegSource(fps=20, seconds=3)
     env = {"TEST_GATE_PERMITS": "open", "SERVE_WORKERS": "1"}
     options = VideoOptions(window=4, concurrency=2, buffer=8)
-    stop_pacing = threading.Event()
     try:
         with serving(tmp_path, env, INSTRUMENTED) as srv, Client.from_url(srv.url) as client:
             gate = srv.gate
             gate.close()
-
-            def pace() -> None:  # 5 model calls a second: a model slower than the 20 fps source
-                while not stop_pacing.wait(0.2):
-                    gate.add(1)
-
-            pacer = threading.Thread(target=pace, daemon=True)
-            pacer.start()
             with client.video(source.url, options=options) as run:
                 assert run.stats.live
+
+                def open_once_behind() -> None:
+                    wait_until(lambda: run.stats.drops > 0, "the live reader to drop a frame")
+                    gate.open()
+
+                opener = threading.Thread(target=open_once_behind, daemon=True)
+                opener.start()
                 frames = list(run)
-            stop_pacing.set()
+            opener.join(PATIENCE_S)
             gate.open()
     finally:
         source.close()
     stats = run.stats
-    assert stats.read >= 0.9 * 160 and stats.frames + stats.drops <= stats.read
+    assert stats.read == 60 and stats.frames + stats.drops <= stats.read
     assert stats.drops > 0 and stats.frames < stats.read  # behind the source: it dropped
     assert stats.max_waiting <= options.buffer  # nothing grows without bound
     # Behind each result (read, not dropped, not out yet): at most what waits plus what is in

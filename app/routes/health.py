@@ -38,7 +38,7 @@ def health_handler(path: str) -> HTTPRouteHandler:
             deployed_model_id=settings.deployed_model_id,
             replica_id=settings.replica_id,
             models={name: name in registry.models for name in registry.expected()},
-            detail=registry.error,
+            detail=registry.public_error(),
         )
         return Response(body, status_code=200 if ready else 503)
 

@@ -98,7 +98,9 @@ def make_client(args: argparse.Namespace) -> Client:
     target = vertex_target(args)
     if not target.endpoint:
         raise errors.ParameterError("say where to send: --url, --endpoint or --emulator-info")
-    if target.ca_cert:  # the SDK's data plane (requests) reads the CA bundle from the environment
+    # The SDK's data plane (requests) reads the CA bundle from the environment. This is the CLI,
+    # the process's own program, not a library: its environment is its own to set.
+    if target.ca_cert:
         os.environ["REQUESTS_CA_BUNDLE"] = target.ca_cert
     with vertex.sdk_errors(f"endpoint {target.endpoint}"):
         return Client.from_vertex(

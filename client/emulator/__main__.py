@@ -16,6 +16,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import shlex
 import sys
@@ -131,7 +132,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--project-number", help="default: a number derived from the project")
     p.add_argument("--location", help="default: us-central1")
     p.add_argument("--endpoint-id", help="default: a random 19-digit id")
-    p.add_argument("--host", help="address both planes listen on (default: 127.0.0.1)")
+    p.add_argument(
+        "--host",
+        help="address both planes listen on (default: 127.0.0.1; any other exposes the "
+        "unauthenticated control plane, which starts processes with the env and args it is sent)",
+    )
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        help="seed of each endpoint's traffic-split draws, restarted at each split change "
+        "(default 0: a run routes the same way every time)",
+    )
     p.add_argument("--control-port", type=int, help="control plane port (default 0: a free one)")
     p.add_argument("--data-port", type=int, help="data plane port (default 0: a free one)")
     p.add_argument("--startup-timeout", type=float, help="seconds to wait for health (300)")
@@ -170,6 +181,7 @@ TOP_FLAGS = (
     "replica_capacity",
     "autoscale_window",
     "scale_down_delay",
+    "split_seed",
 )
 
 
@@ -264,6 +276,24 @@ def build_config(args: argparse.Namespace) -> EmulatorConfig:
     return validate(replace(base, deployed_models=tuple(models.values()), **overrides))
 
 
+def exposure_warning(host: str) -> str | None:
+    """The warning for a host other than loopback, where anyone who reaches it may deploy (the
+    control plane has no authentication and passes ``containerSpec.env`` and ``args`` to the
+    processes it starts); ``None`` on loopback."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it resolves to who knows what
+        loopback = False
+    if loopback:
+        return None
+    return (
+        f"{PROG}: WARNING: listening on {host}, not loopback: this is a development tool with an "
+        "UNAUTHENTICATED control plane; anyone who can reach it can start processes on this "
+        "machine with the environment and arguments they choose. Use it on a trusted network "
+        "only."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -275,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s emulator: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per proxied request
+    if warning := exposure_warning(config.host):
+        print(warning, file=sys.stderr)
     from client.emulator.runner import run
 
     return run(config, args.info_file, args.work_dir)

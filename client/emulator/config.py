@@ -177,6 +177,7 @@ class EmulatorConfig:
     replica_capacity: int = 64
     autoscale_window: float = 60.0
     scale_down_delay: float = 600.0
+    split_seed: int = 0
 
     @classmethod
     def demo(cls, **overrides: Any) -> EmulatorConfig:
@@ -267,6 +268,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "replica_capacity": (int,),
     "autoscale_window": (int, float),
     "scale_down_delay": (int, float),
+    "split_seed": (int,),
     "replicas": (int,),
     "max_replicas": (int,),
     "target_requests_per_minute": (int,),

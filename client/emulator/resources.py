@@ -287,8 +287,12 @@ class Store:
     request paths, as Vertex does. ``on_change`` callbacks run after each successful change.
     """
 
-    def __init__(self, project: str, project_number: str, location: str) -> None:
+    def __init__(
+        self, project: str, project_number: str, location: str, split_seed: int = 0
+    ) -> None:
         self.project, self.project_number, self.location = project, project_number, location
+        self.split_seed = split_seed
+        self._split_draws: dict[str, random.Random] = {}  # endpoint id -> its draws
         self.models: dict[str, Model] = {}
         self.endpoints: dict[str, Endpoint] = {}
         self.operations: dict[str, Operation] = {}
@@ -558,7 +562,19 @@ class Store:
                 "deployed model (.../deployedModels/ID/invoke/...)."
             )
         models, weights = zip(*weighted, strict=True)
-        return self._rng.choices(models, weights)[0]
+        return self._split_rng(endpoint).choices(models, weights)[0]
+
+    def _split_rng(self, endpoint: Endpoint) -> random.Random:
+        """The endpoint's own generator of split draws: seeded by ``split_seed``, the endpoint
+        and its split, and started afresh at each change of the split (``_replace``), so the
+        draws after a change are the same in every run (Vertex's are random: no test or tool may
+        rely on the sequence, only on it being repeatable)."""
+        rng = self._split_draws.get(endpoint.id)
+        if rng is None:
+            split = ",".join(f"{k}={v}" for k, v in sorted(endpoint.traffic_split.items()))
+            rng = random.Random(f"{self.split_seed}/{endpoint.id}/{split}")
+            self._split_draws[endpoint.id] = rng
+        return rng
 
     def update_endpoint(self, endpoint_id: str, patch: EndpointPatch, update_mask: str) -> Endpoint:
         """``endpoints.patch``: change the fields named by ``update_mask``."""
@@ -608,6 +624,8 @@ class Store:
             endpoint, update_time=now(), etag=new_id(self._rng), **changes
         )
         self.endpoints[updated.id] = updated
+        if "traffic_split" in changes:
+            self._split_draws.pop(updated.id, None)  # draws start afresh for the new split
         for callback in self.on_change:
             callback(updated)
         return updated

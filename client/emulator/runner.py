@@ -90,7 +90,7 @@ class Emulation:
     def __init__(self, config: EmulatorConfig, workdir: Path) -> None:
         self.config = config
         self.number = config.project_number or project_number(config.project)
-        self.store = Store(config.project, self.number, config.location)
+        self.store = Store(config.project, self.number, config.location, config.split_seed)
         self.fleet = Fleet(
             FleetPolicy(
                 probe_interval=config.probe_interval,
