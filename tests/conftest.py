@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
+
+# No test looks for Google credentials on a metadata server (google-auth reads this on import):
+# Beam's GCS IO, for one, calls google.auth.default(), which would probe 169.254.169.254.
+os.environ.setdefault("NO_GCE_CHECK", "true")
+
+import importlib.util  # noqa: E402
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -75,9 +76,28 @@ class _Lines(beam.DoFn):
         yield encoded
 
 
+def storage_emulator_anonymous() -> None:
+    """With ``STORAGE_EMULATOR_HOST`` set (a local GCS API server), Beam's own GCS IO (the
+    shards of a ``gs://`` DEST) goes anonymous, as the ``google-cloud-storage`` client itself
+    does there. Beam would otherwise look for Google credentials first: probing the GCE metadata
+    server and retrying for about 30 s before it connects anonymously all the same."""
+    if not os.environ.get("STORAGE_EMULATOR_HOST"):
+        return
+    try:
+        from apache_beam.internal.gcp import auth
+    except ImportError:
+        return
+    found = getattr(auth, "_Credentials", None)
+    if found is not None and hasattr(found, "_credentials_init"):
+        with found._credentials_lock:
+            found._credentials, found._credentials_init = None, True
+
+
 def add_batch(pipeline: Any, source: str, dest: str, handler: YoloModelHandler) -> None:
     """The batch job on ``pipeline``: SOURCE's inputs through ``handler`` to DEST's shards."""
     out = prefix(dest)
+    if dest.startswith("gs://"):
+        storage_emulator_anonymous()
     if source.startswith("gs://"):  # listed by a worker: a bucket may hold millions
         names = (
             pipeline
