@@ -96,6 +96,22 @@ def test_folder_through_our_handler_with_the_cli(
     assert report["deployed_model_id"] == rows[0]["deployed_model_id"]
 
 
+def test_cli_usage_errors(emulator_info_file, shots, tmp_path, capsys):
+    folder, _ = shots
+    args = ["batch", str(folder), "--out", str(tmp_path / "x.jsonl")]
+    args += ["--emulator-info", str(emulator_info_file)]
+    with pytest.raises(SystemExit) as exit_:  # Beam's options only with --runner
+        cli.main([*args, "--region", "us-central1"])
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --region us-central1" in capsys.readouterr().err
+    with_runner = [*args, "--runner", "DirectRunner"]
+    assert cli.main([*with_runner, "--save-annotated", str(tmp_path / "d")]) == 2
+    assert "--save-annotated is the local engine's" in capsys.readouterr().err
+    assert cli.main([*with_runner, "--conf", "3"]) == 2
+    assert "invalid parameter" in capsys.readouterr().err
+    assert not list(tmp_path.glob("x*"))
+
+
 def test_bucket_to_bucket_through_our_handler_as_uris(emulator, shots, gcs):
     """gs:// listed by a worker, sent as gcsUri (the server reads them), pinned to shapes-a:
     both of its replicas answer."""
@@ -137,6 +153,48 @@ def test_bad_parameter_fails_clearly_and_bad_elements_are_refused(emulator, shot
             handler.request([(shots[0] / "scene-00.jpg").read_bytes()], client)
         with pytest.raises(errors.ParameterError, match="not int"):
             handler.request([7], client)
+
+
+def test_keyed_bytes_and_uris_other_routes_and_requests_within_the_limits(emulator, shots):
+    """(key, image) elements name their lines; /segment through the segmenting deployed model;
+    a batch split into requests by ``max_images`` and ``max_body_bytes``, an image over the
+    limit a line of its own, never sent."""
+    folder, _ = shots
+    data = [(folder / f"scene-{i:02d}.jpg").read_bytes() for i in range(3)]
+    common = {
+        "project": emulator.project,
+        "location": emulator.location,
+        "api_endpoint": emulator.control_plane_url,
+    }
+    seg = YoloModelHandler(
+        emulator.endpoint_id,
+        route="segment",
+        deployed_model_id=emulator.deployed_models["shapes-b"],
+        **common,
+    )
+    with seg.create_client() as client:
+        found = seg.request([("one", data[0]), ("two", "gs://inputs/beam/scene-01.jpg")], client)
+    lines = [p.inference for p in found]
+    assert [line.input for line in lines] == ["one", "two"]
+    assert all(line.result.detections and line.result.detections[0].mask for line in lines)
+    assert {p.model_id for p in found} == {emulator.deployed_models["shapes-b"]}
+
+    limit = max(map(len, data)) + 300
+    small = YoloModelHandler(
+        emulator.endpoint_id,
+        deployed_model_id=emulator.deployed_models["shapes-a"],
+        max_body_bytes=limit,
+        **common,
+    )
+    items = [small._item(d) for d in (*data, b"\xff" * (limit + 1))]
+    requests = small._pack(items)
+    assert len(requests) > 1 and all(sum(i.weight for i in r) <= limit for r in requests)
+    assert sorted(id(i) for r in requests for i in r) == sorted(map(id, items[:3]))
+    assert items[3].line is not None and items[3].line.error.code == "payload-too-large"
+    with small.create_client() as client:
+        lines = [p.inference for p in small.request([*data, b"\xff" * (limit + 1)], client)]
+    assert [line.error is None for line in lines] == [True, True, True, False]
+    assert lines[0].input.startswith("sha1:")
 
 
 def instance(name: str) -> tuple[str, dict]:
