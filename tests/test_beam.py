@@ -109,7 +109,11 @@ def test_cli_usage_errors(emulator_info_file, shots, tmp_path, capsys):
     assert "--save-annotated is the local engine's" in capsys.readouterr().err
     assert cli.main([*with_runner, "--conf", "3"]) == 2
     assert "invalid parameter" in capsys.readouterr().err
-    assert not list(tmp_path.glob("x*"))
+    # refused by the server (a 4xx: not retried): the job fails, its error in one line, exit 3
+    assert cli.main([*with_runner, "--classes", "hexagon"]) == 3
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("error: 400 from /detect: ") and "hexagon" in err[-1], err
+    assert not list(tmp_path.glob("x-*"))
 
 
 def test_bucket_to_bucket_through_our_handler_as_uris(emulator, shots, gcs):

@@ -17,12 +17,13 @@ Example:
 """
 
 from client.beam.handler import YoloModelHandler, retryable, routes
-from client.beam.pipeline import add_batch, counters, read_lines, shards
+from client.beam.pipeline import add_batch, counters, job_error, read_lines, shards
 
 __all__ = [
     "YoloModelHandler",
     "add_batch",
     "counters",
+    "job_error",
     "read_lines",
     "retryable",
     "routes",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 import glob
 import os
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,6 +26,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 
+from client import errors
 from client.batch.engine import BatchLine
 from client.batch.inputs import list_inputs, split_uri, storage_client
 from client.batch.inputs import read_lines as lines_of
@@ -114,6 +116,32 @@ def add_batch(pipeline: Any, source: str, dest: str, handler: YoloModelHandler) 
     )
     lines.lines | "Write" >> beam.io.WriteToText(out, file_name_suffix=".jsonl")
     lines.errors | "DeadLetter" >> beam.io.WriteToText(out + ".errors", file_name_suffix=".jsonl")
+
+
+_RAISED = re.compile(r"client\.errors\.(\w+): (.*?)(?: \[while running [^\]]*\])?\s*$")
+
+
+def job_error(exc: BaseException) -> errors.VertexYoloError:
+    """A failed job's error as one of :mod:`client.errors`, in one line. A runner re-raises a
+    worker's exception as text (the DirectRunner: ``RuntimeError: client.errors.BadRequestError:
+    400 from /detect: ... [while running 'Infer/...']``): its class and message are read back."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, errors.VertexYoloError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in reversed(lines):
+        found = _RAISED.search(line)
+        kind = getattr(errors, found.group(1), None) if found else None
+        if found and isinstance(kind, type) and issubclass(kind, errors.VertexYoloError):
+            message = found.group(2)
+            if issubclass(kind, errors.APIError):
+                status = re.match(r"(\d{3}) ", message)
+                return kind(message, status=int(status.group(1)) if status else 500)
+            return kind(message)
+    last = lines[-1] if lines else type(exc).__name__
+    return errors.VertexYoloError(f"the pipeline failed: {type(exc).__name__}: {last}")
 
 
 def counters(result: Any) -> dict[str, int]:

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from client import vertex
 from client.batch.engine import BatchStats
 from client.batch.inputs import list_inputs
 from client.batch.output import JsonlOutput
@@ -152,7 +153,7 @@ def run_beam(args: argparse.Namespace) -> int:
         import apache_beam as beam
         from apache_beam.options.pipeline_options import PipelineOptions
 
-        from client.beam import YoloModelHandler, add_batch, counters, shards
+        from client.beam import YoloModelHandler, add_batch, counters, job_error, shards
     except ImportError as exc:
         raise ParameterError(
             f'--runner needs Apache Beam (pip install "vertex-yolo[beam]"): {exc}'
@@ -181,20 +182,24 @@ def run_beam(args: argparse.Namespace) -> int:
             "api_endpoint": target.api_endpoint,
             "ca_cert": target.ca_cert,
         }
-    handler = YoloModelHandler(
-        **connection,
-        route=args.route,
-        params=params(args, DETECT_OPTIONS),
-        deployed_model_id=args.deployed_model_id,
-        send=args.send,
-        timeout=args.timeout,
-        client_retries=args.retries,
-    )
+    with vertex.sdk_errors(f"endpoint {target.endpoint or args.url}"):
+        handler = YoloModelHandler(
+            **connection,
+            route=args.route,
+            params=params(args, DETECT_OPTIONS),
+            deployed_model_id=args.deployed_model_id,
+            send=args.send,
+            timeout=args.timeout,
+            client_retries=args.retries,
+        )
     started = time.monotonic()
     pipeline = beam.Pipeline(options=PipelineOptions(flags))
     add_batch(pipeline, args.source, args.out, handler)
-    result = pipeline.run()
-    result.wait_until_finish()
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except Exception as exc:  # the job failed: its error in one line, its exit code
+        raise job_error(exc) from None
     elapsed = time.monotonic() - started
     counts = counters(result)
     lines, errors = counts.get("lines", 0), counts.get("errors", 0)
