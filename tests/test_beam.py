@@ -28,7 +28,7 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from client import cli, errors
-from client.beam import YoloModelHandler, add_batch, read_lines, shards
+from client.beam import YoloModelHandler, add_batch, read_lines, retryable, shards
 from conftest import pid_alive, wait_until
 from helpers import encode, hit_rate, scenes
 
@@ -149,6 +149,12 @@ def test_bad_parameter_fails_clearly_and_bad_elements_are_refused(emulator, shot
     }
     with pytest.raises(errors.ParameterError, match="conf"):
         YoloModelHandler(emulator.endpoint_id, params={"conf": 7}, **common)
+    # what Beam retries with backoff, and what fails the bundle at once
+    assert retryable(errors.RateLimitError("429", status=429))
+    assert retryable(errors.UnavailableError("503", status=503))
+    assert retryable(errors.ServerError("500", status=500)) and retryable(errors.ConnectionError())
+    assert not retryable(errors.BadRequestError("400", status=400))
+    assert not retryable(errors.PermissionDeniedError("403", status=403))
     with pytest.raises(errors.ParameterError, match="route 'stream'"):
         YoloModelHandler(emulator.endpoint_id, route="stream", **common)
     handler = YoloModelHandler(emulator.endpoint_id, params={"classes": ["hexagon"]}, **common)
