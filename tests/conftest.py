@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
+
+# No test looks for Google credentials on a metadata server (google-auth reads this on import):
+# Beam's GCS IO, for one, calls google.auth.default(), which would probe 169.254.169.254.
+os.environ.setdefault("NO_GCE_CHECK", "true")
+
+import importlib.util  # noqa: E402
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,10 +116,10 @@ def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def emulator(tmp_path_factory: pytest.TempPathFactory, gcs: Any) -> Iterator[EmulatorInfo]:
+def emulator(emulator_process: Any) -> EmulatorInfo:
     """A running ``python -m client.emulator``, for the real SDK: the demo server deployed as
-    ``shapes-a`` (80 %) and ``shapes-b`` (20 %, ``SERVE_DEFAULT_MODEL=shapes-segment``, so its
-    /detect runs the segmentation weights).
+    ``shapes-a`` (80 %, on two replicas) and ``shapes-b`` (20 %,
+    ``SERVE_DEFAULT_MODEL=shapes-segment``, so its /detect runs the segmentation weights).
 
     Yields a :class:`client.emulator.EmulatorInfo`: ``project``, ``location``, ``endpoint_id``,
     ``endpoint`` (resource name), ``control_plane_url``, ``dedicated_endpoint_dns``, ``ca_cert``,
@@ -124,14 +129,23 @@ def emulator(tmp_path_factory: pytest.TempPathFactory, gcs: Any) -> Iterator[Emu
     arguments and ``info.env()`` the environment below. For the whole session
     ``REQUESTS_CA_BUNDLE`` names its certificate and ``NO_PROXY`` covers loopback (requests reads
     both per request, so ``Endpoint.invoke`` works). Tests that change the traffic split must
-    restore it. Teardown stops it with SIGTERM and fails if any server process survives.
+    restore it (and a test that kills a replica waits for it to be ready again:
+    ``emulator_process.current()`` is the info as it is now). Teardown stops it with SIGTERM and
+    fails if any server process survives.
     """
+    info: EmulatorInfo = emulator_process.info
+    return info
+
+
+@pytest.fixture(scope="session")
+def emulator_process(tmp_path_factory: pytest.TempPathFactory, gcs: Any) -> Iterator[Any]:
+    """The :class:`client.emulator.Emulator` behind ``emulator``."""
     from client.emulator import Emulator
 
     workdir = tmp_path_factory.mktemp("emulator")
     emu = Emulator(
         args=[
-            *("--deploy", "shapes-a=80", "--deploy", "shapes-b=20"),
+            *("--deploy", "shapes-a=80", "--deploy", "shapes-b=20", "--replicas", "shapes-a=2"),
             *("--env", "shapes-b:SERVE_DEFAULT_MODEL=shapes-segment"),
             *("--env", "shapes-a:SERVE_ALLOWED_BUCKETS=inputs"),
             *("--env", "shapes-b:SERVE_ALLOWED_BUCKETS=inputs"),
@@ -145,7 +159,7 @@ def emulator(tmp_path_factory: pytest.TempPathFactory, gcs: Any) -> Iterator[Emu
     with emu as info, pytest.MonkeyPatch.context() as patch:
         for key, value in info.env().items():
             patch.setenv(key, value)
-        yield info
+        yield emu
         pids = emu.current().pids()  # every replica now (a restarted one has a new pid)
     survivors = [pid for pid in pids if pid_alive(pid)]
     assert emu.proc is not None and emu.proc.returncode == 0, emu.output()

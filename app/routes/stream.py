@@ -86,7 +86,8 @@ a video over the server's limits (frames, duration, resolution) is a 4xx problem
     description=DESCRIPTION,
     responses={
         200: ResponseSpec(
-            data_container=StreamStart | StreamFrame | StreamEnd | Problem,
+            # a union: Litestar's annotation (wider with attrs installed) names one type
+            data_container=cast(Any, StreamStart | StreamFrame | StreamEnd | Problem),
             media_type="text/event-stream",
             generate_examples=False,
             description="Events `start` (StreamStart), `frame` (StreamFrame), `end` "

@@ -94,7 +94,10 @@ class BatchError(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 class BatchLine(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One input's line: its path or URI, who answered, and its results or its error;
-    ``annotated``: where its drawn image was written."""
+    ``annotated``: where its drawn image was written; ``params``: the parameters sent.
+
+    Made by :func:`result_line`, :func:`problem_line` and :func:`unreadable_line` (the local
+    engine and the Beam handler, :mod:`client.beam`, alike)."""
 
     input: str
     deployed_model_id: str | None = None
@@ -104,6 +107,7 @@ class BatchLine(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     result: ImageResult | ClassifyResult | None = None  # ClassifyResult on route classify
     error: BatchError | None = None
     annotated: str | None = None
+    params: dict[str, Any] | None = None  # the inference parameters sent (none: the defaults)
 
 
 class BatchStats(msgspec.Struct, kw_only=True):
@@ -118,6 +122,62 @@ class BatchStats(msgspec.Struct, kw_only=True):
     class_counts: dict[str, int] = {}
     elapsed_s: float = 0.0
     images_per_s: float = 0.0
+
+
+def given(params: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The parameters given (not None), as a line records them; None when none were."""
+    found = {k: v for k, v in (params or {}).items() if v is not None}
+    return found or None
+
+
+def result_line(
+    name: str,
+    answer: InferenceResponse | ClassifyResponse | AnnotateResponse,
+    result: ImageResult | ClassifyResult,
+    params: Mapping[str, Any] | None = None,
+    annotated: str | None = None,
+) -> BatchLine:
+    """The line of an input that has its results: ``result``, one of ``answer``'s."""
+    return BatchLine(
+        input=name,
+        deployed_model_id=answer.deployed_model_id,
+        model=answer.model,
+        version=answer.version,
+        replica_id=answer.replica_id,
+        result=result,
+        annotated=annotated,
+        params=given(params),
+    )
+
+
+def problem_line(
+    name: str,
+    exc: errors.APIError,
+    deployed_model_id: str | None,
+    params: Mapping[str, Any] | None = None,
+) -> BatchLine | None:
+    """The error line of an input the server refused for itself (:data:`INPUT_ERRORS`); None
+    for any other error, which no input would escape (it ends the run)."""
+    problem = exc.problem
+    if problem is None or problem.code not in INPUT_ERRORS:
+        return None
+    return BatchLine(
+        input=name,
+        deployed_model_id=deployed_model_id,
+        error=BatchError(status=exc.status, code=problem.code, detail=problem.detail),
+        params=given(params),
+    )
+
+
+def unreadable_line(
+    name: str, exc: BaseException, params: Mapping[str, Any] | None = None
+) -> BatchLine:
+    """The error line of an input this client cannot read (see :func:`unreadable`)."""
+    return BatchLine(
+        input=name,
+        error=BatchError(detail=f"cannot read {name}: {exc}"),
+        params=given(params),
+    )
 
 
 def annotated_name(folder: str, name: str, media_type: str) -> str:
@@ -244,19 +304,15 @@ class BatchRun:
             except Exception as exc:
                 if not unreadable(exc):
                     raise  # Cloud Storage down, credentials refused: no input would escape it
-                return BatchLine(input=name, error=BatchError(detail=f"cannot read {name}: {exc}"))
+                return unreadable_line(name, exc, self.params)
         route = "annotate" if self.annotate_to else self.route
         try:
             answer = await self.endpoint.infer(route, image, self.pinned, self.params)
         except errors.APIError as exc:
-            problem = exc.problem
-            if problem is None or problem.code not in INPUT_ERRORS:
+            line = problem_line(name, exc, self.pinned, self.params)
+            if line is None:
                 raise  # 5xx, 429, a refused token, a bad parameter: no input would escape it
-            return BatchLine(
-                input=name,
-                deployed_model_id=self.pinned,
-                error=BatchError(status=exc.status, code=problem.code, detail=problem.detail),
-            )
+            return line
         result: ImageResult | ClassifyResult
         if isinstance(answer, AnnotateResponse):
             drawn = answer.results[0]
@@ -275,12 +331,4 @@ class BatchRun:
             )
         else:
             result, where = answer.results[0], None
-        return BatchLine(
-            input=name,
-            deployed_model_id=answer.deployed_model_id,
-            model=answer.model,
-            version=answer.version,
-            replica_id=answer.replica_id,
-            result=result,
-            annotated=where,
-        )
+        return result_line(name, answer, result, self.params, where)

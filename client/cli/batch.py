@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from client import vertex
 from client.batch.engine import ROUTES, BatchStats
 from client.batch.inputs import list_inputs
 from client.batch.output import JsonlOutput
@@ -19,9 +20,12 @@ from client.cli.options import (
     make_client,
     params,
     print_json,
+    vertex_target,
     writing,
 )
 from client.errors import ParameterError
+
+DIRECT_WORKERS = 4  # the DirectRunner's threads when --concurrency is not given
 
 
 def add(sub: Any, name: str, summary: str) -> None:
@@ -62,6 +66,15 @@ def add(sub: Any, name: str, summary: str) -> None:
         help="write each image with its detections drawn (a folder, or gs://bucket/prefix/)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--runner",
+        metavar="RUNNER",
+        help="run as an Apache Beam pipeline (the beam extra): DirectRunner (here, --concurrency "
+        "threads) or DataflowRunner; Beam's pipeline options follow SOURCE and --out "
+        "(--region, --temp_location, --requirements_file...). DEST is then written as shards "
+        "(DEST-00000-of-0000N.jsonl) plus the error lines' shards (DEST.errors-...), once, "
+        "not resumed",
+    )
     p.set_defaults(func=run)
 
 
@@ -70,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.out.endswith(".jsonl"):
         raise ParameterError(f"--out {args.out}: write a .jsonl file (local or gs://)")
+    if args.runner:
+        return run_beam(args)
     inputs = list_inputs(args.source)
     encode = msgspec.json.Encoder().encode
     with writing(args.out):
@@ -128,3 +143,86 @@ def summary(stats: BatchStats, inputs: int, skipped: int, out: str) -> str:
         f"model {stats.deployed_model_id}, {len(stats.replicas)} replicas; "
         f"{classes or 'no detections'}"
     )
+
+
+def run_beam(args: argparse.Namespace) -> int:
+    """``--runner``: the batch as a Beam pipeline (:mod:`client.beam`), waited for."""
+    import time
+
+    try:
+        import apache_beam as beam
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        from client.beam import YoloModelHandler, add_batch, counters, job_error, shards
+    except ImportError as exc:
+        raise ParameterError(
+            f'--runner needs Apache Beam (pip install "vertex-yolo[beam]"): {exc}'
+        ) from None
+    if args.save_annotated:
+        raise ParameterError("--save-annotated is the local engine's (leave out --runner)")
+    flags = [f"--runner={args.runner}", *args.extra]
+    given = {f.split("=")[0] for f in flags if f.startswith("--")}
+    target = vertex_target(args)
+    if target.project and "--project" not in given:
+        flags.append(f"--project={target.project}")
+    if args.runner == "DirectRunner":
+        if "--direct_num_workers" not in given:
+            flags += ["--direct_running_mode=multi_threading"]
+            flags += [f"--direct_num_workers={args.concurrency or DIRECT_WORKERS}"]
+    elif "--region" not in given and target.location:
+        flags.append(f"--region={target.location}")
+    connection: dict[str, Any] = {"url": args.url, "ca_cert": args.ca_cert}
+    if not args.url:
+        if not target.endpoint:
+            raise ParameterError("say where to send: --url, --endpoint or --emulator-info")
+        connection = {
+            "endpoint": target.endpoint,
+            "project": target.project,
+            "location": target.location,
+            "api_endpoint": target.api_endpoint,
+            "ca_cert": target.ca_cert,
+        }
+    with vertex.sdk_errors(f"endpoint {target.endpoint or args.url}"):
+        handler = YoloModelHandler(
+            **connection,
+            route=args.route,
+            params=params(args, DETECT_OPTIONS),
+            deployed_model_id=args.deployed_model_id,
+            send=args.send,
+            timeout=args.timeout,
+            client_retries=args.retries,
+        )
+    started = time.monotonic()
+    pipeline = beam.Pipeline(options=PipelineOptions(flags))
+    add_batch(pipeline, args.source, args.out, handler)
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except Exception as exc:  # the job failed: its error in one line, its exit code
+        raise job_error(exc) from None
+    elapsed = time.monotonic() - started
+    counts = counters(result)
+    lines, errors = counts.get("lines", 0), counts.get("errors", 0)
+    written = shards(args.out)
+    by_code = {k.removeprefix("error:"): v for k, v in counts.items() if k.startswith("error:")}
+    stats = {
+        "lines": lines,
+        "errors": by_code,
+        "deployed_model_id": handler.deployed_model_id,
+        "elapsed_s": round(elapsed, 3),
+        "images_per_s": round(lines / max(elapsed, 1e-9), 2),
+        "shards": written,
+        "errors_shards": shards(args.out, errors=True),
+        "params": handler.params,
+    }
+    if args.json:
+        print_json({"runner": args.runner, "stats": stats})
+        return 0
+    codes = ", ".join(f"{k}={v}" for k, v in sorted(by_code.items()))
+    print(
+        f"{lines} lines in {len(written)} shards of {args.out.removesuffix('.jsonl')}"
+        f"-*-of-*.jsonl, {errors} errors{f' ({codes})' if codes else ''}; "
+        f"{stats['images_per_s']:.1f} images/s ({args.runner}, start-up included) on deployed "
+        f"model {handler.deployed_model_id}"
+    )
+    return 0
