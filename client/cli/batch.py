@@ -186,7 +186,7 @@ def run_beam(args: argparse.Namespace) -> int:
         handler = YoloModelHandler(
             **connection,
             route=args.route,
-            params=params(args, DETECT_OPTIONS),
+            params=params(args, ROUTE_OPTIONS),
             deployed_model_id=args.deployed_model_id,
             send=args.send,
             timeout=args.timeout,
