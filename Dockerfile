@@ -1,6 +1,7 @@
 # The serving container for Vertex AI (upload with invokeRoutePrefix "/*"); see README's
-# "Container image". CPU by default; for NVIDIA GPUs build with a CUDA index, e.g.
-#   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126   (or https://pypi.org/simple)
+# "Container image". CPU by default; for NVIDIA GPUs build with an index whose torch of the pinned
+# release is a CUDA build, e.g. PyPI's (torch 2.14.1 there is the CUDA 13.0 build):
+#   --build-arg TORCH_INDEX_URL=https://pypi.org/simple
 # PyTorch's CUDA wheels carry the CUDA runtime, so the same Python base serves both; the node
 # supplies only the driver. BASE_IMAGE must provide Python 3.11 as `python` with pip.
 #

@@ -675,11 +675,12 @@ class Smoke:
         seconds = self.build(context, base)
         print(f"rebuild, nothing changed: {seconds:.1f} s", flush=True)
         pins = context / ".ci/constraints.txt"
-        pins.write_text(pins.read_text() + "# a change to the tests' pins\n")
+        stamp = time.time()  # each edit new, so no earlier run's layers match it
+        pins.write_text(pins.read_text() + f"# a change to the tests' pins {stamp}\n")
         seconds = self.build(context, base, tag)
         print(f"rebuild after a change in the tests' pins: {seconds:.1f} s", flush=True)
         init = context / "app/__init__.py"
-        init.write_text(init.read_text() + "\n# an edit\n")
+        init.write_text(init.read_text() + f"\n# an edit {stamp}\n")
         seconds = self.build(context, base, tag)
         print(f"rebuild after an app/ edit: {seconds:.1f} s", flush=True)
         seconds = self.build(context, base | {"SERVE_MODELS": "cfg=yolo11n.yaml"}, tag)
