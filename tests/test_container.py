@@ -1,7 +1,7 @@
 """The container image: its pins are the tests' own, its layers keep the torch layer cached, and
 (with ``CONTAINER_TESTS=1``) it is built and run for real by tests/container/build_and_smoke.py.
 
-The build takes minutes and ~13 GB of disk while it runs (an image and its build cache), so it
+The build takes minutes and ~7 GB of disk while it runs (an image and its build cache), so it
 is not part of the default suite: ``CONTAINER_TESTS=1 .venv/bin/python -m pytest -q -n 0
 tests/test_container.py``. The script cleans up after itself (README: "Container image").
 """
@@ -70,12 +70,15 @@ def test_dockerfile_installs_with_the_pins_and_keeps_torch_below_what_changes_of
 
 @pytest.mark.skipif(
     os.environ.get("CONTAINER_TESTS") != "1",
-    reason="set CONTAINER_TESTS=1 to build the image and run it (minutes, ~13 GB of disk)",
+    reason="set CONTAINER_TESTS=1 to build the image and run it (minutes, ~7 GB of disk)",
 )
 def test_image_builds_and_serves_as_vertex_runs_it(tmp_path):
-    """The whole script: build, run as Vertex does, every check (its output says which)."""
+    """The whole script: build, run as Vertex does, every check (its output says which).
+    ``CONTAINER_WORK_DIR`` names the work dir (podman's storage: a build cache there is used),
+    by default a temporary one; the script empties it at the end."""
+    work = os.environ.get("CONTAINER_WORK_DIR") or str(tmp_path / "work")
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--work-dir", str(tmp_path / "work")],
+        [sys.executable, str(SCRIPT), "--work-dir", work],
         cwd=ROOT,
         capture_output=True,
         text=True,
