@@ -243,8 +243,18 @@ def test_dockerignore_sends_only_what_the_dockerfile_copies(tmp_path):
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     text = (ROOT / "Dockerfile").read_text()
-    copied = [src for srcs in re.findall(r"^COPY (.*) \S+$", text, re.M) for src in srcs.split()]
-    assert sorted(copied) == ["LICENSE", "README.md", "app", "client", "pyproject.toml"]
+    # from the build context (COPY --from copies between the Dockerfile's own stages)
+    copied = [
+        src for srcs in re.findall(r"^COPY (?!--from)(.*) \S+$", text, re.M) for src in srcs.split()
+    ]
+    assert sorted(copied) == [
+        ".ci/constraints.txt",
+        "LICENSE",
+        "README.md",
+        "app",
+        "client",
+        "pyproject.toml",
+    ]
     needed = [
         p.relative_to(ROOT).as_posix()
         for src in copied
@@ -294,7 +304,7 @@ def test_demo_model_training_script_runs_at_toy_size(tmp_path):
 
 
 def test_wheel_holds_what_the_image_needs_and_keeps_the_sdk_out_of_the_server(tmp_path):
-    """The Dockerfile installs `.[server]` from a copy it then deletes: the built package must
+    """The Dockerfile installs `.[server]` from a bind mount of the sources: the built package must
     hold every module and the demo weights, and its metadata must give the server no SDK while
     the README's install line still installs every extra (all satisfied in this venv)."""
     import zipfile
@@ -303,12 +313,15 @@ def test_wheel_holds_what_the_image_needs_and_keeps_the_sdk_out_of_the_server(tm
 
     from packaging.requirements import Requirement
 
-    dockerfile = (ROOT / "Dockerfile").read_text()
+    dockerfile = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    pins = r"-c /opt/vertex-yolo/(?:torch-)?constraints\.txt"
     assert re.search(
-        r'^RUN pip install --index-url "\$\{TORCH_INDEX_URL\}" torch torchvision$', dockerfile, re.M
+        rf'^RUN .* pip install {pins} --index-url "\$\{{TORCH_INDEX_URL\}}" torch torchvision$',
+        dockerfile,
+        re.M,
     )
     assert re.search(r"^ARG EXTRAS=server$", dockerfile, re.M)
-    assert re.search(r'^RUN pip install "\.\[\$\{EXTRAS\}\]" ', dockerfile, re.M)
+    assert re.search(rf'^RUN .* pip install {pins} "/src\[\$\{{EXTRAS\}}\]" ', dockerfile, re.M)
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
          "-q", "-w", str(tmp_path)],
@@ -352,7 +365,9 @@ def test_wheel_holds_what_the_image_needs_and_keeps_the_sdk_out_of_the_server(tm
     assert client_only <= set(closure({"client"}))
     assert not client_only & set(closure({"server"}))
     assert "ultralytics-opencv-headless" in closure({"server"})
-    readme_extras = re.search(r'pip install -q -e "\.\[([\w,]+)\]"', readme_commands()[0])[1]
+    readme_extras = re.search(
+        r'pip install -q -c \.ci/constraints\.txt -e "\.\[([\w,]+)\]"', readme_commands()[0]
+    )[1]
     everything = closure(set(readme_extras.split(",")))
     assert everything.keys() == closure(extras).keys()
     unmet = [f"{r} (have {version(name)})" for name, r in everything.items()
