@@ -154,7 +154,7 @@ class _Call:
     request: Request
     decode: Callable[[Response], Any]
     #: Set when an image is large and the server's limits are not known yet: the call is
-    #: built again (images scaled to fit) once they are (:meth:`_Base._learn_limits`).
+    #: built again (images scaled to fit) once they are (:meth:`_Base._learnt_limits`).
     rebuild: Callable[[], _Call] | None = None
 
 

@@ -131,7 +131,9 @@ def test_answers_equal_ultralytics_predict(client, files, local_models, task, va
     height, width = expected.orig_shape
     assert (result["width"], result["height"]) == (width, height)
     detections = result["detections"]
-    assert len(detections) == len(expected.boxes) > 0, (variant, detections)
+    assert len(detections) == len(expected.boxes), (variant, detections)
+    if not variant.startswith("grey"):  # the colourless scenes may hold nothing found
+        assert detections, variant
     for d, cls, conf, box in zip(
         detections,
         expected.boxes.cls.tolist(),
