@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.demo.shapes import draw_scene
+from app.demo.shapes import SQUARE, draw_scene
 from client import Client, resize
 from client.cli import main
 from client.errors import VertexYoloError
@@ -140,3 +140,49 @@ def json_of(value: object) -> bytes:
     import msgspec
 
     return msgspec.json.encode(value)
+
+
+def test_async_client_scales_keypoints_and_rotated_boxes_back(server, capsys):
+    """``max_side`` through ``AsyncClient`` on the session server: pose keypoints and rotated
+    boxes come back in the original's pixels, equal to the pre-scaled image's times two."""
+    import asyncio
+
+    from client import AsyncClient
+
+    seed = 11
+    while True:  # a scene with a square: what the pose and OBB demo models find
+        rgb, shapes = draw_scene(np.random.default_rng(seed), 320, 320, max_shapes=3)
+        if any(shape.class_id == SQUARE for shape in shapes):
+            break
+        seed += 1
+    original = io.BytesIO()
+    Image.fromarray(rgb).save(original, format="PNG")
+    small = jpeg(Image.fromarray(rgb).resize((160, 160), Image.Resampling.LANCZOS), 95)
+
+    async def both(route: str):
+        async with AsyncClient.from_url(server.url, max_side=160) as client:
+            call = getattr(client, route)
+            return await call(original.getvalue()), await call(small)
+
+    for route, model in (("pose", "shapes-pose"), ("obb", "shapes-obb")):
+        big, ref = asyncio.run(both(route))
+        assert capsys.readouterr().err == "the image: 320x320 sent as 160x160\n"
+        assert big.model == model and (big.results[0].width, big.results[0].height) == (320, 320)
+        pairs = list(zip(big.results[0].detections, ref.results[0].detections, strict=True))
+        assert pairs, route
+        for d, e in pairs:
+            assert d.class_id == e.class_id and abs(d.confidence - e.confidence) < 1e-3
+            assert np.allclose([d.box.x1, d.box.y2], [e.box.x1 * 2, e.box.y2 * 2], atol=0.01)
+            if route == "pose":
+                assert d.keypoints and e.keypoints
+                for k, j in zip(d.keypoints, e.keypoints, strict=True):
+                    assert np.allclose([k.x, k.y], [j.x * 2, j.y * 2], atol=0.01)
+            else:
+                r, s = d.rotated_box, e.rotated_box
+                assert r is not None and s is not None and r.angle == s.angle
+                assert np.allclose(
+                    [r.cx, r.cy, r.width, r.height],
+                    [s.cx * 2, s.cy * 2, s.width * 2, s.height * 2],
+                    atol=0.01,
+                )
+                assert np.allclose(r.corners, np.array(s.corners) * 2, atol=0.01)
