@@ -120,7 +120,11 @@ def draft_size(size: tuple[int, int], imgsz: int) -> tuple[int, int]:
 
 def imdecode(blob: bytes, label: str) -> np.ndarray:
     """Decode like Ultralytics' ``imread`` for JPEG, PNG, WebP and BMP: BGR, HxWx3 uint8."""
-    bgr = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        bgr = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # a decoder's own check failed: the bytes are bad
+        detail = getattr(exc, "err", None) or "OpenCV could not decode it"
+        raise InvalidImage(f"{label} is corrupt or truncated: {detail}") from None
     if bgr is None:
         raise InvalidImage(f"{label} is corrupt or truncated: OpenCV could not decode it")
     if bgr.dtype == np.uint16:  # not with IMREAD_COLOR today; Ultralytics keeps the high byte
