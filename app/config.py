@@ -56,9 +56,9 @@ class Settings:
     models: tuple[ModelSpec, ...] = field(default_factory=tuple)
     default_model: str | None = None
     max_body_bytes: int = 10 * MB
-    max_pixels: int = 25_000_000
+    max_pixels: int = 50_000_000  # 48 and 50 MP phone photos; see README
     max_images: int = 16
-    jpeg_draft: bool = True
+    jpeg_draft: bool = False  # opt-in: changes the pixels the model sees
     workers: int = 1
     torch_threads: int = 0  # 0: the server's policy (app/threads.py)
     device: str = "auto"
@@ -184,9 +184,9 @@ class Settings:
             models=models,
             default_model=default or (names[0] if names else None),
             max_body_bytes=integer("SERVE_MAX_BODY_BYTES", 10 * MB, 1024, 1024 * MB),
-            max_pixels=integer("SERVE_MAX_PIXELS", 25_000_000, 1024, 500_000_000),
+            max_pixels=integer("SERVE_MAX_PIXELS", 50_000_000, 1024, 500_000_000),
             max_images=integer("SERVE_MAX_IMAGES", 16, 1, 256),
-            jpeg_draft=boolean("SERVE_JPEG_DRAFT", True),
+            jpeg_draft=boolean("SERVE_JPEG_DRAFT", False),
             workers=integer("SERVE_WORKERS", 1, 1, 64),
             torch_threads=integer("SERVE_TORCH_THREADS", 0, 0, 256),
             device=device,

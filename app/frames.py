@@ -198,6 +198,7 @@ class ImageFramesSource:
             indices = indices[: params.max_frames]
         self._labels = [image_label(i, len(blobs), "frame") for i in indices]
         self._indices = list(indices)
+        self._blobs = [blobs[i] for i in self._indices]
         # Headers only: format, pixels and size are checked for every frame before streaming.
         self._images = [
             open_image(blobs[i], label, settings.max_pixels)
@@ -228,11 +229,13 @@ class ImageFramesSource:
             return None
         k, self._next = self._next, self._next + 1
         image, self._images[k] = self._images[k], None  # type: ignore[call-overload]
-        return self._indices[k], None, to_bgr(image, self._labels[k]).bgr
+        blob, self._blobs[k] = self._blobs[k], b""
+        return self._indices[k], None, to_bgr(blob, image, self._labels[k]).bgr
 
     def close(self) -> None:
         with self._lock:
             self._images = []
+            self._blobs = []
 
 
 def open_source(inputs: Inputs, params: StreamParameters, settings: Settings) -> FrameSource:

@@ -1,8 +1,15 @@
 """Pixel decoding: encoded image bytes to the BGR arrays Ultralytics takes, limits first.
 
 Every header is opened and checked (format, pixel count) before any image is decoded, so a
-decompression bomb or an unsupported format costs nothing. A JPEG much larger than the model's
-input may be decoded reduced (libjpeg's draft mode); results are scaled back to full size.
+decompression bomb or an unsupported format costs nothing. Pixels are then decoded exactly as
+Ultralytics' ``predict(path)`` reads a file (``ultralytics.utils.patches.imread``):
+``cv2.imdecode(bytes, cv2.IMREAD_COLOR)``, which applies the EXIF orientation (JPEG, PNG, WebP),
+repeats a grey channel three times, drops an alpha channel without compositing and keeps a
+16-bit image's high byte. So the same file gives the same answer as ``predict(path)``.
+
+Opt-in (``SERVE_JPEG_DRAFT``): a JPEG much larger than the model's input may be decoded reduced
+(libjpeg's draft mode, through Pillow); results are scaled back to full size. That changes the
+pixels the model sees, and so its answers (the README gives the measured cost).
 """
 
 from __future__ import annotations
@@ -47,7 +54,8 @@ class DecodedImage:
     """A decoded image as Ultralytics wants it: BGR, HxWx3 uint8.
 
     ``width`` and ``height`` are the image's own (EXIF-oriented) size. A JPEG decoded in draft
-    mode has a smaller ``bgr``; results on it are scaled back to ``width`` x ``height``.
+    mode (opt-in) has a smaller ``bgr``; results on it are scaled back to ``width`` x
+    ``height``.
     """
 
     bgr: np.ndarray
@@ -110,23 +118,48 @@ def draft_size(size: tuple[int, int], imgsz: int) -> tuple[int, int]:
     return max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))
 
 
-def to_bgr(image: Image.Image, label: str, draft_to: int | None = None) -> DecodedImage:
-    """Decode an opened image, apply its EXIF orientation, and convert it to BGR.
+def imdecode(blob: bytes, label: str) -> np.ndarray:
+    """Decode like Ultralytics' ``imread`` for JPEG, PNG, WebP and BMP: BGR, HxWx3 uint8."""
+    try:
+        bgr = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # a decoder's own check failed: the bytes are bad
+        detail = getattr(exc, "err", None) or "OpenCV could not decode it"
+        raise InvalidImage(f"{label} is corrupt or truncated: {detail}") from None
+    if bgr is None:
+        raise InvalidImage(f"{label} is corrupt or truncated: OpenCV could not decode it")
+    if bgr.dtype == np.uint16:  # not with IMREAD_COLOR today; Ultralytics keeps the high byte
+        bgr = (bgr >> 8).astype(np.uint8)
+    return bgr
 
-    ``draft_to``: the model's input size. A JPEG at least twice that size per side is decoded
-    by libjpeg at 1/2, 1/4 or 1/8 scale (Pillow's draft mode), never below what the letterbox
-    resize to ``draft_to`` keeps; the result still reports the full size. Pixels are copied
-    once out of Pillow and once by the colour conversion, nothing more.
+
+def to_bgr(
+    blob: bytes, image: Image.Image, label: str, draft_to: int | None = None
+) -> DecodedImage:
+    """Decode an image (``blob``, already opened as ``image`` by :func:`open_image`) to BGR,
+    EXIF orientation applied, with exactly the pixels Ultralytics' ``predict(path)`` sees.
+
+    ``draft_to`` (opt-in, ``SERVE_JPEG_DRAFT``): the model's input size. A JPEG at least twice
+    that size per side is decoded by libjpeg at 1/2, 1/4 or 1/8 scale (Pillow's draft mode),
+    never below what the letterbox resize to ``draft_to`` keeps; the result still reports the
+    full size. Any other image is decoded exactly.
     """
-    full_size = oriented_size(image)  # a JPEG's EXIF block is in its header
     stored_size = image.size
     if draft_to is not None and image.format == "JPEG":
+        full_size = oriented_size(image)  # a JPEG's EXIF block is in its header
         image.draft("RGB", draft_size(stored_size, draft_to))
+        if image.size != stored_size:
+            return _draft_decode(image, label, full_size)
+    bgr = imdecode(blob, label)
+    height, width = bgr.shape[:2]
+    return DecodedImage(bgr, width, height)
+
+
+def _draft_decode(image: Image.Image, label: str, full_size: tuple[int, int]) -> DecodedImage:
+    """Finish a JPEG's reduced (draft) decode through Pillow; the result keeps the full size."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             image.load()
-            drafted = image.size != stored_size
             if image.getexif().get(ORIENTATION_TAG, 1) != 1:
                 image = ImageOps.exif_transpose(image)
             if image.mode != "RGB":
@@ -134,8 +167,7 @@ def to_bgr(image: Image.Image, label: str, draft_to: int | None = None) -> Decod
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise InvalidImage(f"{label} is corrupt or truncated: {exc}") from None
     bgr = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2BGR)
-    width, height = full_size if drafted else image.size
-    return DecodedImage(bgr, width, height)
+    return DecodedImage(bgr, *full_size)
 
 
 def decode_images(
@@ -143,10 +175,13 @@ def decode_images(
 ) -> list[DecodedImage]:
     """Decode every image, after checking every header against the limits first.
 
-    ``draft_to``: see :func:`to_bgr`; None decodes every image at full size.
+    ``draft_to``: see :func:`to_bgr`; None (the default) decodes every image exactly.
     """
     labels = [image_label(i, len(blobs)) for i in range(len(blobs))]
     opened = [
         open_image(blob, label, max_pixels) for blob, label in zip(blobs, labels, strict=True)
     ]
-    return [to_bgr(image, label, draft_to) for image, label in zip(opened, labels, strict=True)]
+    return [
+        to_bgr(blob, image, label, draft_to)
+        for blob, image, label in zip(blobs, opened, labels, strict=True)
+    ]

@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 
 import msgspec
 
-from client import errors, vertex
+from client import errors, resize, vertex
 from client._bridge import AsyncCalls
 from client._retry import RetryPolicy, async_retrying, parse_retry_after, retrying
 from client._stream import AsyncStream, Stream
@@ -37,9 +37,11 @@ from client.media import (
     Images,
     StreamSource,
     VideoInput,
+    encode_image,
     frames_body,
     images_body,
     is_many,
+    is_uri,
     video_body,
 )
 from client.schema import (
@@ -151,6 +153,9 @@ class _Call:
 
     request: Request
     decode: Callable[[Response], Any]
+    #: Set when an image is large and the server's limits are not known yet: the call is
+    #: built again (images scaled to fit) once they are (:meth:`_Base._learnt_limits`).
+    rebuild: Callable[[], _Call] | None = None
 
 
 def _query(values: dict[str, Any]) -> str:
@@ -203,6 +208,7 @@ class _Base:
         retries: RetryPolicy | int | None = None,
         image_format: ImageFormat = "jpeg",
         channels: Channels = "bgr",
+        max_side: int | None = None,
     ) -> None:
         if timeout is not None and not timeout > 0:
             raise errors.ParameterError(f"timeout must be positive seconds or None, not {timeout}")
@@ -219,6 +225,9 @@ class _Base:
         self.retries = retries or RetryPolicy()
         self.image_format: ImageFormat = image_format
         self.channels: Channels = channels
+        self.max_side = resize.check_max_side(max_side)
+        #: The server's (max_pixels, max_body_bytes), from /models once an image needs them.
+        self.server_limits: tuple[int | None, int | None] | None = None
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -248,6 +257,59 @@ class _Base:
         request = self._request("/models", deployed_model_id=deployed_model_id)
         return _Call(request, lambda r: self._decode(r, decode_models, request))
 
+    def _fit_images(self, images: Images) -> tuple[Images, list[resize.Scaled | None], bool]:
+        """The images to send, each scaled down when over a limit (:mod:`client.resize`), what
+        was scaled, and whether the server's limits are still to be learnt for them."""
+        if self.max_side == 0:
+            return images, [], False
+        many = is_many(images)
+        items = list(cast("Sequence[ImageInput]", images)) if many else [images]
+        blobs: list[Any] = []
+        names: list[str] = []
+        for i, item in enumerate(items):
+            if is_uri(item):
+                blobs.append(item)
+            else:
+                data, _ = encode_image(
+                    cast("ImageInput", item), image_format=self.image_format, channels=self.channels
+                )
+                blobs.append(data)
+            names.append(
+                os.fspath(item)
+                if isinstance(item, str | os.PathLike)
+                else (f"image {i}" if many else "the image")
+            )
+        if self.server_limits is None:
+            for blob in blobs:
+                size = resize.image_size(blob) if isinstance(blob, bytes) else None
+                if size is not None and size[0] * size[1] > resize.PROBE_PIXELS:
+                    return images, [], True
+        max_pixels, max_body = self.server_limits or (None, None)
+        # Vertex's 10 MB holds whatever the server takes: never plan for more
+        limits = resize.Limits(
+            self.max_side, max_pixels, min(max_body or resize.BODY_LIMIT, resize.BODY_LIMIT)
+        )
+        room = (limits.max_bytes or resize.BODY_LIMIT) - resize.BODY_MARGIN
+        total = sum(len(b) for b in blobs if isinstance(b, bytes))
+        share = room if total <= room else room // len(blobs)
+        scaled: list[resize.Scaled | None] = []
+        for i, blob in enumerate(blobs):
+            done = None
+            if isinstance(blob, bytes):
+                blobs[i], done = resize.fit(blob, names[i], limits, share)
+            if done is None and isinstance(items[i], str | os.PathLike):
+                blobs[i] = items[i]  # a path keeps its file name in a multipart body
+            scaled.append(done)
+        resize.report(scaled)
+        return (blobs if many else blobs[0]), (scaled if any(scaled) else []), False
+
+    def _learnt_limits(self, models: ModelList | None) -> None:
+        """Keep the server's limits (both None when ``/models`` could not say)."""
+        if models is None:
+            self.server_limits = (None, None)
+        else:
+            self.server_limits = (models.max_pixels, models.max_body_bytes)
+
     def _images_call(
         self,
         route: str,
@@ -259,8 +321,9 @@ class _Base:
     ) -> _Call:
         query = _query(_validate(ROUTE_PARAMETERS[route], params))
         decode = decode or ROUTE_DECODERS.get(route, decode_inference)
+        sent, scaled, unknown = self._fit_images(images)
         body, content_type = images_body(
-            images, image_format=self.image_format, channels=self.channels
+            sent, image_format=self.image_format, channels=self.channels
         )
         request = self._request(
             route + query,
@@ -269,7 +332,14 @@ class _Base:
             deployed_model_id=deployed_model_id,
             accept=accept,
         )
-        return _Call(request, lambda r: self._decode(r, decode, request))
+        rebuild = (
+            (lambda: self._images_call(route, images, params, deployed_model_id, accept, decode))
+            if unknown
+            else None
+        )
+        return _Call(
+            request, lambda r: resize.restore(self._decode(r, decode, request), scaled), rebuild
+        )
 
     def _annotate_call(
         self, image: Images, json: bool, params: Mapping[str, Any], deployed_model_id: str | None
@@ -285,6 +355,11 @@ class _Base:
             "/annotate", image, params, deployed_model_id, accept=f"image/{fmt}"
         )
         request = call.request
+        rebuild = (
+            (lambda: self._annotate_call(image, json, params, deployed_model_id))
+            if call.rebuild
+            else None
+        )
 
         def decode(response: Response) -> Annotation:
             headers = response.headers
@@ -301,7 +376,7 @@ class _Base:
             self._check_served(request, annotation.deployed_model_id)
             return annotation
 
-        return _Call(request, decode)
+        return _Call(request, decode, rebuild)
 
     def _stream_request(
         self, source: StreamSource, params: Mapping[str, Any], deployed_model_id: str | None
@@ -430,6 +505,10 @@ class Client(_Base):
         retries: a :class:`RetryPolicy`, or the number of retries (0: none).
         image_format: how arrays and PIL images are encoded (``"jpeg"`` q95 or ``"png"``).
         channels: the channel order of numpy arrays (``"bgr"``, OpenCV's, by default).
+        max_side: scale an image whose longer side is over this many pixels down before upload
+            (results still in the original's pixels). Images over the request's 10 MB or the
+            server's pixel limit are scaled down whatever this is; ``0`` turns scaling off
+            (:mod:`client.resize`).
     """
 
     def __init__(self, endpoint: Any, **options: Any) -> None:
@@ -486,6 +565,13 @@ class Client(_Base):
         return cls(HttpTransport(url, verify=verify, headers=headers), **options)
 
     def _run(self, call: _Call) -> Any:
+        if call.rebuild is not None:
+            if self.server_limits is None:
+                try:
+                    self._learnt_limits(self.models())
+                except errors.VertexYoloError:  # the server answers the image itself
+                    self._learnt_limits(None)
+            call = call.rebuild()
         for attempt in retrying(self.retries):
             with attempt:
                 response = self.transport.send(call.request)
@@ -752,6 +838,13 @@ class AsyncClient(_Base):
         return await result if inspect.isawaitable(result) else result
 
     async def _run(self, call: _Call) -> Any:
+        if call.rebuild is not None:
+            if self.server_limits is None:
+                try:
+                    self._learnt_limits(await self.models())
+                except errors.VertexYoloError:  # the server answers the image itself
+                    self._learnt_limits(None)
+            call = call.rebuild()
         async for attempt in async_retrying(self.retries):
             with attempt:
                 response = await self._send(call.request)

@@ -177,10 +177,15 @@ class ModelInfo(Struct, frozen=True, kw_only=True):
 
 
 class ModelList(Struct, frozen=True, kw_only=True):
+    """``GET /models``; ``max_pixels`` (per image) and ``max_body_bytes`` (per request) are the
+    server's input limits: the client scales down a photo over them before upload."""
+
     models: list[ModelInfo]
     default_model: str | None
     deployed_model_id: str
     replica_id: str | None = None
+    max_pixels: int | None = None
+    max_body_bytes: int | None = None
 
 
 class Health(Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -1,6 +1,6 @@
 """Decoding: JPEG draft mode (a large JPEG decoded reduced, results in full-size coordinates),
 colour order and EXIF orientation, through ``app.images`` and through real servers with
-``SERVE_JPEG_DRAFT`` on (the default) and off."""
+``SERVE_JPEG_DRAFT`` off (the default: exact) and on."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def jpeg(rgb: np.ndarray, **kw) -> bytes:
 
 
 def decode(blob: bytes, draft_to: int | None):
-    return to_bgr(open_image(blob, "the image", 50_000_000), "the image", draft_to)
+    return to_bgr(blob, open_image(blob, "the image", 50_000_000), "the image", draft_to)
 
 
 def test_draft_size_keeps_what_the_letterbox_keeps():
@@ -80,8 +80,8 @@ def test_limits_are_checked_before_any_image_is_decoded():
 
 
 @pytest.fixture(scope="module")
-def full_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with serving(tmp_path_factory.mktemp("nodraft"), {"SERVE_JPEG_DRAFT": "false"}) as srv:
+def draft_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with serving(tmp_path_factory.mktemp("draft"), {"SERVE_JPEG_DRAFT": "true"}) as srv:
         yield srv
 
 
@@ -98,12 +98,12 @@ def detect(url: str, route: str, blob: bytes, **params) -> dict:
 
 
 @pytest.mark.parametrize("route", ["/detect", "/segment"])
-def test_draft_gives_the_same_results_in_full_size_coordinates(server, full_server, route):
+def test_draft_gives_the_same_results_in_full_size_coordinates(draft_server, server, route):
     params = {"rle": "true"} if route == "/segment" else {}
     for rgb, truth in BIG:
         blob = jpeg(rgb)
-        (on,) = detect(server.url, route, blob, **params)["results"]
-        (off,) = detect(full_server.url, route, blob, **params)["results"]
+        (on,) = detect(draft_server.url, route, blob, **params)["results"]
+        (off,) = detect(server.url, route, blob, **params)["results"]
         assert (on["width"], on["height"]) == (off["width"], off["height"]) == (2560, 1920)
         assert len(on["detections"]) == len(off["detections"])
         for d in off["detections"]:

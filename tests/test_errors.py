@@ -85,9 +85,9 @@ def test_chunked_body_over_limit_is_refused(client):
 
 def test_image_over_pixel_limit(client):
     img = io.BytesIO()
-    Image.new("1", (6000, 5000)).save(img, format="PNG")  # 30 MP > the 25 MP default
+    Image.new("1", (8000, 7000)).save(img, format="PNG")  # 56 MP > the 50 MP default
     assert_problem(
-        png_post(client, data=img.getvalue()), 413, "payload-too-large", "6000x5000", "25000000"
+        png_post(client, data=img.getvalue()), 413, "payload-too-large", "8000x7000", "50000000"
     )
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import msgspec
 from litestar import Controller, HttpMethod, route
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
+from app.config import Settings
 from app.registry import Registry
 from app.routes.openapi import problems
 from client.schema import ModelInfo, ModelList
@@ -21,9 +23,15 @@ class ModelsController(Controller):
         responses=problems(503),
         sync_to_thread=False,
     )
-    def list_models(self, registry: NamedDependency[Registry]) -> ModelList:
+    def list_models(
+        self, registry: NamedDependency[Registry], settings: NamedDependency[Settings]
+    ) -> ModelList:
         registry.ensure_ready()
-        return registry.describe()
+        return msgspec.structs.replace(
+            registry.describe(),
+            max_pixels=settings.max_pixels,
+            max_body_bytes=settings.max_body_bytes,
+        )
 
     @route(
         "/{name:str}",

@@ -66,6 +66,15 @@ def inference_options(
         g.add_argument("--track", choices=["none", "bytetrack", "botsort"])
         g.add_argument("--vid-stride", type=int, help="process every n-th frame")
         g.add_argument("--max-frames", type=int, help="stop after this many processed frames")
+    else:
+        g.add_argument(
+            "--max-side",
+            type=int,
+            metavar="PIXELS",
+            help="scale an image whose longer side is over this down before upload (results in "
+            "the original's pixels); images over 10 MB or the server's pixel limit are scaled "
+            "anyway; 0: never scale",
+        )
     return p
 
 
@@ -93,6 +102,8 @@ def vertex_target(args: argparse.Namespace) -> vertex.VertexTarget:
 def make_client(args: argparse.Namespace) -> Client:
     """The client the connection options describe."""
     options: dict[str, Any] = {"timeout": args.timeout, "retries": args.retries}
+    if getattr(args, "max_side", None) is not None:
+        options["max_side"] = args.max_side
     if args.url:
         return Client.from_url(args.url, verify=args.ca_cert, **options)
     target = vertex_target(args)
