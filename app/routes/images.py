@@ -291,7 +291,10 @@ class ImagesController(Controller):
                         class_name=d.class_name,
                         confidence=d.confidence,
                         bbox=[d.box.x1, d.box.y1, d.box.x2, d.box.y2],
-                        keypoints=[[k.x, k.y, k.confidence or 0.0] for k in d.keypoints]
+                        keypoints=[
+                            [k.x, k.y] + ([] if k.confidence is None else [k.confidence])
+                            for k in d.keypoints
+                        ]
                         if d.keypoints is not None
                         else None,
                         xywhr=[o.cx, o.cy, o.width, o.height, o.angle]
