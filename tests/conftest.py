@@ -45,6 +45,7 @@ LONGEST_FIRST = (
     "test_emulator.py",
     "test_client.py",
     "test_formats.py",
+    "test_beam.py",
     "test_storage.py",
     "test_deploy.py",
 )

@@ -165,10 +165,11 @@ def run_beam(args: argparse.Namespace) -> int:
     target = vertex_target(args)
     if target.project and "--project" not in given:
         flags.append(f"--project={target.project}")
-    if args.runner == "DirectRunner":
+    if args.runner == "DirectRunner":  # threads in this process, unless told otherwise
+        if "--direct_running_mode" not in given:
+            flags.append("--direct_running_mode=multi_threading")
         if "--direct_num_workers" not in given:
-            flags += ["--direct_running_mode=multi_threading"]
-            flags += [f"--direct_num_workers={args.concurrency or DIRECT_WORKERS}"]
+            flags.append(f"--direct_num_workers={args.concurrency or DIRECT_WORKERS}")
     elif "--region" not in given and target.location:
         flags.append(f"--region={target.location}")
     connection: dict[str, Any] = {"url": args.url, "ca_cert": args.ca_cert}
