@@ -82,7 +82,7 @@ def test_a_gs_uri_whose_path_leaves_the_cache_is_refused(gcs: Any, tmp_path: Pat
 
 def test_models_shows_file_names_not_the_servers_paths(client) -> None:
     models = client.get("/models").json()["models"]
-    assert {m["source"] for m in models} == {"shapes-detect.pt", "shapes-segment.pt"}
+    assert {m["source"] for m in models} == {f"{name}.pt" for name, _ in DEMO_MODELS}
     assert public_source("gs://b/x/y_openvino_model") == "gs://b/x/y_openvino_model"
     assert public_source("/srv/private/dir/w.pt/") == "w.pt"
     assert public_source("yolo11n.pt") == "yolo11n.pt"
