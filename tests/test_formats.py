@@ -24,6 +24,7 @@ from httpx_sse import connect_sse
 
 from app.config import Settings, SettingsError
 from app.demo.shapes import CLASSIFY_SCALE, draw_scene
+from app.registry import Registry
 from conftest import PATIENCE_S, ROOT, Server, serving, start_server
 from helpers import box_iou, det_box, encode, mask_iou, polygons_mask, scenes, upload
 
@@ -322,13 +323,21 @@ def test_storage_uri_discovers_exports_in_cloud_storage(exports, tmp_path, gcs):
     )
 
 
+def test_missing_cloud_storage_weights_stop_the_server(tmp_path, gcs):
+    """The load fails naming the object, and the server exits 1 (Vertex restarts a container
+    that exits; one that stayed up unhealthy would only be probed)."""
+    srv = start_server(tmp_path, {"SERVE_MODELS": "x=gs://weights/nowhere/x.pt"})
+    try:
+        code = srv.proc.wait(PATIENCE_S)
+    finally:
+        srv.stop()
+    named = "gs://weights/nowhere/x.pt: no such object"
+    assert code == 1 and named in srv.logs(), srv.logs()[-3000:]
+
+
 @pytest.mark.parametrize(
     ("env", "named"),
     [
-        (
-            {"SERVE_MODELS": "x=gs://weights/nowhere/x.pt"},
-            "gs://weights/nowhere/x.pt: no such object",
-        ),
         (
             {"SERVE_MODELS": "x=gs://no-such-bucket/x.pt"},
             "gs://no-such-bucket/x.pt: no such object",
@@ -339,12 +348,14 @@ def test_storage_uri_discovers_exports_in_cloud_storage(exports, tmp_path, gcs):
         ),
     ],
 )
-def test_missing_cloud_storage_weights_are_a_clear_startup_error(env, named, tmp_path, gcs):
-    """The load fails naming the object or bucket, and the server exits 1 (Vertex restarts a
-    container that exits; one that stayed up unhealthy would only be probed)."""
-    srv = start_server(tmp_path, env)
+def test_missing_cloud_storage_weights_are_named(env, named, tmp_path, gcs):
+    """The other missing sources, through the loader the start runs (``Registry._load_all``,
+    in this process: the exit that follows is the test above's)."""
+    registry = Registry(Settings.from_env({**env, "SERVE_CACHE_DIR": str(tmp_path / "cache")}))
     try:
-        code = srv.proc.wait(PATIENCE_S)
+        with pytest.raises(FileNotFoundError) as missing:
+            registry._load_all()
     finally:
-        srv.stop()
-    assert code == 1 and named in srv.logs(), srv.logs()[-3000:]
+        if registry.threads is not None:
+            registry.threads.close()
+    assert named in str(missing.value)
