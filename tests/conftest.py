@@ -36,18 +36,22 @@ BUS_JPG = Path(importlib.util.find_spec("ultralytics").origin).parent / "assets"
 # The files that take longest (measured), started first: the two xdist workers take files in
 # collection order, and a long file picked up last would leave one worker alone at the end.
 LONGEST_FIRST = (
-    "test_fleet.py",
     "test_packaging.py",
-    "test_video.py",
-    "test_batch.py",
-    "test_soak.py",
-    "test_rollout.py",
-    "test_emulator.py",
-    "test_client.py",
     "test_formats.py",
+    "test_rollout.py",
+    "test_fleet.py",
+    "test_client.py",
+    "test_video.py",
+    "test_emulator.py",
+    "test_batch.py",
+    "test_batching.py",
+    "test_bench.py",
+    "test_stream.py",
     "test_beam.py",
-    "test_storage.py",
+    "test_soak.py",
     "test_deploy.py",
+    "test_shutdown.py",
+    "test_cli.py",
 )
 
 
