@@ -34,7 +34,8 @@ _DONE = object()
 def _call(
     client: Any, route: str, image: bytes | str, deployed_model_id: str, params: Mapping[str, Any]
 ) -> Any:
-    """One image on ``route`` (``detect``, ``segment``, or ``annotate``: its JSON form)."""
+    """One image on ``route`` (an image route's client method: ``detect``, ``classify``...;
+    ``annotate``: its JSON form)."""
     if route == "annotate":
         return client.annotate(image, json=True, deployed_model_id=deployed_model_id, **params)
     return getattr(client, route)(image, deployed_model_id=deployed_model_id, **params)

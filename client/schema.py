@@ -15,7 +15,7 @@ classify answers :class:`ClassifyResponse`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -249,9 +249,8 @@ PROBLEM_TYPE_PREFIX = "urn:vertex-yolo:problem:"
 Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
 
 
-Task = Literal["detect", "segment", "classify", "pose", "obb"]
-TASKS: tuple[str, ...] = get_args(Task)
-BOX_TASKS: tuple[str, ...] = ("detect", "segment", "pose", "obb")  # answers with boxes
+#: The Ultralytics tasks that answer with boxes (all but classify).
+BOX_TASKS: tuple[str, ...] = ("detect", "segment", "pose", "obb")
 
 
 class ModelParameters(Struct, kw_only=True, forbid_unknown_fields=True):

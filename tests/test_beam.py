@@ -37,6 +37,18 @@ CORRUPT = 2
 WORKERS = 3
 
 
+def our_handler(emulator: Any, **options: Any) -> YoloModelHandler:
+    """Our handler on the session emulator (its endpoint, control plane and CA)."""
+    return YoloModelHandler(
+        emulator.endpoint_id,
+        project=emulator.project,
+        location=emulator.location,
+        api_endpoint=emulator.control_plane_url,
+        ca_cert=emulator.ca_cert,
+        **options,
+    )
+
+
 def direct(workers: int = WORKERS) -> PipelineOptions:
     return PipelineOptions(
         ["--direct_running_mode=multi_threading", f"--direct_num_workers={workers}"]
@@ -121,18 +133,10 @@ def test_bucket_to_bucket_through_our_handler_as_uris(emulator, shots, gcs):
     both of its replicas answer."""
     _, truth = shots
     pinned = emulator.deployed_models["shapes-a"]
-    handler = YoloModelHandler(
-        emulator.endpoint_id,
-        project=emulator.project,
-        location=emulator.location,
-        api_endpoint=emulator.control_plane_url,
-        ca_cert=emulator.ca_cert,
-        deployed_model_id=pinned,
-        max_images=4,
-    )
+    ours = our_handler(emulator, deployed_model_id=pinned, max_images=4)
     out = "gs://outputs/beam/uris.jsonl"
     with beam.Pipeline(options=direct()) as pipeline:
-        add_batch(pipeline, "gs://inputs/beam/", out, handler)
+        add_batch(pipeline, "gs://inputs/beam/", out, ours)
     rows = [json.loads(line) for line in read_lines(out)]
     check_lines(rows, truth)
     assert {row["deployed_model_id"] for row in rows} == {pinned}
@@ -320,22 +324,14 @@ def test_replica_killed_mid_job_loses_and_duplicates_nothing(
     folder, truth = shots
     a = emulator.deployed_models["shapes-a"]
     victim, _ = emulator_process.current().replicas[a]
-    handler = YoloModelHandler(
-        emulator.endpoint_id,
-        project=emulator.project,
-        location=emulator.location,
-        api_endpoint=emulator.control_plane_url,
-        ca_cert=emulator.ca_cert,
-        deployed_model_id=a,
-        max_images=2,
-    )
+    ours = our_handler(emulator, deployed_model_id=a, max_images=2)
     out = tmp_path / "killed.jsonl"
     _killed.clear()
     with beam.Pipeline(options=direct()) as p:
         (
             p
             | beam.Create(sorted(str(f) for f in folder.iterdir()))
-            | RunInference(handler)
+            | RunInference(ours)
             | beam.Map(lambda prediction: prediction.inference)
             | beam.ParDo(KillAfter(victim.pid, after=6))
             | beam.Map(lambda line: msgspec.json.encode(line).decode())
