@@ -59,7 +59,7 @@ class Settings:
     max_pixels: int = 50_000_000  # 48 and 50 MP phone photos; see README
     max_images: int = 16
     jpeg_draft: bool = False  # opt-in: changes the pixels the model sees
-    workers: int = 1
+    workers: int = 0  # 0: the server's policy (app/threads.py: one per core, up to 4, on CPU)
     torch_threads: int = 0  # 0: the server's policy (app/threads.py)
     device: str = "auto"
     log_level: str = "info"
@@ -187,7 +187,7 @@ class Settings:
             max_pixels=integer("SERVE_MAX_PIXELS", 50_000_000, 1024, 500_000_000),
             max_images=integer("SERVE_MAX_IMAGES", 16, 1, 256),
             jpeg_draft=boolean("SERVE_JPEG_DRAFT", False),
-            workers=integer("SERVE_WORKERS", 1, 1, 64),
+            workers=integer("SERVE_WORKERS", 0, 0, 64),
             torch_threads=integer("SERVE_TORCH_THREADS", 0, 0, 256),
             device=device,
             log_level=log_level,

@@ -21,7 +21,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, cast
+from typing import IO, NamedTuple, cast
 
 import cv2
 import numpy as np
@@ -170,6 +170,33 @@ def _draft_decode(image: Image.Image, label: str, full_size: tuple[int, int]) ->
     return DecodedImage(bgr, *full_size)
 
 
+class Opened(NamedTuple):
+    """An image whose header passed the limits: its bytes, Pillow's lazy image, its label."""
+
+    blob: bytes
+    image: Image.Image
+    label: str
+
+    @property
+    def pixels(self) -> int:
+        w, h = self.image.size
+        return w * h
+
+
+def open_images(blobs: list[bytes], max_pixels: int) -> list[Opened]:
+    """Every image's header, checked against the limits (no pixel decoded: cheap)."""
+    labels = [image_label(i, len(blobs)) for i in range(len(blobs))]
+    return [
+        Opened(blob, open_image(blob, label, max_pixels), label)
+        for blob, label in zip(blobs, labels, strict=True)
+    ]
+
+
+def decode_opened(opened: list[Opened], draft_to: int | None = None) -> list[DecodedImage]:
+    """Decode images opened by :func:`open_images` (``draft_to``: see :func:`to_bgr`)."""
+    return [to_bgr(o.blob, o.image, o.label, draft_to) for o in opened]
+
+
 def decode_images(
     blobs: list[bytes], max_pixels: int, draft_to: int | None = None
 ) -> list[DecodedImage]:
@@ -177,11 +204,4 @@ def decode_images(
 
     ``draft_to``: see :func:`to_bgr`; None (the default) decodes every image exactly.
     """
-    labels = [image_label(i, len(blobs)) for i in range(len(blobs))]
-    opened = [
-        open_image(blob, label, max_pixels) for blob, label in zip(blobs, labels, strict=True)
-    ]
-    return [
-        to_bgr(blob, image, label, draft_to)
-        for blob, image, label in zip(blobs, opened, labels, strict=True)
-    ]
+    return decode_opened(open_images(blobs, max_pixels), draft_to)

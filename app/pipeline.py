@@ -16,7 +16,7 @@ from litestar import Request
 
 from app.config import Settings
 from app.frontend import Route, admitted
-from app.images import decode_images
+from app.images import DecodedImage, Opened, decode_opened, open_images
 from app.metrics import IMAGES, INFERENCE_SECONDS
 from app.registry import LoadedModel, Registry
 from app.results import RESCALABLE_TASKS, restore_size
@@ -24,6 +24,12 @@ from client.schema import SERVER_TIMING, ModelParameters, format_server_timing
 
 P = TypeVar("P", bound=ModelParameters)
 T = TypeVar("T")
+
+
+#: the most pixels a request alone in the server decodes on the event loop (about 3 ms of
+#: JPEG decoding on the project's machine; larger images, or any image while other requests are
+#: in flight, go to a worker thread)
+INLINE_PIXELS = 2_500_000
 
 
 @dataclass
@@ -34,6 +40,7 @@ class Inferred(Generic[P]):
     params: P
     results: list[Any]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    registry: Registry | None = None
 
     def headers(self) -> dict[str, str]:
         """Headers every inference response carries (request and deployed model ids: all)."""
@@ -43,12 +50,26 @@ class Inferred(Generic[P]):
             SERVER_TIMING: format_server_timing(self.timings_ms),
         }
 
-    async def encode(self, fn: Callable[[], T]) -> T:
-        """Run an encoder in a worker thread and record its time."""
+    async def encode(self, fn: Callable[[], T], small: bool = True) -> T:
+        """Run an encoder and record its time: a ``small`` one (results to a Struct) on the
+        event loop when no other request is in flight (a thread's hop there and back costs
+        more than it), anything else in a worker thread."""
         started = time.perf_counter()
-        out = await anyio.to_thread.run_sync(fn)
+        if small and self.registry is not None and self.registry.in_flight() == 0:
+            out = fn()
+        else:
+            out = await anyio.to_thread.run_sync(fn)
         self.timings_ms["encode"] = (time.perf_counter() - started) * 1000
         return out
+
+
+async def decode(opened: list[Opened], draft_to: int | None, alone: bool) -> list[DecodedImage]:
+    """The images' pixels: on the event loop for a request alone in the server with at most
+    :data:`INLINE_PIXELS` pixels (the hop to a thread and back is then most of the cost at
+    concurrency 1), else in a worker thread (the loop stays free for other requests)."""
+    if alone and sum(o.pixels for o in opened) <= INLINE_PIXELS:
+        return decode_opened(opened, draft_to)
+    return await anyio.to_thread.run_sync(decode_opened, opened, draft_to)
 
 
 async def infer(
@@ -69,8 +90,9 @@ async def infer(
     async with admitted(request, registry, settings, route, one_image=one_image) as job:
         model = job.model
         reduce = draft and settings.jpeg_draft and model.task in RESCALABLE_TASKS
-        images = await anyio.to_thread.run_sync(
-            decode_images, job.inputs.blobs, settings.max_pixels, job.imgsz if reduce else None
+        opened = open_images(job.inputs.blobs, settings.max_pixels)  # headers: cheap
+        images = await decode(
+            opened, job.imgsz if reduce else None, alone=registry.in_flight() == 1
         )
         decoded = time.perf_counter()
         results = await model.predict([im.bgr for im in images], job.params, job.class_ids)
@@ -81,4 +103,4 @@ async def infer(
     INFERENCE_SECONDS.labels(model.name, route.path).observe(done - decoded)
     IMAGES.labels(model.name, route.path).inc(len(images))
     timings = {"decode": (decoded - job.started) * 1000, "inference": (done - decoded) * 1000}
-    return Inferred(model, job.params, results, timings)
+    return Inferred(model, job.params, results, timings, registry)

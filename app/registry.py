@@ -4,7 +4,9 @@ Loading happens in a worker thread started by the app's lifespan, so the server 
 ``/health`` (503 ``loading``) from its first second and 200 once every model is warm. Where the
 weights come from is :mod:`app.model_sources`; how a model's requests are queued, batched and
 run is its :class:`~app.scheduler.Scheduler`. Ultralytics' predictor keeps per-call state, so
-each model holds a small pool of instances (``SERVE_WORKERS``), each used by one thread at a time.
+each model holds a small pool of instances, each used by one thread at a time: one is loaded and
+warmed before ``/health`` is 200, more on demand (when a model has more requests in flight than
+instances) up to the number of inference threads (``SERVE_WORKERS``).
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ from app.model_sources import (
 )
 from app.offline import disable_sync
 from app.scheduler import Policy, Scheduler
-from app.threads import InferenceThreads, is_cuda, torch_threads
+from app.threads import InferenceThreads, is_cuda, policy
 from client.schema import KeypointLayout, ModelInfo, ModelList, ModelParameters
 
 log = logging.getLogger("app.registry")
@@ -88,6 +90,7 @@ class LoadedModel:
         sha256: str,
         device: str,
         half: bool = False,
+        make: Callable[[], Any] | None = None,
     ) -> None:
         first = instances[0]
         self.name = spec.name
@@ -105,12 +108,15 @@ class LoadedModel:
         self.device, self.half = device, half
         self.keypoints = keypoint_layout(first)
         self._instances = instances
+        self._make = make  # another warm instance (run on an inference thread)
         self.scheduler: Scheduler | None = None
 
     def start(self, settings: Settings, threads: InferenceThreads) -> None:
         """Start the model's scheduler (needs the running event loop; see app/scheduler.py)."""
         policy = Policy.from_settings(settings, self.format)
-        self.scheduler = Scheduler(self.name, self._instances, policy, threads)
+        self.scheduler = Scheduler(
+            self.name, self._instances, policy, threads, make=self._make, most=threads.count
+        )
         self.scheduler.start()
         log.info("model %s: %s", self.name, policy.describe())
 
@@ -252,7 +258,7 @@ class Registry:
             specs = discover_storage_models(settings.storage_uri)
         check_pins_name_models([spec.name for spec in specs], settings.model_sha256)
         device = resolve_device(settings.device)
-        self.threads = InferenceThreads(settings.workers, torch_threads(settings, device))
+        self.threads = policy(settings, device)
         disable_sync()
         return [self._load_one(spec, device) for spec in specs]
 
@@ -277,30 +283,34 @@ class Registry:
         where, weights = resolve_source(spec.source, settings.storage_uri, settings.cache_dir)
         check_pin(spec.name, weights, settings.model_sha256)  # before the pickle is loaded
         assert self.threads is not None
-        instances = []
-        for index in range(settings.workers):
+
+        def make() -> Any:
+            """A new instance, warmed (its first predict sets its device up); in the thread
+            that will run it, an inference thread."""
             model = YOLO(where)  # an export's task, classes and input size come from its metadata
             imgsz = model.overrides.get("imgsz", 640)
             imgsz = int(max(imgsz) if isinstance(imgsz, list | tuple) else imgsz)
-            blank = np.zeros((imgsz, imgsz, 3), np.uint8)
-            warm = partial(model.predict, blank, device=device, half=half, verbose=False)
-            self.threads.warm_up(index, warm)
+            model.predict(np.zeros((imgsz, imgsz, 3), np.uint8), device=device, half=half,
+                          verbose=False)  # fmt: skip
             if fmt != "pt":
                 backend = model.predictor.model  # Ultralytics' AutoBackend, metadata applied
                 model.overrides["imgsz"] = backend.imgsz
-                device = str(backend.device)  # OpenVINO (and ONNX without a GPU runtime): cpu
-            instances.append(model)
+            return model
+
+        instances = [self.threads.warm_up(0, make)]
+        if fmt != "pt":  # OpenVINO (and ONNX without a GPU runtime) run on the CPU
+            device = str(instances[0].predictor.model.device)
         if weights is None:
             ckpt = getattr(instances[0], "ckpt_path", None)
             weights = Path(ckpt) if ckpt and Path(ckpt).is_file() else None
         sha = sha256_path(weights) if weights else hashlib.sha256(where.encode()).hexdigest()
-        model = LoadedModel(spec, instances, sha, device, half)
+        model = LoadedModel(spec, instances, sha, device, half, make)
         log.info(
-            "model %s ready: %s, task=%s classes=%d imgsz=%d%s device=%s%s version=%s, %d x "
-            "%d torch threads (%.1f s)",
+            "model %s ready: %s, task=%s classes=%d imgsz=%d%s device=%s%s version=%s, %s; "
+            "instances: 1, up to %d on demand (%.1f s)",
             model.name, model.format, model.task, len(model.names), model.imgsz,
             " (fixed)" if model.fixed_imgsz else "", device, " fp16" if half else "",
-            model.version, len(instances), self.threads.threads,
+            model.version, self.threads.describe(), self.threads.count,
             time.perf_counter() - started,
         )  # fmt: skip
         return model
@@ -324,6 +334,10 @@ class Registry:
                 "models are still loading; retry shortly (GET /health says when ready)"
             )
             raise NotReady(detail)
+
+    def in_flight(self) -> int:
+        """Requests admitted by every model's scheduler and not yet done (streams included)."""
+        return sum(m.scheduler.depth for m in self.models.values() if m.scheduler is not None)
 
     def get(
         self, name: str | None, tasks: tuple[str, ...] | None = None, route: str = ""

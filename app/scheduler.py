@@ -20,6 +20,11 @@ Every route goes through its model's :class:`Scheduler`:
   a batched call raises, each of its items runs again alone: a bad input fails only its own
   request.
 
+A model starts with one warm instance; when it has more requests admitted than instances, one
+more is made and warmed on an inference thread (a few hundred ms, once) and joins the pool, up to
+``most`` (the number of inference threads): instances cost memory and start-up time only where
+requests run side by side.
+
 An inference thread cannot be interrupted, so an instance goes back to the pool only when its
 call is done: calls run in their own tasks, which a cancelled caller (a client gone from a
 stream) does not cancel.
@@ -103,9 +108,13 @@ class Scheduler:
         instances: list[Any],
         policy: Policy,
         threads: InferenceThreads,
+        make: Callable[[], Any] | None = None,
+        most: int = 1,
     ) -> None:
         self.name, self.policy, self.threads = name, policy, threads
         self._instances = instances
+        self._make, self._most = make, most
+        self._growing = False
         self._pool: asyncio.Queue[Any] = asyncio.Queue()
         self._depth = 0  # admitted and not yet done
         self._items = 0  # submitted to predict and not yet done
@@ -121,6 +130,11 @@ class Scheduler:
         self._count_waiting()
         if self.policy.batching:
             self._spawn(self._batch_forever())
+
+    @property
+    def depth(self) -> int:
+        """Requests (and stream frames) admitted and not yet done."""
+        return self._depth
 
     def _ensure_room(self) -> None:
         """Raise :class:`Overloaded` when the queue is full."""
@@ -139,6 +153,8 @@ class Scheduler:
             self._ensure_room()
         self._depth += 1
         QUEUE_DEPTH.labels(self.name).set(self._depth)
+        if self._depth > len(self._instances):
+            self._grow()
         try:
             yield
         finally:
@@ -187,6 +203,38 @@ class Scheduler:
         """``yolo_inference_waiting``: submitted to predict, not yet running (pending for a
         batch, or waiting for an instance)."""
         INFERENCE_WAITING.labels(self.name).set(self._waiting + len(self._pending))
+
+    @property
+    def instances(self) -> int:
+        return len(self._instances)
+
+    def _grow(self) -> None:
+        """One more instance, made on an inference thread, unless one is on its way or the
+        model has ``most``; the requests waiting meanwhile go to the instances there are."""
+        if self._growing or self._make is None or len(self._instances) >= self._most:
+            return
+        self._growing = True
+        self._spawn(self._add_instance(self._make))
+
+    async def _add_instance(self, make: Callable[[], Any]) -> None:
+        started = asyncio.get_running_loop().time()
+        try:
+            instance = await self.threads.run(make)
+        except Exception:
+            log.exception("model %s: another instance failed to load; keeping %d",
+                          self.name, len(self._instances))  # fmt: skip
+            self._make = None  # no retry storm: the instances there are carry on
+            return
+        finally:
+            self._growing = False
+        self._instances.append(instance)
+        self._pool.put_nowait(instance)
+        self._changed.set()
+        log.info("model %s: instance %d of at most %d ready (%.2f s)", self.name,
+                 len(self._instances), self._most,
+                 asyncio.get_running_loop().time() - started)  # fmt: skip
+        if self._depth > len(self._instances):
+            self._grow()
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)

@@ -12,13 +12,20 @@ model 16 ms against 8.5 ms. So:
 
 * :func:`prepare_process` (before torch is imported) sets ``OMP_NUM_THREADS=1`` unless it is
   set: the main thread and every thread that decodes or serves keep single-thread teams;
-* every model call runs on one of ``SERVE_WORKERS`` inference threads shared by all models
-  (:class:`InferenceThreads`), each with its own count (:func:`torch_threads`): on CPU the
-  usable cores shared among them, at least one each; on a GPU one (its CPU work is small:
-  letterbox and copies; more threads would only spin on cores that decode);
-  ``SERVE_TORCH_THREADS`` overrides both;
+* every model call runs on one of the inference threads shared by all models
+  (:class:`InferenceThreads`): ``SERVE_WORKERS`` of them, by default (:func:`workers`) one per
+  usable core up to 4 on CPU and one on a GPU;
+* on CPU the torch threads of a call follow the load (:func:`adaptive`): a call that starts
+  while no other runs gets every usable core (a lone request's lowest latency), a call that
+  starts while others run gets the cores shared among the busy calls, at least one (a full
+  queue's highest throughput: on 2 cores two one-thread calls side by side beat one two-thread
+  call after another). A call keeps its count until it ends, so the process may briefly manage
+  more threads than cores when a second call starts beside a lone one; from then on, while the
+  load stays, every call runs with its share. On a GPU one thread (its CPU work is small:
+  letterbox and copies; more threads would only spin on cores that decode).
+  ``SERVE_TORCH_THREADS`` fixes the count of every call;
 * the warm-up predicts run on those threads (Ultralytics' device set-up resets the count to
-  ``min(8, cores - 1)`` in the thread that runs it; the count is set again after it).
+  ``min(8, cores - 1)`` in the thread that runs it; every call sets its count again).
 """
 
 from __future__ import annotations
@@ -65,43 +72,65 @@ def is_accelerator(device: str) -> bool:
     return is_cuda(device) or device == "mps"
 
 
-def torch_threads(settings: Settings, device: str) -> int:
-    """Torch threads for each inference thread (see the module docstring)."""
+#: the most inference threads ``SERVE_WORKERS``'s default starts on CPU (each is one instance
+#: of every model: memory grows with it, and past a few busy calls each share is small)
+MAX_DEFAULT_WORKERS = 4
+
+
+def workers(settings: Settings, device: str) -> int:
+    """Inference threads (and instances of each model): ``SERVE_WORKERS``, else one per usable
+    core up to :data:`MAX_DEFAULT_WORKERS` on CPU, one on an accelerator."""
+    if settings.workers:
+        return settings.workers
+    if is_accelerator(device):
+        return 1
+    return min(usable_cores(), MAX_DEFAULT_WORKERS)
+
+
+def adaptive(settings: Settings, device: str) -> bool:
+    """Whether a call's torch threads follow the load: on CPU unless ``SERVE_TORCH_THREADS``."""
+    return not settings.torch_threads and not is_accelerator(device)
+
+
+def torch_threads(settings: Settings, device: str, busy: int | None = None) -> int:
+    """Torch threads for a call that starts while ``busy`` calls run, itself included (see
+    the module docstring); ``busy=None``: at full load (every inference thread busy)."""
     if settings.torch_threads:
         return settings.torch_threads
     if is_accelerator(device):
         return 1
-    return max(1, usable_cores() // settings.workers)
+    busy = workers(settings, device) if busy is None else busy
+    return max(1, usable_cores() // max(1, busy))
 
 
 class InferenceThreads:
-    """The process's ``SERVE_WORKERS`` inference threads, shared by every model: at most that
-    many model calls run at once, each on a thread with ``threads`` torch threads. One OpenMP
-    team per inference thread, whatever the number of models, so the process never manages
-    more OpenMP threads than CPUs (a thread per model instance would: two demo models on 2
-    cores already made three).
+    """The process's inference threads, shared by every model: at most ``count`` model calls run
+    at once. A call runs with ``threads(busy)`` torch threads, ``busy`` the calls running when
+    it starts, itself included (:func:`policy`). One OpenMP team per inference thread, whatever
+    the number of models (a thread per model instance would count past the CPUs: two demo
+    models on 2 cores already made three).
 
     Create it anywhere; call :meth:`start` in the running event loop before :meth:`run`.
     """
 
-    def __init__(self, count: int, threads: int) -> None:
-        self.threads = threads
-        self.executors = [
-            ThreadPoolExecutor(1, f"infer-{i}", initializer=partial(_set_threads, threads))
-            for i in range(count)
-        ]
+    def __init__(self, count: int, threads: Callable[[int], int]) -> None:
+        self.count, self.threads = count, threads
+        self.executors = [ThreadPoolExecutor(1, f"infer-{i}") for i in range(count)]
         self._free: asyncio.Queue[ThreadPoolExecutor] | None = None
+        self.busy = 0  # calls running now (changed on the event loop only)
+
+    def describe(self) -> str:
+        """``N x T torch threads``, T a range when it follows the load (the log's wording)."""
+        lone, full = self.threads(1), self.threads(self.count)
+        counts = f"{lone}" if lone == full else f"{full}-{lone}"
+        return f"{self.count} x {counts} torch threads"
 
     def warm_up(self, index: int, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` (a model's first predict, which sets its device up) on inference thread
         ``index`` (blocking), then set that thread's count again: Ultralytics' device set-up
         resets it to ``min(8, cores - 1)``."""
 
-        def run() -> Any:
-            result = fn()
-            _set_threads(self.threads)
-            return result
-
+        run = partial(_with_threads, self.threads(1), fn)
         return self.executors[index % len(self.executors)].submit(run).result()
 
     def start(self) -> None:
@@ -113,9 +142,12 @@ class InferenceThreads:
         """``fn(*args)`` on a free inference thread (waiting for one)."""
         assert self._free is not None, "InferenceThreads.start() first"
         executor = await self._free.get()
+        self.busy += 1
+        call = partial(_with_threads, self.threads(self.busy), fn, *args)
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(executor, call)
         finally:
+            self.busy -= 1
             self._free.put_nowait(executor)
 
     def close(self) -> None:
@@ -124,7 +156,23 @@ class InferenceThreads:
             executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _set_threads(threads: int) -> None:
+def _with_threads(threads: int, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` with ``threads`` torch threads in this thread. Set before every call (a few
+    microseconds) when it differs: Ultralytics' device set-up, in a model's first predict, resets the count."""
     import torch
 
-    torch.set_num_threads(threads)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return fn(*args)
+
+
+def policy(settings: Settings, device: str) -> InferenceThreads:
+    """The process's inference threads for ``settings`` on ``device``."""
+    if adaptive(settings, device):
+        return InferenceThreads(workers(settings, device), partial(_adaptive_count, usable_cores()))
+    fixed = torch_threads(settings, device)
+    return InferenceThreads(workers(settings, device), lambda busy: fixed)
+
+
+def _adaptive_count(cores: int, busy: int) -> int:
+    return max(1, cores // max(1, busy))

@@ -65,15 +65,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 # The suite runs many servers at once on few cores (two workers, emulators with replicas):
 # servers that each spin an OpenMP team over every core slow one another down many times over,
-# so, as the emulator does for its replicas, each test server gets one torch thread. Speed is
-# not what the tests check; the session's `server` runs the server's own policy (test_threads).
+# so, as the emulator does for its replicas, each test server gets one torch thread and one
+# inference thread. Speed is not what the tests check; the session's `server` runs the server's
+# own policy (test_threads).
 os.environ.setdefault("SERVE_TORCH_THREADS", "1")
+os.environ.setdefault("SERVE_WORKERS", "1")
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The default configuration: the bundled demo models, the server's own thread policy."""
-    env = {"AIP_DEPLOYED_MODEL_ID": "dm-test-1", "SERVE_MAX_IMAGES": "8", "SERVE_TORCH_THREADS": ""}
+    env = {
+        "AIP_DEPLOYED_MODEL_ID": "dm-test-1",
+        "SERVE_MAX_IMAGES": "8",
+        **{"SERVE_TORCH_THREADS": "", "SERVE_WORKERS": ""},  # the server's own policy
+    }
     with serving(tmp_path_factory.mktemp("server"), env) as srv:
         yield srv
 

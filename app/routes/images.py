@@ -253,7 +253,9 @@ class ImagesController(Controller):
             body = await inferred.encode(encode_json)
             return Response(body, headers=inferred.headers())
         (result,) = inferred.results
-        data = await inferred.encode(lambda: encode_image(render(result, model.keypoints), fmt))
+        data = await inferred.encode(
+            lambda: encode_image(render(result, model.keypoints), fmt), small=False
+        )
         headers = inferred.headers()
         headers["X-Detection-Count"] = str(detection_count(result))
         return Response(data, media_type=IMAGE_TYPES[fmt], headers=headers)

@@ -1,4 +1,4 @@
-"""Benchmark: image decoders, per call on one thread: Pillow, OpenCV (``cv2.imdecode``) and the
+"""Benchmark: image decoders, per call on one thread and at concurrency: Pillow, OpenCV (``cv2.imdecode``) and the
 libjpeg-turbo bindings simplejpeg and PyTurboJPEG (where installed), on 640x480, 1920x1080 and
 3840x2160 JPEGs (quality 90) and PNGs of drawn shape scenes, bytes to a BGR uint8 array.
 
@@ -7,9 +7,12 @@ reads (``ultralytics.utils.patches.imread``: ``cv2.imdecode(..., cv2.IMREAD_COLO
 identical decoder gives identical answers. Also Pillow's reduced JPEG decode (draft mode, for a
 640 input), the opt-in ``SERVE_JPEG_DRAFT``, for reference: its pixels differ by design.
 
+"at cN": images/s with N threads decoding side by side (``--threads``, default every usable
+core: what the server's decode threads do under load; every decoder here releases the GIL).
+
 Prints a table, asserts nothing. Run::
 
-    .venv/bin/python tests/bench/bench_decoders.py [--repeat 15]
+    .venv/bin/python tests/bench/bench_decoders.py [--repeat 15] [--threads 2]
     .venv/bin/pip install simplejpeg PyTurboJPEG  # optional: their rows
 """
 
@@ -91,10 +94,29 @@ def per_call_ms(fns: list[Decoder], blob: bytes, repeat: int) -> list[tuple[floa
     return [(min(t), statistics.median(t)) for t in times]
 
 
+def rate(fn: Decoder, blob: bytes, threads: int, calls: int) -> float:
+    """Images per second with ``threads`` threads each decoding ``blob`` ``calls`` times."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work() -> None:
+        for _ in range(calls):
+            fn(blob)
+
+    with ThreadPoolExecutor(threads) as pool:
+        started = time.perf_counter()
+        for future in [pool.submit(work) for _ in range(threads)]:
+            future.result()
+        return threads * calls / (time.perf_counter() - started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--threads", type=int, help="decoding side by side (default: the cores)")
     args = parser.parse_args()
+    from app.threads import usable_cores
+
+    threads = args.threads or usable_cores()
     cv2.setNumThreads(1)
     from ultralytics.utils.patches import imread
 
@@ -103,7 +125,9 @@ def main() -> None:
         f"ms per call, best and median of {args.repeat} interleaved rounds, one thread; "
         "same = pixels identical to imread"
     )
-    print(f"{'image':<22}{'decoder':<22}{'best':>8}{'median':>8}  same")
+    print(
+        f"{'image':<22}{'decoder':<22}{'best':>8}{'median':>8}{'img/s c' + str(threads):>11}  same"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for width, height in SIZES:
             rgb, _ = draw_scene(np.random.default_rng(width), width, height, max_shapes=4)
@@ -127,7 +151,8 @@ def main() -> None:
                         verdict = f"no (max diff {diff})"
                     else:
                         verdict = "yes" if same else f"no ({out.shape[1]}x{out.shape[0]})"
-                    print(f"{label:<22}{name:<22}{best:8.2f}{median:8.2f}  {verdict}")
+                    per_s = rate(fn, blob, threads, max(2, args.repeat // 2))
+                    print(f"{label:<22}{name:<22}{best:8.2f}{median:8.2f}{per_s:11.1f}  {verdict}")
 
 
 if __name__ == "__main__":

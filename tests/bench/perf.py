@@ -47,7 +47,7 @@ import msgspec
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "bench")]
 
 from app.demo.shapes import draw_scene, moving_shape_frames, write_video  # noqa: E402
 from app.offline import configure_ultralytics  # noqa: E402
@@ -56,6 +56,7 @@ from client.bench import Level, Reply, run_level  # noqa: E402
 from client.schema import DetectParameters, StreamFrame  # noqa: E402
 from client.sse import StreamDecoder, iter_lines  # noqa: E402
 from client.stats import percentile  # noqa: E402
+from rawhttp import Connections, request_bytes  # noqa: E402
 from servers import start_server  # noqa: E402
 
 DEMO_MODEL = ROOT / "app/demo/weights/shapes-detect.pt"
@@ -129,7 +130,15 @@ def cold_start(model: str, device: str, env: dict[str, str]) -> float:
 
 
 async def detect_load(url: str, query: str, body: bytes, concurrency: int, args: Any) -> Level:
-    """``/detect`` with a raw JPEG body, ``concurrency`` in flight, via the bench core."""
+    """``/detect`` with a raw JPEG body, ``concurrency`` in flight, via the bench core; the
+    client: :mod:`rawhttp` (a minimal keep-alive loop, the default) or httpx."""
+    if args.client == "raw":
+        request = request_bytes(url, "/detect" + query, body, "image/jpeg")
+        async with Connections(url, concurrency) as connections:
+            return await run_level(
+                connections.sender(request), concurrency, requests=args.requests,
+                warmup=args.warmup * concurrency,
+            )  # fmt: skip
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as http:
         headers = {"Content-Type": "image/jpeg", "Accept": "application/json"}
@@ -472,6 +481,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--server-env", action="append", default=[], metavar="KEY=VALUE",
         help="an environment variable for the server (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--client", choices=["raw", "httpx"], default="raw",
+        help="P1/P2's load client: a minimal keep-alive HTTP/1.1 loop (tests/bench/rawhttp.py: "
+        "the server's cost, not the client's) or httpx (what an application would use)",
     )  # fmt: skip
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     args = parser.parse_args(argv)
