@@ -297,7 +297,7 @@ class Registry:
                 model.overrides["imgsz"] = backend.imgsz
             return model
 
-        instances = [self.threads.warm_up(0, make)]
+        instances = [self.threads.warm_up(make)]
         if fmt != "pt":  # OpenVINO (and ONNX without a GPU runtime) run on the CPU
             device = str(instances[0].predictor.model.device)
         if weights is None:

@@ -15,16 +15,15 @@ model 16 ms against 8.5 ms. So:
 * every model call runs on one of the inference threads shared by all models
   (:class:`InferenceThreads`): ``SERVE_WORKERS`` of them, by default (:func:`workers`) one per
   usable core up to 4 on CPU and one on a GPU;
-* on CPU the torch threads of a call follow the load (:func:`adaptive`): a call that starts
-  while no other runs gets every usable core (a lone request's lowest latency), a call that
-  starts while others run gets the cores shared among the busy calls, at least one (a full
-  queue's highest throughput: on 2 cores two one-thread calls side by side beat one two-thread
-  call after another). A call keeps its count until it ends, so the process may briefly manage
-  more threads than cores when a second call starts beside a lone one; from then on, while the
-  load stays, every call runs with its share. On a GPU one thread (its CPU work is small:
-  letterbox and copies; more threads would only spin on cores that decode).
-  ``SERVE_TORCH_THREADS`` fixes the count of every call;
-* the warm-up predicts run on those threads (Ultralytics' device set-up resets the count to
+* on CPU the torch threads of a call follow the load (:class:`InferenceThreads`): a call that
+  starts while no other runs gets every usable core (a lone request's lowest latency), calls
+  side by side share the cores (a full queue's highest throughput: on 2 cores two one-thread
+  calls side by side beat one two-thread call after another). Only one inference thread, the
+  wide one, ever runs more than one torch thread, so the process never manages more OpenMP
+  threads than cores. On a GPU one thread (its CPU work is small: letterbox and copies; more
+  threads would only spin on cores that decode). ``SERVE_TORCH_THREADS`` fixes every call's
+  count;
+* the warm-up predicts run on the wide thread (Ultralytics' device set-up resets the count to
   ``min(8, cores - 1)`` in the thread that runs it; every call sets its count again).
 """
 
@@ -33,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -92,63 +92,103 @@ def adaptive(settings: Settings, device: str) -> bool:
     return not settings.torch_threads and not is_accelerator(device)
 
 
-def torch_threads(settings: Settings, device: str, busy: int | None = None) -> int:
-    """Torch threads for a call that starts while ``busy`` calls run, itself included (see
-    the module docstring); ``busy=None``: at full load (every inference thread busy)."""
+def torch_threads(settings: Settings, device: str) -> int:
+    """Torch threads of a call that runs alone: ``SERVE_TORCH_THREADS``, else every usable core
+    on CPU and one on an accelerator (see the module docstring for calls side by side)."""
     if settings.torch_threads:
         return settings.torch_threads
     if is_accelerator(device):
         return 1
-    busy = workers(settings, device) if busy is None else busy
-    return max(1, usable_cores() // max(1, busy))
+    return usable_cores()
 
 
 class InferenceThreads:
     """The process's inference threads, shared by every model: at most ``count`` model calls run
-    at once. A call runs with ``threads(busy)`` torch threads, ``busy`` the calls running when
-    it starts, itself included (:func:`policy`). One OpenMP team per inference thread, whatever
-    the number of models (a thread per model instance would count past the CPUs: two demo
-    models on 2 cores already made three).
+    at once, one per thread. One OpenMP team per inference thread, whatever the number of models
+    (a thread per model instance would count past the CPUs: two demo models on 2 cores already
+    made three).
+
+    Following the load (``adaptive``): thread 0 is the **wide** one, taken first whenever it is
+    free; a call on it runs with the ``cores`` minus one for each call running on the others;
+    a call on any other thread runs with one. GNU OpenMP keeps a thread's team (its pool of
+    worker threads) for good once made, so only the wide thread may ever make one larger than
+    one: the process then manages at most ``cores`` OpenMP threads, however the calls fall
+    (two inference threads with teams of two each, on 2 cores, made every call twice as slow).
+    For the same reason a model's first predict (Ultralytics' device set-up makes a team of
+    ``min(8, cores - 1)``) runs on the wide thread (:meth:`warm_up`, ``run(wide=True)``).
+    Fixed (not adaptive): every call ``threads`` torch threads.
 
     Create it anywhere; call :meth:`start` in the running event loop before :meth:`run`.
     """
 
-    def __init__(self, count: int, threads: Callable[[int], int]) -> None:
-        self.count, self.threads = count, threads
+    def __init__(self, count: int, threads: int, adaptive: bool = False) -> None:
+        self.count, self.threads, self.adaptive = count, threads, adaptive
         self.executors = [ThreadPoolExecutor(1, f"infer-{i}") for i in range(count)]
-        self._free: asyncio.Queue[ThreadPoolExecutor] | None = None
-        self.busy = 0  # calls running now (changed on the event loop only)
+        self._running = [False] * count  # changed on the event loop only
+        self._waiters: deque[tuple[bool, asyncio.Future[int]]] = deque()
+
+    @property
+    def busy(self) -> int:
+        """Calls running now."""
+        return sum(self._running)
+
+    def threads_for(self, index: int) -> int:
+        """Torch threads of a call starting now on inference thread ``index``."""
+        if not self.adaptive:
+            return self.threads
+        if index != 0:
+            return 1
+        return max(1, self.threads - sum(self._running[1:]))
 
     def describe(self) -> str:
         """``N x T torch threads``, T a range when it follows the load (the log's wording)."""
-        lone, full = self.threads(1), self.threads(self.count)
-        counts = f"{lone}" if lone == full else f"{full}-{lone}"
+        low = 1 if self.adaptive and self.count > 1 else self.threads
+        counts = f"{self.threads}" if low == self.threads else f"{low}-{self.threads}"
         return f"{self.count} x {counts} torch threads"
 
-    def warm_up(self, index: int, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` (a model's first predict, which sets its device up) on inference thread
-        ``index`` (blocking), then set that thread's count again: Ultralytics' device set-up
-        resets it to ``min(8, cores - 1)``."""
-
-        run = partial(_with_threads, self.threads(1), fn)
-        return self.executors[index % len(self.executors)].submit(run).result()
+    def warm_up(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` (a model's first predict, which sets its device up) on the wide thread,
+        blocking (at load, before the event loop runs calls)."""
+        run = partial(_with_threads, self.threads, fn)
+        return self.executors[0].submit(run).result()
 
     def start(self) -> None:
-        self._free = asyncio.Queue()
-        for executor in self.executors:
-            self._free.put_nowait(executor)
+        """Ready for :meth:`run` (in the running event loop)."""
+        self._running = [False] * self.count
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on a free inference thread (waiting for one)."""
-        assert self._free is not None, "InferenceThreads.start() first"
-        executor = await self._free.get()
-        self.busy += 1
-        call = partial(_with_threads, self.threads(self.busy), fn, *args)
+    async def run(self, fn: Callable[..., T], *args: Any, wide: bool = False) -> T:
+        """``fn(*args)`` on a free inference thread, the wide one when it is free (waiting for
+        one; ``wide``: for the wide one)."""
+        index = await self._acquire(wide)
+        call = partial(_with_threads, self.threads_for(index), fn, *args)
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, call)
+            return await asyncio.get_running_loop().run_in_executor(self.executors[index], call)
         finally:
-            self.busy -= 1
-            self._free.put_nowait(executor)
+            self._release(index)
+
+    async def _acquire(self, wide: bool) -> int:
+        for index in (0,) if wide else range(self.count):
+            if not self._running[index]:
+                self._running[index] = True
+                return index
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((wide, waiter))
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # handed a thread as it was cancelled
+                self._release(waiter.result())
+            raise
+
+    def _release(self, index: int) -> None:
+        """Hand thread ``index`` to the oldest waiter that can take it, or free it."""
+        for waiter_index, (wide, waiter) in enumerate(self._waiters):
+            if waiter.done() or (wide and index != 0):
+                continue
+            del self._waiters[waiter_index]
+            waiter.set_result(index)  # stays running, for the waiter
+            return
+        self._running[index] = False
 
     def close(self) -> None:
         """End the threads once their current call (if any) is done; no new work."""
@@ -158,7 +198,8 @@ class InferenceThreads:
 
 def _with_threads(threads: int, fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` with ``threads`` torch threads in this thread. Set before every call (a few
-    microseconds) when it differs: Ultralytics' device set-up, in a model's first predict, resets the count."""
+    microseconds, when it differs): Ultralytics' device set-up, in a model's first predict,
+    resets the count."""
     import torch
 
     if torch.get_num_threads() != threads:
@@ -168,11 +209,6 @@ def _with_threads(threads: int, fn: Callable[..., T], *args: Any) -> T:
 
 def policy(settings: Settings, device: str) -> InferenceThreads:
     """The process's inference threads for ``settings`` on ``device``."""
-    if adaptive(settings, device):
-        return InferenceThreads(workers(settings, device), partial(_adaptive_count, usable_cores()))
-    fixed = torch_threads(settings, device)
-    return InferenceThreads(workers(settings, device), lambda busy: fixed)
-
-
-def _adaptive_count(cores: int, busy: int) -> int:
-    return max(1, cores // max(1, busy))
+    return InferenceThreads(
+        workers(settings, device), torch_threads(settings, device), adaptive(settings, device)
+    )

@@ -18,9 +18,11 @@ import pytest
 
 from client.emulator import EmulatorInfo
 from servers import (  # noqa: F401 (for the tests)
+    ALL_MODELS,
     INSTRUMENTED,
     PATIENCE_S,
     ROOT,
+    WEIGHTS,
     Gate,
     Server,
     free_port,
@@ -79,6 +81,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "AIP_DEPLOYED_MODEL_ID": "dm-test-1",
         "SERVE_MAX_IMAGES": "8",
         **{"SERVE_TORCH_THREADS": "", "SERVE_WORKERS": ""},  # the server's own policy
+        "SERVE_MODELS": ALL_MODELS,  # every demo model (the default)
     }
     with serving(tmp_path_factory.mktemp("server"), env) as srv:
         yield srv

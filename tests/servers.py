@@ -25,6 +25,15 @@ ROOT = Path(__file__).resolve().parents[1]
 INSTRUMENTED = [sys.executable, str(ROOT / "tests" / "instrumented_app.py")]
 #: how long a test waits for a state it set up before calling it a failure (not a speed bound)
 PATIENCE_S = 120.0
+WEIGHTS = ROOT / "app" / "demo" / "weights"
+#: what a server started here serves unless its environment names models (``SERVE_MODELS``) or a
+#: storage URI: the demo detector and segmenter, not all five demo models (each start about a
+#: second shorter); the session's ``server`` and emulator serve all five (tests/conftest.py)
+TEST_MODELS = ",".join(
+    f"{name}={WEIGHTS / name}.pt" for name in ("shapes-detect", "shapes-segment")
+)
+#: every demo model, for a server that must serve the defaults
+ALL_MODELS = ""
 
 
 def free_port() -> int:
@@ -83,8 +92,14 @@ def start_server(
         gate_port = free_port()
         gate = Gate(f"http://127.0.0.1:{gate_port}")
         env = {"TEST_GATE_PORT": str(gate_port), **(env or {})}
+    given = {**os.environ, **(env or {})}
     full_env = {
         **os.environ,
+        **(
+            {}
+            if {"SERVE_MODELS", "AIP_STORAGE_URI"} & given.keys()
+            else {"SERVE_MODELS": TEST_MODELS}
+        ),
         "AIP_HTTP_PORT": str(port),
         "SERVE_HOST": "127.0.0.1",
         "YOLO_CONFIG_DIR": str(workdir / "yolo-config"),

@@ -25,7 +25,7 @@ import pytest
 from client import Client, cli
 from client.batch import JsonlOutput, list_inputs
 from client.emulator import Emulator, EmulatorInfo
-from conftest import INSTRUMENTED, PATIENCE_S, ROOT, Gate, wait_until
+from conftest import INSTRUMENTED, PATIENCE_S, ROOT, WEIGHTS, Gate, wait_until
 from helpers import encode, hit_rate, scenes
 
 IMAGES = 300
@@ -58,6 +58,7 @@ def fleet(
     emu = Emulator(
         args=[
             *("--deploy", "shapes-a=100", "--replicas", "shapes-a=2"),
+            *("--models", f"shapes-a:shapes-detect={WEIGHTS / 'shapes-detect.pt'}"),
             *("--command", f"shapes-a={' '.join(INSTRUMENTED)}"),
             *(
                 "--env",

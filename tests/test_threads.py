@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import os
 
 import pytest
@@ -23,7 +24,7 @@ from app.threads import (
     usable_cores,
     workers,
 )
-from conftest import INSTRUMENTED, PATIENCE_S, serving, wait_until
+from conftest import INSTRUMENTED, PATIENCE_S, metric, serving, wait_until
 
 
 def test_the_policy_gives_a_lone_call_every_core_and_shares_them_under_load() -> None:
@@ -32,52 +33,78 @@ def test_the_policy_gives_a_lone_call_every_core_and_shares_them_under_load() ->
     assert workers(Settings(), "cpu") == min(cores, MAX_DEFAULT_WORKERS)
     assert workers(Settings(), "cuda:0") == 1
     assert workers(Settings(workers=3), "cpu") == 3  # SERVE_WORKERS wins
-    assert torch_threads(Settings(), "cpu", busy=1) == cores  # a lone call: every core
-    assert torch_threads(Settings(), "cpu", busy=2) == max(1, cores // 2)
-    assert torch_threads(Settings(), "cpu", busy=cores * 4) == 1  # never below one
-    assert torch_threads(Settings(workers=2), "cpu") == max(1, cores // 2)  # full load
-    assert torch_threads(Settings(), "cuda:0", busy=1) == 1  # its CPU side is small
-    assert torch_threads(Settings(torch_threads=3), "cpu", busy=1) == 3  # SERVE_TORCH_THREADS
+    assert torch_threads(Settings(), "cpu") == cores  # a lone call: every core
+    assert torch_threads(Settings(), "cuda:0") == 1  # its CPU side is small
+    assert torch_threads(Settings(torch_threads=3), "cpu") == 3  # SERVE_TORCH_THREADS wins
     assert torch_threads(Settings(torch_threads=3), "cuda:0") == 3
     assert adaptive(Settings(), "cpu")
     assert not adaptive(Settings(torch_threads=1), "cpu") and not adaptive(Settings(), "cuda")
 
 
-def test_at_full_load_the_process_never_manages_more_openmp_threads_than_cores() -> None:
-    """Every inference thread busy, each a team of its share: with the main thread's team of
-    one, GNU OpenMP manages at most the usable cores (past that it parks idle threads instead
-    of spinning them: app/threads.py), however many models and workers."""
+def test_the_process_never_manages_more_openmp_threads_than_cores() -> None:
+    """However the calls fall on the inference threads: only the wide one (0) ever runs more
+    than one torch thread, and never more than the cores, so with the main thread's team of one
+    GNU OpenMP manages at most the usable cores (past that it parks idle threads instead of
+    spinning them: app/threads.py); at full load the calls use every core."""
     cores = usable_cores()
     for count in range(1, 2 * cores + 1):
-        settings = Settings(workers=count)
-        threads = torch_threads(settings, "cpu")
-        assert 1 + count * (threads - 1) <= cores, (count, threads)
+        threads = policy(Settings(workers=count), "cpu")
+        try:
+            for running in itertools.product([False, True], repeat=count):
+                threads._running = list(running)
+                widest = [threads.threads_for(i) for i in range(count)]
+                assert all(t == 1 for t in widest[1:]) and 1 <= widest[0] <= cores
+                if all(running[1:]):  # the wide thread starts beside every other
+                    assert widest[0] == max(1, cores - (count - 1))
+        finally:
+            threads.close()
 
 
-def test_a_call_runs_with_the_count_the_load_gives_it() -> None:
-    """InferenceThreads: a lone call sees busy=1, a call that starts while another is held (an
-    explicit gate, not timing) sees busy=2; each runs with that many torch threads."""
+def test_calls_take_the_wide_thread_first_with_the_count_the_load_gives_them() -> None:
+    """InferenceThreads with 2 threads (explicit gates hold calls, not timing): a lone call runs
+    on the wide thread with every core; one that starts beside it, on the other with one; one
+    that starts on the wide thread while the other is busy, with every core but one; a call
+    that must have the wide thread (a model's warm-up) waits for it though another is free."""
     import threading
 
     import torch
 
     threads = policy(Settings(workers=2), "cpu")
-    seen: list[tuple[int, int]] = []
-    gate, started = threading.Event(), threading.Event()
+    seen: list[tuple[str, str, int]] = []
 
-    def held() -> None:
+    def record(label: str) -> None:
+        seen.append((label, threading.current_thread().name, torch.get_num_threads()))
+
+    def held(label: str, started: threading.Event, gate: threading.Event) -> None:
+        record(label)
         started.set()
-        seen.append(("held", torch.get_num_threads()))
         assert gate.wait(30)
 
     async def main() -> None:
+        loop = asyncio.get_running_loop()
         threads.start()
-        await threads.run(lambda: seen.append(("lone", torch.get_num_threads())))
-        first = asyncio.ensure_future(threads.run(held))
-        await asyncio.get_running_loop().run_in_executor(None, started.wait, 30)
-        await threads.run(lambda: seen.append(("beside", torch.get_num_threads())))
-        gate.set()
-        await first
+        await threads.run(record, "lone")
+        wide_started, wide_gate = threading.Event(), threading.Event()
+        wide = asyncio.ensure_future(threads.run(held, "held", wide_started, wide_gate))
+        await loop.run_in_executor(None, wide_started.wait, 30)
+        narrow_started, narrow_gate = threading.Event(), threading.Event()
+        narrow = asyncio.ensure_future(threads.run(held, "beside", narrow_started, narrow_gate))
+        await loop.run_in_executor(None, narrow_started.wait, 30)
+        assert threads.busy == 2
+        wide_gate.set()
+        await wide
+        await threads.run(record, "wide beside")  # the narrow one still held
+        narrow_gate.set()
+        await narrow
+        wide_started, wide_gate = threading.Event(), threading.Event()
+        wide = asyncio.ensure_future(threads.run(held, "held again", wide_started, wide_gate))
+        await loop.run_in_executor(None, wide_started.wait, 30)
+        warm = asyncio.ensure_future(threads.run(record, "warm-up", wide=True))
+        await threads.run(record, "narrow")  # the free thread is not the wide one
+        assert not warm.done()
+        wide_gate.set()
+        await wide
+        await warm
         assert threads.busy == 0
 
     try:
@@ -85,10 +112,17 @@ def test_a_call_runs_with_the_count_the_load_gives_it() -> None:
     finally:
         threads.close()
     cores = usable_cores()
-    assert seen == [("lone", cores), ("held", cores), ("beside", max(1, cores // 2))]
-    assert threads.describe() == (
-        f"2 x {max(1, cores // 2)}-{cores} torch threads" if cores > 1 else "2 x 1 torch threads"
-    )
+    assert seen == [
+        ("lone", "infer-0_0", cores),
+        ("held", "infer-0_0", cores),
+        ("beside", "infer-1_0", 1),
+        ("wide beside", "infer-0_0", max(1, cores - 1)),
+        ("held again", "infer-0_0", cores),
+        ("narrow", "infer-1_0", 1),
+        ("warm-up", "infer-0_0", cores),
+    ]
+    expected = f"2 x 1-{cores} torch threads" if cores > 1 else "2 x 1 torch threads"
+    assert threads.describe() == expected
 
 
 def test_the_server_runs_with_the_policy(server, client) -> None:
@@ -152,9 +186,9 @@ def test_gpu_features_on_this_cpu_machine_stop_the_load_naming_what_is_missing(
 
 
 def test_a_model_makes_a_second_instance_when_two_requests_are_in_flight(tmp_path) -> None:
-    """One warm instance at start; a second request in flight while the first is held (the
-    instrumented server's gate: no timing) makes another, warmed on the other inference thread,
-    up to SERVE_WORKERS; both requests are then answered."""
+    """One warm instance at start; a second request admitted while the first is held (the
+    instrumented server's gate: no timing) makes another, warmed on the wide inference thread
+    once the first call leaves it, up to SERVE_WORKERS; every request is answered."""
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
@@ -162,7 +196,11 @@ def test_a_model_makes_a_second_instance_when_two_requests_are_in_flight(tmp_pat
     from helpers import encode, scenes
 
     weights = dict(DEMO_MODELS)["shapes-detect"]
-    env = {"SERVE_WORKERS": "2", "SERVE_MODELS": f"shapes-detect={weights}"}
+    env = {
+        "SERVE_WORKERS": "2",
+        "SERVE_MODELS": f"shapes-detect={weights}",
+        "SERVE_METRICS": "true",
+    }
     image = encode(scenes(1)[0][0])
 
     def detect() -> httpx.Response:
@@ -171,18 +209,23 @@ def test_a_model_makes_a_second_instance_when_two_requests_are_in_flight(tmp_pat
             timeout=PATIENCE_S,
         )  # fmt: skip
 
-    with serving(tmp_path, env, INSTRUMENTED) as server, ThreadPoolExecutor(3) as pool:
+    with serving(tmp_path, env, INSTRUMENTED) as server, ThreadPoolExecutor(4) as pool:
         assert "instances: 1, up to 2 on demand" in server.logs()
         gate = server.gate
         assert gate is not None
         gate.close()
         first = pool.submit(detect)
-        gate.wait(waiting=1)  # the first request holds the one instance
+        gate.wait(waiting=1)  # the first request holds the one instance, on the wide thread
         second = pool.submit(detect)
-        gate.wait(waiting=2)  # ... and the second instance's warm-up predict is at the gate
+        wait_until(
+            lambda: metric(server.url, "yolo_queue_depth", model="shapes-detect") == 2,
+            "the second request admitted",
+        )
+        gate.add(1)  # the first call passes; the wide thread goes to the new instance's warm-up
+        gate.wait(waiting=2, passed=1)  # the warm-up and the second request, both held
         gate.open()
         assert first.result().status_code == 200 and second.result().status_code == 200
         wait_until(lambda: "instance 2 of at most 2 ready" in server.logs(), "the 2nd instance")
-        third = [pool.submit(detect) for _ in range(3)]
-        assert all(f.result().status_code == 200 for f in third)
+        more = [pool.submit(detect) for _ in range(3)]
+        assert all(f.result().status_code == 200 for f in more)
     assert "instance 3" not in server.logs()

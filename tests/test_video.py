@@ -42,7 +42,7 @@ from client.emulator import Emulator, EmulatorInfo
 from client.schema import Box, Detection
 from client.video import VideoFrame, VideoOptions
 from client.video.tracks import match
-from conftest import INSTRUMENTED, PATIENCE_S, Gate, pid_alive, serving, wait_until
+from conftest import INSTRUMENTED, PATIENCE_S, WEIGHTS, Gate, pid_alive, serving, wait_until
 from helpers import crossing_frames
 
 LONG = 320  # frames: 32 s at 10 fps
@@ -187,6 +187,7 @@ def gated_fleet(
     emu = Emulator(
         args=[
             *("--deploy", "shapes-a=100", "--replicas", "shapes-a=2"),
+            *("--models", f"shapes-a:shapes-detect={WEIGHTS / 'shapes-detect.pt'}"),
             *("--command", f"shapes-a={' '.join(INSTRUMENTED)}"),
             *("--env", "shapes-a:TEST_GATE_PORT=0", "--probe-interval", "0.5"),
         ],

@@ -28,8 +28,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -99,6 +101,21 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 600)
     raise RuntimeError(f"{url} not healthy after {timeout} s")
 
 
+def stop(proc: subprocess.Popen, group: bool) -> None:
+    """Stop a server; LitServe's whole process group (its API server and inference workers
+    outlive a SIGTERM to its main process, and poll their queues meanwhile)."""
+    if group:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def measure(config: Config, args: Any, workdir: Path, inputs: dict[str, bytes]) -> None:
     """One round of one configuration: start it, p50 at c=1 and req/s at c=8, stop it."""
     if config.kind == "ours":
@@ -124,7 +141,7 @@ def measure(config: Config, args: Any, workdir: Path, inputs: dict[str, bytes]) 
                     "--port", str(port), "--workers", str(config.workers),
                     "--threads", str(config.threads),
                 ],
-                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         path, body, ctype = "/predict", inputs["peer_json"], "application/json"
     try:
@@ -134,12 +151,7 @@ def measure(config: Config, args: Any, workdir: Path, inputs: dict[str, bytes]) 
             load(url, path, body, ctype, args.concurrency, args.requests * 2, args.warmup * 8)
         )
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, group=config.kind == "litserve")
     assert c1.latency_ms is not None
     config.p50.append(c1.latency_ms.p50)
     config.rate.append(c8.throughput)
