@@ -1031,3 +1031,35 @@ def test_the_servers_still_detect_after_every_kind_of_bad_input(servers, clients
         r = c.post("/detect", content=image, headers={"Content-Type": "image/png"})
         assert r.status_code == 200, r.text
         assert r.json()["results"][0]["detections"]
+
+
+def test_the_client_scales_a_photo_to_the_servers_pixel_limit(tight, tmp_path, capsys):
+    """The server's own pixel limit, end to end: a 4000x2500 photo (10 MP, over the client's
+    probe size) to the tight server (20,000 pixels): the library asks ``/models`` for the limit
+    once, sends the photo scaled to fit, says so once on stderr and answers in the photo's
+    pixels; with ``max_side=0`` it sends the original and the server refuses it (413)."""
+    from client import Client
+    from client.errors import VertexYoloError
+
+    rgb = cv2.resize(scenes(1, sizes=((400, 250),))[0][0], (4000, 2500), cv2.INTER_NEAREST)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 30])[1])
+    assert photo.stat().st_size < MB  # under the body limit: the pixels are what is refused
+    with Client.from_url(tight.url, retries=0) as client:
+        answer = client.detect(photo)
+        assert client.server_limits == (20_000, MB)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"{photo}: 4000x2500 sent as ")
+    sent_w, sent_h = map(int, line.rsplit(" ", 1)[1].split("x"))
+    assert sent_w * sent_h <= 20_000 and abs(sent_w / sent_h - 1.6) < 0.05
+    (result,) = answer.results
+    assert (result.width, result.height) == (4000, 2500)
+    for d in result.detections:  # in the photo's pixels, not the sent image's
+        assert 0 <= d.box.x1 < d.box.x2 <= 4000 and 0 <= d.box.y1 < d.box.y2 <= 2500
+    assert result.detections and max(d.box.x2 for d in result.detections) > sent_w
+    with (
+        Client.from_url(tight.url, retries=0, max_side=0) as client,
+        pytest.raises(VertexYoloError, match="limit is 20000 pixels"),
+    ):
+        client.detect(photo)
+    assert "sent as" not in capsys.readouterr().err
