@@ -287,7 +287,7 @@ def test_deploy_flow(
     assert EmulatorInfo.load(info_file(emu)).replicas == {}
     assert EmulatorInfo.load(info_file(emu)).endpoint_id == ""
     with pytest.raises(gexc.NotFound):
-        aiplatform.Endpoint(endpoint_id)
+        aiplatform.Endpoint(endpoint_id).list_models()  # a GET of the endpoint
     for model in (model_a["resource_name"], model_b):
         code, out, err = run("delete-model", "--model", model, "--yes")
         assert code == 0 and out == f"deleted {model}\n", err

@@ -208,15 +208,16 @@ def test_rollout_dry_run_without_credentials(tmp_path: Path, capsys, monkeypatch
     """Vertex, no credentials (a missing key file: google-auth fails at once, no network)."""
     at = ("--project", "p", "--location", "us-central1", "--endpoint", "7")
     move = ("rollout", "--from", "shapes-a", "--to", "shapes-b", "--steps", "50,100", *at)
-    # A subprocess: this one's SDK is pointed at the emulator by the tests before (its global
-    # aiplatform.init), a new one talks to Vertex.
-    nokey = {"GOOGLE_APPLICATION_CREDENTIALS": str(tmp_path / "no-key.json")}
-    refused = run_cli(*move, "--dry-run", env=nokey)
-    assert refused.returncode == cli.EXIT_API, refused.stderr
-    assert "--dry-run reads the endpoint's split" in refused.stderr
-    assert "or give the split: --split A=80,B=20" in refused.stderr
-    assert len(refused.stderr.splitlines()) == 1, refused.stderr
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", nokey["GOOGLE_APPLICATION_CREDENTIALS"])
+    # A fresh SDK configuration (earlier tests pointed this process's at the emulator, with
+    # anonymous credentials), as a new `python -m client` has.
+    from google.cloud.aiplatform import initializer
+
+    for attribute in ("_project", "_location", "_credentials", "_api_endpoint", "_api_transport"):
+        monkeypatch.setattr(initializer.global_config, attribute, None)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-key.json"))
+    code, _, err = main(capsys, *move, "--dry-run")
+    assert code == cli.EXIT_API and "--dry-run reads the endpoint's split" in err, err
+    assert "or give the split: --split A=80,B=20" in err and len(err.splitlines()) == 1, err
     code, out, err = main(capsys, *move, "--dry-run", "--split", "shapes-a=80,shapes-b=20")
     assert code == 0, err
     assert "step 1: B 50% of the pool -> shapes-a 50, shapes-b 50" in out

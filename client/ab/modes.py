@@ -143,7 +143,10 @@ def targeted(
         raise errors.ParameterError("no inputs to send")
     known = names.client_names(client)
     ids = (
-        [names.resolve(dm, known, "deployed model") for dm in deployed_model_ids]
+        [
+            names.resolve(dm, known, "deployed model", errors.DeployedModelNotFoundError)
+            for dm in deployed_model_ids
+        ]
         if deployed_model_ids
         else deployed_models(client)
     )

@@ -222,6 +222,8 @@ def run_beam(args: argparse.Namespace) -> int:
     elif "--region" not in given and target.location:
         flags.append(f"--region={target.location}")
     connection: dict[str, Any] = {"url": args.url, "ca_cert": args.ca_cert}
+    if args.deployed_model_id and not args.url:  # a display name: the id (one endpoint read)
+        make_client(args).close()
     if not args.url:
         if not target.endpoint:
             raise ParameterError("say where to send: --url, --endpoint or --emulator-info")
