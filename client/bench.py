@@ -70,6 +70,8 @@ class Level(msgspec.Struct, frozen=True):
     error_kinds: dict[str, int]  # "HTTP 503", "ConnectionError", ... -> count
     first_errors: dict[str, str]  # the first message of each kind
     served_by: dict[str, int]  # X-Deployed-Model-Id -> count
+    # each deployed model's own latency, when several answered (a traffic split)
+    latency_by_deployed_model_ms: dict[str, Latency] = {}
 
 
 class Report(msgspec.Struct, frozen=True):
@@ -130,17 +132,10 @@ def summarize(concurrency: int, samples: list[tuple[float, Reply]], seconds: flo
         kind = message.split(":")[0]
         kinds[kind] += 1
         first.setdefault(kind, message)
-    latency = None
-    if ok:
-        ms = sorted(s * 1000 for s, _ in ok)
-        latency = Latency(
-            p50=percentile(ms, 50),
-            p90=percentile(ms, 90),
-            p99=percentile(ms, 99),
-            mean=statistics.fmean(ms),
-            min=ms[0],
-            max=ms[-1],
-        )
+    latency = _latency([s for s, _ in ok])
+    by_model: dict[str, list[float]] = {}
+    for s, r in ok:
+        by_model.setdefault(r.headers.get("x-deployed-model-id", "?"), []).append(s)
     timings: dict[str, list[float]] = {}
     for _, r in ok:
         for name, value in parse_server_timing(r.headers.get("server-timing")).items():
@@ -160,6 +155,25 @@ def summarize(concurrency: int, samples: list[tuple[float, Reply]], seconds: flo
         error_kinds=dict(kinds),
         first_errors=first,
         served_by=dict(served),
+        latency_by_deployed_model_ms=(
+            {k: lat for k, v in sorted(by_model.items()) if (lat := _latency(v))}
+            if len(by_model) > 1
+            else {}
+        ),
+    )
+
+
+def _latency(seconds: Sequence[float]) -> Latency | None:
+    if not seconds:
+        return None
+    ms = sorted(s * 1000 for s in seconds)
+    return Latency(
+        p50=percentile(ms, 50),
+        p90=percentile(ms, 90),
+        p99=percentile(ms, 99),
+        mean=statistics.fmean(ms),
+        min=ms[0],
+        max=ms[-1],
     )
 
 
@@ -184,8 +198,10 @@ async def run_level(
 # -- reporting ------------------------------------------------------------------------------
 
 
-def table(levels: Sequence[Level]) -> str:
-    """The sweep as a text table, then the errors (the first message of each kind)."""
+def table(levels: Sequence[Level], labels: Mapping[str, str] | None = None) -> str:
+    """The sweep as a text table; under a traffic split (several deployed models answered) a
+    second one per deployed model (``labels``: id -> how to show it, e.g. ``name (id)``); then
+    the errors (the first message of each kind)."""
     names = sorted({k for lv in levels for k in lv.server_timing_ms}, key=_timing_order)
     rows = []
     for lv in levels:
@@ -199,6 +215,16 @@ def table(levels: Sequence[Level]) -> str:
     lines = [text_table(headers + [f"{n} ms" for n in names], rows, left=0)]
     if names:
         lines.append("(server columns: mean Server-Timing durations of successful requests)")
+    split = [
+        [lv.concurrency, (labels or {}).get(dm, dm), lv.served_by.get(dm, 0)]
+        + [f"{v:.1f}" for v in (lat.p50, lat.p90, lat.p99)]
+        for lv in levels
+        for dm, lat in lv.latency_by_deployed_model_ms.items()
+    ]
+    if split:
+        lines.append("several deployed models answered (the traffic split); each one's latency:")
+        headers = ["conc", "deployed model", "reqs", "p50 ms", "p90 ms", "p99 ms"]
+        lines.append(text_table(headers, split, left=2))
     errors: Counter[str] = Counter()
     first: dict[str, str] = {}
     for lv in levels:

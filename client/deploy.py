@@ -1,4 +1,5 @@
-"""Deploy to Vertex AI: upload a model, create a dedicated endpoint, deploy, split, undeploy.
+"""Deploy to Vertex AI: upload a model, create a dedicated endpoint, deploy, split, undeploy,
+delete.
 
 Every action is data (:data:`ACTIONS`): the options it takes, the SDK calls it makes
 (:class:`SdkCall`, built from those options) and how the result of the calls reads. A real run
@@ -8,8 +9,9 @@ and against the local emulator (``python -m client.emulator --empty``), whose co
 SDK reaches over REST (:mod:`client.vertex`).
 
 The library functions (:func:`upload_model`, :func:`create_endpoint`, :func:`deploy_model`,
-:func:`set_traffic_split`, :func:`undeploy_model`, :func:`endpoint_status`) run one action each
-and return a Struct; call :meth:`Connection.init` first. ``python -m client deploy`` is
+:func:`set_traffic_split`, :func:`undeploy_model`, :func:`endpoint_status`,
+:func:`delete_endpoint`, :func:`delete_model`) run one action each and return a Struct; call
+:meth:`Connection.init` first. ``python -m client deploy`` is
 ``client/cli/deploy.py``.
 
 Example:
@@ -27,7 +29,9 @@ import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import msgspec
 
@@ -84,6 +88,7 @@ def execute(calls: Sequence[SdkCall], names: Mapping[str, Any] | None = None) ->
     scope: dict[str, Any] = {
         "aiplatform": aiplatform,
         "allocate_traffic": allocate_traffic,
+        "running_operations": running_operations,
         **(names or {}),
     }
 
@@ -162,6 +167,17 @@ class EndpointStatus(msgspec.Struct, frozen=True, kw_only=True):
     traffic_split: dict[str, int]
     deployed_models: list[DeployedModelStatus]
     scale_events: list[ScaleEvent] | None = None  # with an emulator's info file only
+    # long-running operations on the endpoint not done yet (a deploy sent with --no-wait...);
+    # None when the control plane would not list them
+    running_operations: list[str] | None = None
+
+
+class Deleted(msgspec.Struct, frozen=True, kw_only=True):
+    """A deleted endpoint or model; ``undeployed``: the deployed models taken off first
+    (``delete-endpoint --force``), as ``name (id)``."""
+
+    resource_name: str
+    undeployed: list[str] = []
 
 
 class Deployment(msgspec.Struct, frozen=True, kw_only=True):
@@ -176,7 +192,20 @@ class PendingDeployment(msgspec.Struct, frozen=True, kw_only=True):
     endpoint: str
 
 
-def status(endpoint: Any) -> EndpointStatus:
+def running_operations(endpoint: Any) -> list[str] | None:
+    """The names of the endpoint's long-running operations not done yet (ListOperations on the
+    endpoint); None when the control plane refuses to list them (status goes on without)."""
+    from google.api_core import exceptions as gexc
+
+    try:
+        found = endpoint.api_client.list_operations(request={"name": endpoint.resource_name})
+    except (gexc.GoogleAPICallError, NotImplementedError):
+        return None
+    operations = getattr(found, "operations", found)
+    return [o.name for o in operations if not o.done]
+
+
+def status(endpoint: Any, running: list[str] | None = None) -> EndpointStatus:
     """An ``aiplatform.Endpoint`` (as last read) as an :class:`EndpointStatus`."""
     resource = endpoint.gca_resource
     split = {k: int(v) for k, v in resource.traffic_split.items()}
@@ -218,6 +247,7 @@ def status(endpoint: Any) -> EndpointStatus:
         inference_timeout_s=timeout.total_seconds() if timeout else None,
         traffic_split=split,
         deployed_models=models,
+        running_operations=running,
     )
 
 
@@ -251,6 +281,8 @@ def status_lines(endpoint: EndpointStatus) -> list[str]:
         f"  inference timeout {timeout}",
         f"  deployed models   {len(endpoint.deployed_models) or 'none'}",
     ]
+    for name in endpoint.running_operations or []:
+        lines.insert(-1, f"  running           operation {name} (not done yet)")
     for d in endpoint.deployed_models:
         machine = d.machine_type or "?"
         if d.accelerator_type:
@@ -345,6 +377,7 @@ class Action:
     result: Callable[[Mapping[str, Any]], msgspec.Struct]
     lines: Callable[[Any], list[str]]
     needs_endpoint: bool = True
+    confirm: str | None = None  # what it deletes: a run needs --yes
 
     def run(self, options: Mapping[str, Any]) -> msgspec.Struct:
         """Make the calls (the SDK initialised: :meth:`Connection.init`) and read the result;
@@ -357,7 +390,9 @@ class Action:
 class UploadSpec:
     """``Model.upload`` for this server's image: every path under ``/invoke`` (``/*``).
 
-    ``artifact_uri`` is a ``gs://`` directory of weights (the server's ``AIP_STORAGE_URI``); ``env``
+    ``artifact_uri`` is a ``gs://`` directory of weights (the server's ``AIP_STORAGE_URI``), or a
+    local directory / ``file://`` URI (see :func:`upload_calls`; on Vertex with
+    ``staging_bucket``, the ``gs://`` bucket the SDK copies it to); ``env``
     the container's environment (``SERVE_MODELS``...); ``args`` its command-line arguments;
     ``deployment_timeout`` the seconds a deployment may take to become healthy.
     """
@@ -370,15 +405,42 @@ class UploadSpec:
     port: int = 8080
     health_route: str = "/health"
     deployment_timeout: int | None = None
+    staging_bucket: str | None = None
 
 
-def upload_calls(spec: UploadSpec) -> list[SdkCall]:
-    if spec.artifact_uri and not spec.artifact_uri.startswith("gs://"):
-        # The SDK would copy a local path to a staging bucket: say so before anything runs.
+def local_artifacts(artifact_uri: str) -> str | None:
+    """The local directory a ``file://`` URI or a path names (made absolute); None for
+    ``gs://``. A directory that does not exist is a ParameterError."""
+    if artifact_uri.startswith("gs://"):
+        return None
+    if artifact_uri.startswith("file://"):
+        path = Path(unquote(urlparse(artifact_uri).path))
+    elif "://" in artifact_uri:
         raise errors.ParameterError(
-            f"artifact_uri {spec.artifact_uri!r} must be a gs:// URI (offline, the emulator "
-            "reads gs:// from the GCS API server STORAGE_EMULATOR_HOST names)"
+            f"artifact URI {artifact_uri!r}: give gs://BUCKET/PATH, a local directory or file://"
         )
+    else:
+        path = Path(artifact_uri)
+    if not path.is_dir():
+        raise errors.ParameterError(f"artifact URI {artifact_uri}: {path} is not a directory")
+    return str(path.resolve())
+
+
+def upload_calls(spec: UploadSpec, emulator: bool = False) -> list[SdkCall]:
+    """``Model.upload``. A local directory (or ``file://``) as the artifact URI: on Vertex the
+    SDK copies it to ``spec.staging_bucket`` first (required: no bucket made behind your back);
+    on the emulator (``emulator``) it is sent as it is, the upload request made through the
+    SDK's model client (``Model.upload`` would stage it), and the replicas read it in place."""
+    local = local_artifacts(spec.artifact_uri) if spec.artifact_uri else None
+    if local and emulator:
+        return _upload_request_calls(spec, local)
+    if local and not spec.staging_bucket:
+        raise errors.ParameterError(
+            f"artifact URI {spec.artifact_uri} is local: Vertex reads gs:// only; give "
+            "--staging-bucket gs://BUCKET (the SDK copies the directory there first)"
+        )
+    if spec.staging_bucket and not spec.staging_bucket.startswith("gs://"):
+        raise errors.ParameterError(f"staging bucket {spec.staging_bucket!r}: give gs://BUCKET")
     kwargs: dict[str, Any] = {
         "display_name": spec.display_name,
         "serving_container_image_uri": spec.image_uri,
@@ -387,13 +449,57 @@ def upload_calls(spec: UploadSpec) -> list[SdkCall]:
         "serving_container_ports": [spec.port],
     }
     optional = {
-        "artifact_uri": spec.artifact_uri,
+        "artifact_uri": local or spec.artifact_uri,
+        "staging_bucket": spec.staging_bucket if local else None,
         "serving_container_environment_variables": dict(spec.env) or None,
         "serving_container_args": list(spec.args) or None,
         "serving_container_deployment_timeout": spec.deployment_timeout,
     }
     kwargs |= {k: v for k, v in optional.items() if v is not None}
     return [SdkCall("aiplatform.Model.upload", kwargs=kwargs, result="model")]
+
+
+def _upload_request_calls(spec: UploadSpec, artifact_uri: str) -> list[SdkCall]:
+    """The UploadModel request ``Model.upload`` makes for ``spec`` (the fields it fills, the
+    default version alias), with ``artifact_uri`` as it is, through the SDK's model client."""
+    container: dict[str, Any] = {
+        "image_uri": spec.image_uri,
+        "ports": [SdkCall("aiplatform.gapic.Port", kwargs={"container_port": spec.port})],
+        "health_route": spec.health_route,
+        "invoke_route_prefix": INVOKE_ROUTE_PREFIX,
+    }
+    if spec.env:
+        container["env"] = [
+            SdkCall("aiplatform.gapic.EnvVar", kwargs={"name": k, "value": v})
+            for k, v in spec.env.items()
+        ]
+    if spec.args:
+        container["args"] = list(spec.args)
+    if spec.deployment_timeout is not None:
+        container["deployment_timeout"] = {"seconds": spec.deployment_timeout}
+    model = SdkCall(
+        "aiplatform.gapic.Model",
+        kwargs={
+            "display_name": spec.display_name,
+            "artifact_uri": artifact_uri,
+            "container_spec": SdkCall("aiplatform.gapic.ModelContainerSpec", kwargs=container),
+            "version_aliases": ["default"],
+        },
+    )
+    config = "aiplatform.initializer.global_config"
+    return [
+        SdkCall(
+            f"{config}.create_client",
+            kwargs={"client_class": Ref("aiplatform.Model.client_class")},
+            result="models",
+        ),
+        SdkCall(f"{config}.common_location_path", result="parent"),
+        SdkCall(
+            "models.upload_model", kwargs={"parent": Ref("parent"), "model": model}, result="lro"
+        ),
+        SdkCall("lro.result", result="uploaded"),
+        SdkCall("aiplatform.Model", (Ref("uploaded.model"),), result="model"),
+    ]
 
 
 def _uploaded(scope: Mapping[str, Any]) -> UploadedModel:
@@ -621,11 +727,62 @@ def undeploy_calls(endpoint: str, deployed_model_id: str) -> list[SdkCall]:
 
 
 def status_calls(endpoint: str) -> list[SdkCall]:
-    return [SdkCall("aiplatform.Endpoint", (endpoint,), result="endpoint")]
+    return [
+        SdkCall("aiplatform.Endpoint", (endpoint,), result="endpoint"),
+        SdkCall("running_operations", (Ref("endpoint"),), result="running"),
+    ]
 
 
 def _endpoint(scope: Mapping[str, Any]) -> EndpointStatus:
-    return status(scope["endpoint"])
+    return status(scope["endpoint"], scope.get("running"))
+
+
+def delete_endpoint_calls(endpoint: str, force: bool = False) -> list[SdkCall]:
+    """``endpoint.delete``; ``force``: the SDK undeploys every deployed model first (the ones
+    without traffic first), then deletes."""
+    return [
+        SdkCall("aiplatform.Endpoint", (endpoint,), result="endpoint"),
+        SdkCall("endpoint.list_models", result="before"),
+        SdkCall("endpoint.delete", kwargs={"force": True} if force else {}),
+    ]
+
+
+def _deleted_endpoint(scope: Mapping[str, Any]) -> Deleted:
+    undeployed = [f"{d.display_name} ({d.id})" if d.display_name else d.id for d in scope["before"]]
+    return Deleted(resource_name=scope["endpoint"].resource_name, undeployed=undeployed)
+
+
+def delete_model_calls(model: str) -> list[SdkCall]:
+    return [SdkCall("aiplatform.Model", (model,), result="model"), SdkCall("model.delete")]
+
+
+def _deleted_model(scope: Mapping[str, Any]) -> Deleted:
+    return Deleted(resource_name=scope["model"].resource_name)
+
+
+def _deleted_lines(result: Deleted) -> list[str]:
+    first = f" (after undeploying {', '.join(result.undeployed)})" if result.undeployed else ""
+    return [f"deleted {result.resource_name}{first}"]
+
+
+def resolve_deployed(
+    action: str, options: Mapping[str, Any], names: Mapping[str, str]
+) -> dict[str, Any]:
+    """``options`` with each deployed model named by display name or id (``split``'s keys,
+    ``undeploy``'s id) as its id, by the endpoint's ``names`` (id -> display name)."""
+    from client.names import resolve
+
+    out = dict(options)
+
+    def one(given: str) -> str:
+        return resolve(given, names, "deployed model", errors.DeployedModelNotFoundError)
+
+    if action == "split":
+        split = parse_split(options["split"])
+        out["split"] = [f"{one(k)}={v}" for k, v in split.items()]
+    elif action == "undeploy":
+        out["deployed_model_id"] = one(options["deployed_model_id"])
+    return out
 
 
 def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
@@ -661,6 +818,7 @@ def _upload_spec(o: Mapping[str, Any]) -> UploadSpec:
         port=o["port"],
         health_route=o["health_route"],
         deployment_timeout=o["deployment_timeout"],
+        staging_bucket=o["staging_bucket"],
     )
 
 
@@ -694,14 +852,22 @@ ACTIONS: dict[str, Action] = {
             (
                 Option("display_name", "the model's name", required=True),
                 Option("image_uri", "the server's container image", required=True),
-                Option("artifact_uri", "gs:// directory of weights (AIP_STORAGE_URI)"),
+                Option(
+                    "artifact_uri",
+                    "directory of weights (AIP_STORAGE_URI): gs://, or a local directory or "
+                    "file:// (the emulator reads it in place; Vertex: with --staging-bucket)",
+                ),
+                Option(
+                    "staging_bucket",
+                    "gs://BUCKET a local --artifact-uri is copied to first (Vertex)",
+                ),
                 Option("env", "a container variable (repeat)", many=True, metavar="KEY=VALUE"),
                 Option("arg", "a container argument (repeat)", many=True),
                 Option("port", "container port (default 8080)", int, 8080),
                 Option("health_route", "default /health", default="/health"),
                 Option("deployment_timeout", "time to become healthy", int, metavar="SECONDS"),
             ),
-            lambda o: upload_calls(_upload_spec(o)),
+            lambda o: upload_calls(_upload_spec(o), emulator=o.get("emulator", False)),
             _uploaded,
             lambda m: [f"model {m.resource_name} (version {m.version_id})"],
             needs_endpoint=False,
@@ -785,7 +951,7 @@ ACTIONS: dict[str, Action] = {
                     "the new split",
                     many=True,
                     positional=True,
-                    metavar="DEPLOYED_MODEL_ID=PERCENT",
+                    metavar="DEPLOYED_MODEL=PERCENT",
                 ),
             ),
             lambda o: split_calls(o["endpoint"], parse_split(o["split"])),
@@ -795,18 +961,52 @@ ACTIONS: dict[str, Action] = {
         Action(
             "undeploy",
             "endpoint.undeploy",
-            (Option("deployed_model_id", "the deployed model to take off", positional=True),),
+            (
+                Option(
+                    "deployed_model_id",
+                    "the deployed model to take off (id or display name)",
+                    positional=True,
+                    metavar="DEPLOYED_MODEL",
+                ),
+            ),
             lambda o: undeploy_calls(o["endpoint"], o["deployed_model_id"]),
             _endpoint,
             status_lines,
         ),
         Action(
             "status",
-            "the endpoint, deployed models, split, DNS",
+            "the endpoint, deployed models, split, DNS, operations still running",
             (),
             lambda o: status_calls(o["endpoint"]),
             _endpoint,
             status_lines,
+        ),
+        Action(
+            "delete-endpoint",
+            "endpoint.delete (refused while models are deployed, unless --force)",
+            (
+                Option("yes", "yes, delete it (it cannot be undone)", flag=True),
+                Option(
+                    "force", "undeploy its deployed models first (their traffic stops)", flag=True
+                ),
+            ),
+            lambda o: delete_endpoint_calls(o["endpoint"], force=o["force"]),
+            _deleted_endpoint,
+            _deleted_lines,
+            confirm="the endpoint",
+        ),
+        Action(
+            "delete-model",
+            "model.delete (refused while it is deployed)",
+            (
+                Option("model", "model id or resource name", required=True),
+                Option("yes", "yes, delete it (it cannot be undone)", flag=True),
+            ),
+            lambda o: delete_model_calls(o["model"]),
+            _deleted_model,
+            _deleted_lines,
+            needs_endpoint=False,
+            confirm="the model",
         ),
     )
 }
@@ -861,8 +1061,20 @@ def undeploy_model(endpoint: str, deployed_model_id: str) -> EndpointStatus:
 
 
 def endpoint_status(endpoint: str) -> EndpointStatus:
-    """The endpoint, its deployed models, traffic split and dedicated DNS."""
+    """The endpoint, its deployed models, traffic split, dedicated DNS and the operations on it
+    still running."""
     return _run(status_calls(endpoint), _endpoint)
+
+
+def delete_endpoint(endpoint: str, *, force: bool = False) -> Deleted:
+    """Delete the endpoint (refused while it has deployed models; ``force`` undeploys them
+    first)."""
+    return _run(delete_endpoint_calls(endpoint, force), _deleted_endpoint)
+
+
+def delete_model(model: str) -> Deleted:
+    """Delete the model (refused while it is deployed)."""
+    return _run(delete_model_calls(model), _deleted_model)
 
 
 def progress_to_stderr() -> None:

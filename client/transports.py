@@ -267,7 +267,14 @@ class AsyncHttpTransport(_AsyncHttpxSender, AsyncBaseTransport):
 
 
 def _unknown_deployed_model(deployed_model_id: str, endpoint: str, known: Any) -> Exception:
-    listed = ", ".join(sorted(known)) if known else "none"
+    """``known``: the endpoint's deployed model ids, or a mapping of them to display names
+    (listed as ``name (id)``)."""
+    names = known if isinstance(known, Mapping) else {}
+    listed = (
+        ", ".join(f"{names[i]} ({i})" if names.get(i) else i for i in sorted(known))
+        if known
+        else "none"
+    )
     return errors.DeployedModelNotFoundError(
         f"deployed model {deployed_model_id!r} is not deployed on endpoint {endpoint} "
         f"(deployed: {listed})",
@@ -301,9 +308,11 @@ class VertexTransport(BaseTransport):
         resource = getattr(self.endpoint, "_gca_resource", None)
         return getattr(resource, "name", "") or str(self.endpoint)
 
-    def _deployed_ids(self) -> set[str]:
+    def _deployed_ids(self) -> dict[str, str]:
+        """The deployed model ids the endpoint resource (as last read) holds, with their
+        display names."""
         resource = getattr(self.endpoint, "_gca_resource", None)
-        return {m.id for m in getattr(resource, "deployed_models", [])}
+        return {m.id: m.display_name for m in getattr(resource, "deployed_models", [])}
 
     def send(self, request: Request) -> Response:
         import google.api_core.exceptions

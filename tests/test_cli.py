@@ -146,9 +146,9 @@ def test_emulator_info_every_subcommand(
     b = emulator.deployed_models["shapes-b"]
     code, out, err = run("models", "--deployed-model-id", b, "--json")
     assert code == 0 and json.loads(out)["deployed_model_id"] == b, err
-    code, out, err = run("detect", str(image), "--deployed-model-id", b)
+    code, out, err = run("detect", str(image), "--deployed-model-id", "shapes-b")  # its name
     assert code == 0, err
-    assert "[shapes-segment" in out and f"on deployed model {b}]" in out
+    assert "[shapes-segment" in out and f"on deployed model shapes-b ({b})]" in out
     code, out, err = run("segment", str(image), "--model", "shapes-segment", "--json")
     assert code == 0 and json.loads(out)["task"] == "segment", err
     drawn = tmp_path / "drawn.jpg"
@@ -156,7 +156,7 @@ def test_emulator_info_every_subcommand(
     assert code == 0 and Image.open(drawn).format == "JPEG", err
     code, out, err = run("stream", str(video), "--deployed-model-id", b, "--max-frames", "4")
     assert code == 0, err
-    assert f"on deployed model {b}]" in out and "4 frames in" in out
+    assert f"on deployed model shapes-b ({b})]" in out and "4 frames in" in out
 
 
 def test_emulator_explicit_options_and_errors(emulator, image):

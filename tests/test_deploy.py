@@ -149,7 +149,9 @@ def answers(endpoint: aiplatform.Endpoint, deployed_model_id: str | None = None)
     return response.headers["X-Deployed-Model-Id"], body["deployed_model_id"], names
 
 
-def test_deploy_flow(run, info: EmulatorInfo, emu: tuple[Emulator, EmulatorInfo]) -> None:
+def test_deploy_flow(
+    run, info: EmulatorInfo, emu: tuple[Emulator, EmulatorInfo], tmp_path: Path
+) -> None:
     code, out, err = run(
         *("upload", "--display-name", "shapes-a", "--image-uri", IMAGE, "--json"),
         *("--artifact-uri", "gs://weights/deploy/a", "--env", "SERVE_WORKERS=1"),
@@ -158,13 +160,18 @@ def test_deploy_flow(run, info: EmulatorInfo, emu: tuple[Emulator, EmulatorInfo]
     model_a = json.loads(out)
     assert model_a["resource_name"].startswith(f"projects/{info.project}/locations/")
     assert model_a["version_id"] == "1"
+    # A local directory (here a file:// URI) is used as it is: the replicas read it in place.
+    local = tmp_path / "weights-b"
+    local.mkdir()
+    (local / "shapes-segment.pt").write_bytes((WEIGHTS / "shapes-segment.pt").read_bytes())
     code, out, err = run(
         *("upload", "--display-name", "shapes-b", "--image-uri", IMAGE),
-        *("--artifact-uri", "gs://weights/deploy/b", "--deployment-timeout", "240"),
+        *("--artifact-uri", local.as_uri(), "--deployment-timeout", "240"),
     )
     assert code == 0, err
     model_b = out.split()[1]  # "model projects/.../models/ID (version 1)"
     assert model_b.startswith("projects/") and "(version 1)" in out
+    assert aiplatform.Model(model_b).gca_resource.artifact_uri == str(local)
 
     code, out, err = run(
         "create-endpoint", "--display-name", "flow", "--inference-timeout", "300", "--json"
@@ -262,13 +269,30 @@ def test_deploy_flow(run, info: EmulatorInfo, emu: tuple[Emulator, EmulatorInfo]
     assert gone.status_code == 404 and a in gone.json()["error"]["message"]
     assert answers(aiplatform.Endpoint(endpoint_id)) == (b, b, ["shapes-segment"])
 
-    # The last one: the split ends empty, no server is left.
-    code, out, err = run("undeploy", b, "--json")
+    # Deleting: --yes first; an endpoint with deployed models needs --force, which undeploys
+    # them (the last one: the split ends empty, no server is left); a deployed model's model
+    # cannot go before it is undeployed.
+    code, out, err = run("delete-endpoint", "--endpoint", endpoint_id)
+    assert code == cli.EXIT_USAGE and "cannot be undone: add --yes" in err, err
+    code, out, err = run("delete-endpoint", "--endpoint", endpoint_id, "--yes")
+    assert code == cli.EXIT_USAGE, err
+    assert f"still has deployed models (shapes-b ({b})): --force undeploys them" in err, err
+    code, out, err = run("delete-model", "--model", model_b, "--yes")
+    assert code == cli.EXIT_API and f"is deployed (shapes-b ({b}) on endpoint" in err, err
+    code, out, err = run("delete-endpoint", "--endpoint", endpoint_id, "--yes", "--force")
     assert code == 0, err
-    assert json.loads(out)["deployed_models"] == [] and json.loads(out)["traffic_split"] == {}
+    assert out == f"deleted {endpoint_name} (after undeploying shapes-b ({b}))\n"
     assert not any(map(pid_alive, b_pids))
     assert EmulatorInfo.load(info_file(emu)).server_pids == {}
     assert EmulatorInfo.load(info_file(emu)).replicas == {}
+    assert EmulatorInfo.load(info_file(emu)).endpoint_id == ""
+    with pytest.raises(gexc.NotFound):
+        aiplatform.Endpoint(endpoint_id).list_models()  # a GET of the endpoint
+    for model in (model_a["resource_name"], model_b):
+        code, out, err = run("delete-model", "--model", model, "--yes")
+        assert code == 0 and out == f"deleted {model}\n", err
+        with pytest.raises(gexc.NotFound):
+            aiplatform.Model(model)
 
 
 def test_bad_inputs(run, info: EmulatorInfo, emu: tuple[Emulator, EmulatorInfo]) -> None:
@@ -280,17 +304,22 @@ def test_bad_inputs(run, info: EmulatorInfo, emu: tuple[Emulator, EmulatorInfo])
     code, _, err = run("deploy", *target, "--model", "123")
     assert code == cli.EXIT_API and "NotFound" in err and "models/123" in err, err
     code, _, err = run("split", *target, "42=100")
-    assert code == cli.EXIT_API and "not deployed" in err, err
+    assert code == cli.EXIT_API and "'42' is not deployed on this endpoint" in err, err
     code, _, err = run("split", *target, "42=half")
     assert code == cli.EXIT_USAGE and "must be an integer" in err, err
     code, _, err = run("undeploy", *target, "42")
-    assert code == cli.EXIT_API and "42 not found" in err, err
+    assert code == cli.EXIT_API and "'42' is not deployed on this endpoint" in err, err
     code, _, err = run("create-endpoint", "--display-name", "x", "--inference-timeout", "4000")
     assert code == cli.EXIT_API and "inferenceTimeout" in err, err
+    for uri in ("/no/such/dir", "file:///no/such/dir"):
+        code, _, err = run(
+            "upload", "--display-name", "x", "--image-uri", IMAGE, "--artifact-uri", uri
+        )
+        assert code == cli.EXIT_USAGE and "/no/such/dir is not a directory" in err, err
     code, _, err = run(
-        "upload", "--display-name", "x", "--image-uri", IMAGE, "--artifact-uri", "/w"
+        "upload", "--display-name", "x", "--image-uri", IMAGE, "--artifact-uri", "s3://b/w"
     )
-    assert code == cli.EXIT_USAGE and "must be a gs:// URI" in err, err
+    assert code == cli.EXIT_USAGE and "give gs://BUCKET/PATH, a local directory or file://" in err
 
     def upload(name: str, *options: str) -> str:
         """Upload succeeds (nothing is checked before a deploy); the new model's id."""
@@ -316,6 +345,19 @@ def test_bad_inputs(run, info: EmulatorInfo, emu: tuple[Emulator, EmulatorInfo])
     assert "SERVE_MODELS entry 'no-equals-sign' must look like name=source" in err, err
     assert aiplatform.Endpoint(endpoint_id).list_models() == []
     assert "broken" not in EmulatorInfo.load(info_file(emu)).server_pids
+
+    # A deploy whose replica never answers its health route stays running (until its deployment
+    # timeout, or the emulator's end): `deploy status` shows its operation after --no-wait.
+    never = upload(
+        "never", "--artifact-uri", "gs://weights/deploy/a", "--health-route", "/never-healthy"
+    )
+    code, out, err = run("deploy", *target, "--model", never, "--no-wait", "--json")
+    assert code == 0, err
+    operation = json.loads(out)["operation"]
+    code, out, err = run("status", *target, "--json")
+    assert code == 0 and json.loads(out)["running_operations"] == [operation], out
+    code, out, err = run("status", *target)
+    assert f"running           operation {operation} (not done yet)" in out, out
 
 
 def test_allocate_traffic_is_the_sdks() -> None:

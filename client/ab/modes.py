@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, Literal, Unpack, get_args
 
-from client import errors
+from client import errors, names
 from client._client import Client, ImageParams
 from client.ab.calls import Outcome, run_all
 from client.ab.measures import Answer, agreement, chi_square, confidence_stats, latency_stats
@@ -126,8 +126,8 @@ def targeted(
         client: a :class:`~client.Client` (through Vertex to pin deployed models; one made with
             ``from_url`` can only name the server's own id).
         inputs: images (paths, bytes, arrays...; see :func:`image_files`, :func:`video_frames`).
-        deployed_model_ids: the models to compare, the reference first; the same id may come
-            twice (a determinism check). Default: :func:`deployed_models`.
+        deployed_model_ids: the models to compare (ids or display names), the reference first;
+            the same one may come twice (a determinism check). Default: :func:`deployed_models`.
         concurrency: calls in flight at once.
         route: any inference route: ``"detect"``, ``"segment"`` (boxes are compared either
             way), ``"obb"`` (rotated boxes), ``"pose"`` (boxes, and keypoints by OKS),
@@ -141,7 +141,15 @@ def targeted(
         raise errors.ParameterError(f"iou_threshold must be in (0, 1], not {iou_threshold}")
     if not inputs:
         raise errors.ParameterError("no inputs to send")
-    ids = list(deployed_model_ids) if deployed_model_ids else deployed_models(client)
+    known = names.client_names(client)
+    ids = (
+        [
+            names.resolve(dm, known, "deployed model", errors.DeployedModelNotFoundError)
+            for dm in deployed_model_ids
+        ]
+        if deployed_model_ids
+        else deployed_models(client)
+    )
     if not ids:
         raise errors.ParameterError("the endpoint has no deployed models")
     for dm in dict.fromkeys(ids):  # unknown ids fail here, before the run; opens connections
@@ -154,8 +162,8 @@ def targeted(
     ]
     outcomes, elapsed = run_all(calls, concurrency, progress, f"A/B {len(ids)} models")
     per_model = [outcomes[j :: len(ids)] for j in range(len(ids))]
-    names = deployed_model_names(client)
-    models = [_model_stats(_label(j), dm, names.get(dm), per_model[j]) for j, dm in enumerate(ids)]
+    shown = {k: v for k, v in (known or {}).items() if v}
+    models = [_model_stats(_label(j), dm, shown.get(dm), per_model[j]) for j, dm in enumerate(ids)]
 
     answers = [[answer_of(o) for o in column] for column in per_model]
     agreements = [
@@ -219,7 +227,7 @@ def split_check(
         if o.result is not None:
             served.setdefault(o.result.deployed_model_id, []).append(o.latency_ms)
     answered = sum(len(v) for v in served.values())
-    names = deployed_model_names(client)
+    display = deployed_model_names(client)
     ids = [
         *sorted(configured, key=lambda i: -configured[i]),
         *sorted(set(served) - set(configured)),
@@ -227,7 +235,7 @@ def split_check(
     rows = [
         SplitRow(
             deployed_model_id=dm,
-            display_name=names.get(dm),
+            display_name=display.get(dm),
             configured_percent=configured.get(dm, 0.0),
             expected_share=max(configured.get(dm, 0.0), 0.0) / total,
             expected=max(configured.get(dm, 0.0), 0.0) / total * answered,

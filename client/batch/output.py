@@ -12,6 +12,13 @@
 
 :meth:`JsonlOutput.done` is the set of inputs already written: the run skips them, so every
 input ends in the output exactly once.
+
+**The run record** (:class:`RunRecord`, ``DEST.run.json`` beside the lines, written before the
+first one): the endpoint, route, inference parameters and the deployed model that answers. A
+run on a DEST that holds lines must match it (:meth:`RunRecord.difference`), so a resume never
+mixes models, deployed models or parameters; an untargeted resume is pinned to the recorded
+deployed model (every call of a run goes to one deployed model, so a run is never spread over
+a traffic split).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import os
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -43,6 +51,78 @@ def _input_of(line: bytes) -> str | None:
         return _decode_key(line).input
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None  # not one of ours: kept, not counted
+
+
+class RunRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What a batch's lines come from: written to ``DEST.run.json`` before the first line.
+
+    ``options``: the options that change a result, as given (``conf``, ``imgsz``, ``model``...,
+    ``max_side``; one not given is absent: the server's default); ``endpoint``: the endpoint's
+    resource name, or the server's URL; ``display_name``: the deployed model's (Vertex)."""
+
+    endpoint: str
+    route: str
+    options: dict[str, Any] = {}
+    deployed_model_id: str
+    display_name: str | None = None
+
+    def label(self) -> str:
+        who = self.deployed_model_id
+        return f"{self.display_name} ({who})" if self.display_name else who
+
+    def difference(self, other: RunRecord) -> str | None:
+        """How ``other`` (this run) differs from this record (the run DEST holds), as the end
+        of a sentence; None when it does not."""
+        if other.endpoint != self.endpoint:
+            return f"endpoint {self.endpoint}; this run's is {other.endpoint}: call that one"
+        if other.route != self.route:
+            return f"--route {self.route}; this run has --route {other.route}: give the first"
+        for name in sorted(self.options.keys() | other.options.keys()):
+            was, now = self.options.get(name), other.options.get(name)
+            if was != now:
+                flag = "--" + name.replace("_", "-")
+                return f"{_shown(flag, was)}; this run has {_shown(flag, now)}: give the first"
+        if other.deployed_model_id != self.deployed_model_id:
+            return (
+                f"deployed model {self.label()}; this run's --deployed-model-id names "
+                f"{other.label()}: leave it out (the resume goes to the first)"
+            )
+        return None
+
+
+def _shown(flag: str, value: Any) -> str:
+    if value is None:
+        return f"no {flag}"
+    if isinstance(value, list):
+        value = ",".join(map(str, value))
+    return f"{flag} {value}"
+
+
+_decode_record = msgspec.json.Decoder(RunRecord).decode
+
+
+def record_name(dest: str) -> str:
+    """Where DEST's run record lives: ``DEST.run.json`` (a file or an object beside it)."""
+    return dest + ".run.json"
+
+
+def read_record(dest: str) -> RunRecord | None:
+    """DEST's run record; None when there is none (a first run, or DEST written before runs
+    were recorded)."""
+    name = record_name(dest)
+    data = b"\n".join(read_lines(name))
+    if not data.strip():
+        return None
+    try:
+        return _decode_record(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ParameterError(
+            f"{name} is not a batch run record ({exc}): move it away, or write to another --out"
+        ) from None
+
+
+def write_record(dest: str, record: RunRecord) -> None:
+    write_output(record_name(dest), msgspec.json.encode(record) + b"\n", "application/json")
 
 
 class JsonlOutput:

@@ -135,8 +135,8 @@ def add(sub: Any, name: str, summary: str) -> None:
     t.add_argument(
         "--deployed-models",
         metavar="ID,ID",
-        help="deployed model ids, the reference first (default: all, largest traffic share "
-        "first); an id may repeat",
+        help="deployed model ids or display names, the reference first (default: all, largest "
+        "traffic share first); one may repeat",
     )
     t.add_argument("--concurrency", type=int, default=4, help="calls in flight (default 4)")
     t.add_argument("--iou-threshold", type=float, default=0.5, help="IoU a match needs (0.5)")

@@ -13,6 +13,7 @@ from client.cli.options import (
     make_client,
     params,
     print_json,
+    served_by,
     writing,
 )
 
@@ -45,7 +46,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(
         f"wrote {args.out} ({result.media_type}, {len(result.image)} bytes): "
-        f"{result.detection_count} detections [{result.model} {result.version} on deployed "
-        f"model {result.deployed_model_id}]"
+        f"{result.detection_count} detections {served_by(result, args)}"
     )
     return 0

@@ -9,10 +9,11 @@ from typing import Any
 
 import msgspec
 
-from client import vertex
-from client.batch.engine import ROUTES, BatchStats
+from client import names, vertex
+from client._client import Client
+from client.batch.engine import ROUTES, BatchStats, given
 from client.batch.inputs import list_inputs
-from client.batch.output import JsonlOutput
+from client.batch.output import JsonlOutput, RunRecord, read_record, record_name, write_record
 from client.cli.options import (
     ROUTE_OPTIONS,
     connection_options,
@@ -36,7 +37,9 @@ def add(sub: Any, name: str, summary: str) -> None:
         description="One call per image, many in flight over the endpoint's replicas; one JSON "
         "line per input in DEST (its results, or its error: a bad image is a line, not the end "
         "of the job). Killed at any point and run again with the same arguments, it skips the "
-        "inputs DEST already holds and finishes with every input exactly once.",
+        "inputs DEST already holds and finishes with every input exactly once. DEST.run.json "
+        "records the run (endpoint, route, parameters, the deployed model that answers): a "
+        "resume goes to that deployed model and refuses other options.",
     )
     p.add_argument(
         "source",
@@ -91,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         output = JsonlOutput(args.out)
     with output as out, make_client(args) as client:
         done = out.done()
+        record = run_record(args, client, resuming=bool(done))
         todo = [name for name in inputs if name not in done]
         skipped = len(inputs) - len(todo)
         with (
@@ -99,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
                 route=args.route,
                 send=args.send,
                 concurrency=args.concurrency,
-                deployed_model_id=args.deployed_model_id,
+                deployed_model_id=record.deployed_model_id,
                 annotate_to=args.save_annotated,
                 **params(args, ROUTE_OPTIONS),
             ) as batch,
@@ -119,10 +123,55 @@ def run(args: argparse.Namespace) -> int:
                 bar.set_postfix_str(progress(batch.stats), refresh=False)
         stats = batch.stats
     if args.json:
-        print_json({"inputs": len(inputs), "skipped": skipped, "stats": stats})
+        print_json({"inputs": len(inputs), "skipped": skipped, "stats": stats, "run": record})
     else:
-        print(summary(stats, len(inputs), skipped, args.out))
+        print(summary(stats, len(inputs), skipped, args.out, record.label()))
     return 0
+
+
+def run_record(args: argparse.Namespace, client: Client, *, resuming: bool) -> RunRecord:
+    """This run's record, written to DEST.run.json; on a resume (DEST holds lines), checked
+    against the record there: a different endpoint, route, parameter or deployed model is a
+    ParameterError (exit 2), and an untargeted resume goes to the recorded deployed model."""
+    options = given(params(args, ROUTE_OPTIONS)) or {}
+    if args.max_side is not None:
+        options["max_side"] = args.max_side
+    with vertex.sdk_errors("the endpoint's control plane"):
+        known = names.client_names(client)
+    endpoint = args.url if known is None else client.transport.name
+    previous = read_record(args.out) if resuming else None
+    if previous is not None and not args.deployed_model_id:
+        pinned = previous.deployed_model_id  # a resume goes where the first run went
+        if known is not None and pinned not in known:
+            raise ParameterError(
+                f"{args.out} holds the lines of deployed model {previous.label()}, which is not "
+                f"deployed now (deployed: {names.listing(known)}): write to another --out"
+            )
+    else:  # whoever answers now (pinned or picked by the split) answers every call of the run
+        pinned = client.models(deployed_model_id=args.deployed_model_id).deployed_model_id
+    record = RunRecord(
+        endpoint=endpoint,
+        route=args.route,
+        options=options,
+        deployed_model_id=pinned,
+        display_name=(known or {}).get(pinned) or None,
+    )
+    if previous is not None:
+        if (why := previous.difference(record)) is not None:
+            raise ParameterError(
+                f"{args.out} holds the lines of a run with {why}; or write to another --out"
+            )
+        print(f"resuming {args.out} on deployed model {record.label()}", file=sys.stderr)
+        return previous
+    if resuming:
+        print(
+            f"{args.out} holds lines but no run record ({record_name(args.out)}): their options "
+            f"and deployed model cannot be checked; this run goes to {record.label()}",
+            file=sys.stderr,
+        )
+    with writing(record_name(args.out)):
+        write_record(args.out, record)
+    return record
 
 
 def progress(stats: BatchStats) -> str:
@@ -132,7 +181,7 @@ def progress(stats: BatchStats) -> str:
     )
 
 
-def summary(stats: BatchStats, inputs: int, skipped: int, out: str) -> str:
+def summary(stats: BatchStats, inputs: int, skipped: int, out: str, who: str = "") -> str:
     """``303 inputs: 303 done now (0 already in out.jsonl), 3 errors (invalid-image=3), ...``."""
     errors = sum(stats.errors.values())
     by_code = ", ".join(f"{k}={v}" for k, v in sorted(stats.errors.items()))
@@ -140,7 +189,7 @@ def summary(stats: BatchStats, inputs: int, skipped: int, out: str) -> str:
     return (
         f"{inputs} inputs: {stats.done} done now ({skipped} already in {out}), {errors} errors"
         f"{f' ({by_code})' if by_code else ''}; {stats.images_per_s:.1f} images/s on deployed "
-        f"model {stats.deployed_model_id}, {len(stats.replicas)} replicas; "
+        f"model {who or stats.deployed_model_id}, {len(stats.replicas)} replicas; "
         f"{classes or 'no detections'}"
     )
 
@@ -173,6 +222,8 @@ def run_beam(args: argparse.Namespace) -> int:
     elif "--region" not in given and target.location:
         flags.append(f"--region={target.location}")
     connection: dict[str, Any] = {"url": args.url, "ca_cert": args.ca_cert}
+    if args.deployed_model_id and not args.url:  # a display name: the id (one endpoint read)
+        make_client(args).close()
     if not args.url:
         if not target.endpoint:
             raise ParameterError("say where to send: --url, --endpoint or --emulator-info")

@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 import msgspec
 
-from client import errors
+from client import errors, names, vertex
 from client.bench import Level, Reply, Report, run_level, table
 from client.cli.options import (
     EXIT_API,
@@ -149,18 +149,23 @@ def run(args: argparse.Namespace) -> int:
     params = dict(args.param)
     path = f"/{args.route}" + (f"?{urlencode(list(args.param))}" if params else "")
     accept = "image/jpeg" if args.route == "annotate" else "application/json"
-    requests = [
-        Request(
-            path,
-            body,
-            {"Accept": accept, **({"Content-Type": kind} if kind else {})},
-            deployed_model_id=args.deployed_model_id,
-            timeout=args.timeout,
-        )
-        for body, kind in bodies
-    ]
+
+    def requests() -> list[Request]:  # after make_client: --deployed-model-id NAME is an id
+        return [
+            Request(
+                path,
+                body,
+                {"Accept": accept, **({"Content-Type": kind} if kind else {})},
+                deployed_model_id=args.deployed_model_id,
+                timeout=args.timeout,
+            )
+            for body, kind in bodies
+        ]
+
     duration = None if args.requests else (args.duration or 10.0)
     most = max(args.concurrency)
+
+    labels: dict[str, str] = {}
 
     async def sweep() -> tuple[str, list[Level]]:
         import httpx
@@ -173,6 +178,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             client = make_client(args)  # the SDK endpoint: reads the emulator info, CA, etc.
             target = client.transport.name
+            with vertex.sdk_errors(f"endpoint {target}"):
+                known = names.client_names(client) or {}
+            labels.update({dm: names.label(dm, known) for dm in known})
             if args.sdk:
                 transport = client.transport
                 sync_send = transport.send
@@ -183,10 +191,11 @@ def run(args: argparse.Namespace) -> int:
         pool = ThreadPoolExecutor(most) if sync_send else None
         loop = asyncio.get_running_loop()
         turn = 0
+        sent = requests()
 
         async def send() -> Reply:
             nonlocal turn
-            request = requests[turn % len(requests)]
+            request = sent[turn % len(sent)]
             turn += 1
             try:
                 if pool is not None and sync_send is not None:
@@ -243,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(encoded)
     else:
         print(f"{args.route} on {target}, {len(args.images)} input file(s)")
-        print(table(levels))
+        print(table(levels, labels))
         if args.json:
             with writing(args.json):
                 Path(args.json).write_text(encoded)

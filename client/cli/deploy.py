@@ -9,8 +9,8 @@ from typing import Any
 
 import msgspec
 
-from client import errors
-from client.cli.options import json_text, vertex_target
+from client import errors, names
+from client.cli.options import LOCATION_HELP, PROJECT_HELP, json_text, vertex_target
 from client.deploy import (
     ACTIONS,
     Action,
@@ -18,6 +18,8 @@ from client.deploy import (
     Deployment,
     EndpointStatus,
     Option,
+    endpoint_status,
+    resolve_deployed,
     with_replicas,
 )
 
@@ -36,7 +38,8 @@ def add(sub: Any, name: str, summary: str) -> None:
         if action.needs_endpoint:
             q.add_argument(
                 "--endpoint",
-                help="endpoint id or resource name (default with --emulator-info: the emulator's)",
+                help="endpoint id or resource name (default with --emulator-info: the emulator's; "
+                "else $VERTEX_YOLO_ENDPOINT)",
             )
         for option in action.options:
             _add_option(q, option)
@@ -46,8 +49,8 @@ def add(sub: Any, name: str, summary: str) -> None:
 def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("connection (Vertex AI, or the emulator with --emulator-info)")
-    g.add_argument("--project", help="Vertex project (else the SDK's default)")
-    g.add_argument("--location", help="Vertex region, e.g. us-central1")
+    g.add_argument("--project", help=PROJECT_HELP)
+    g.add_argument("--location", help=LOCATION_HELP)
     g.add_argument("--api-endpoint", help="control-plane URL (an emulator's http://host:port)")
     g.add_argument(
         "--emulator-info",
@@ -88,13 +91,28 @@ def run(args: argparse.Namespace) -> int:
                 "give --endpoint (or --emulator-info of an emulator with one)"
             )
         options["endpoint"] = target.endpoint
+    options["emulator"] = target.emulator
     connection = Connection(target.project, target.location, target.api_endpoint)
     calls = action.calls(options)
     if args.dry_run:
         for call in [connection.init_call(), *calls]:
             print(call)
         return 0
+    if action.confirm and not args.yes:
+        raise errors.ParameterError(
+            f"deleting {action.confirm} cannot be undone: add --yes (--dry-run shows the calls)"
+        )
     connection.init()
+    if action.name in ("split", "undeploy", "delete-endpoint"):  # one read of the endpoint
+        found = endpoint_status(options["endpoint"])
+        known = {d.id: d.display_name for d in found.deployed_models}
+        options = resolve_deployed(action.name, options, known)
+        if action.name == "delete-endpoint" and known and not args.force:
+            raise errors.ParameterError(
+                f"endpoint {found.endpoint_id} still has deployed models "
+                f"({names.listing(known)}): --force undeploys them first (their traffic "
+                "stops), or undeploy them with `deploy undeploy`"
+            )
     result = action.run(options)
     if args.emulator_info:  # the replicas, which Vertex does not show
         if isinstance(result, EndpointStatus):

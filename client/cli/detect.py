@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
         return 0
-    print(served_by(result))
+    print(served_by(result, args))
     layout = getattr(result, "keypoints", None)
     for path, image in zip(args.images, result.results, strict=True):
         for line in describe(path, image, layout):

@@ -16,11 +16,26 @@ from typing import Any
 
 import msgspec
 
-from client import errors, vertex
+from client import errors, names, vertex
 from client._client import Client
 
 EXIT_USAGE, EXIT_API, EXIT_CONNECTION, EXIT_STREAM = 2, 3, 4, 5
 EXIT_ROLLED_BACK = 6  # a rollout's guard failed: the starting split is back
+
+#: Where a Vertex option not given (nor read from --emulator-info) is taken from, first found
+#: first: gcloud's own variables, then Google's client libraries' (the SDK also falls back to
+#: the project of the default credentials).
+ENV_DEFAULTS: dict[str, tuple[str, ...]] = {
+    "project": ("CLOUDSDK_CORE_PROJECT", "GOOGLE_CLOUD_PROJECT"),
+    "location": ("CLOUDSDK_COMPUTE_REGION", "GOOGLE_CLOUD_LOCATION"),
+    "endpoint": ("VERTEX_YOLO_ENDPOINT",),
+}
+
+
+PROJECT_HELP = "Vertex project (default: $CLOUDSDK_CORE_PROJECT, $GOOGLE_CLOUD_PROJECT, the SDK's)"
+LOCATION_HELP = (
+    "Vertex region, e.g. us-central1 (default: $CLOUDSDK_COMPUTE_REGION, $GOOGLE_CLOUD_LOCATION)"
+)
 
 
 def connection_options() -> argparse.ArgumentParser:
@@ -29,18 +44,22 @@ def connection_options() -> argparse.ArgumentParser:
     g = p.add_argument_group("connection (one of --url, --endpoint, --emulator-info)")
     where = g.add_mutually_exclusive_group()
     where.add_argument("--url", help="call one server directly (no Vertex), e.g. http://host:8080")
-    where.add_argument("--endpoint", help="Vertex endpoint id or resource name")
+    where.add_argument(
+        "--endpoint", help="Vertex endpoint id or resource name (default: $VERTEX_YOLO_ENDPOINT)"
+    )
     where.add_argument(
         "--emulator-info", metavar="FILE", help="read project/location/endpoint from this file"
     )
-    g.add_argument("--project", help="Vertex project (else the SDK's default)")
-    g.add_argument("--location", help="Vertex region, e.g. us-central1")
+    g.add_argument("--project", help=PROJECT_HELP)
+    g.add_argument("--location", help=LOCATION_HELP)
     g.add_argument("--api-endpoint", help="control-plane URL (the emulator's http://host:port)")
     g.add_argument("--ca-cert", help="CA bundle for the data plane's TLS (the emulator's CA)")
     g.add_argument("--timeout", type=float, default=120.0, help="seconds per call (default 120)")
     g.add_argument("--retries", type=int, default=2, help="retries on 429/503/connection errors")
     g.add_argument(
-        "--deployed-model-id", help="send to this deployed model instead of the traffic split"
+        "--deployed-model-id",
+        metavar="ID_OR_NAME",
+        help="send to this deployed model (its id or display name) instead of the traffic split",
     )
     g.add_argument("--json", action="store_true", help="print the full JSON result")
     return p
@@ -94,9 +113,20 @@ def params(args: argparse.Namespace, names: tuple[str, ...] = DETECT_OPTIONS) ->
 
 
 def vertex_target(args: argparse.Namespace) -> vertex.VertexTarget:
-    """The Vertex connection options, each one not given taken from ``--emulator-info``."""
+    """The Vertex connection options, each one not given taken from ``--emulator-info``, else
+    from the environment (:data:`ENV_DEFAULTS`; not the endpoint next to ``--url`` or
+    ``--emulator-info``)."""
     given = vertex.VertexTarget(*(getattr(args, f, None) for f in vertex.VertexTarget._fields))
-    return given.with_emulator(getattr(args, "emulator_info", None))
+    target = given.with_emulator(getattr(args, "emulator_info", None))
+    defaults = {}
+    for field, variables in ENV_DEFAULTS.items():
+        if getattr(target, field) or (
+            field == "endpoint"
+            and (getattr(args, "url", None) or getattr(args, "emulator_info", None))
+        ):
+            continue
+        defaults[field] = next((os.environ[v] for v in variables if os.environ.get(v)), None)
+    return target._replace(**{k: v for k, v in defaults.items() if v})
 
 
 def make_client(args: argparse.Namespace) -> Client:
@@ -114,13 +144,21 @@ def make_client(args: argparse.Namespace) -> Client:
     if target.ca_cert:
         os.environ["REQUESTS_CA_BUNDLE"] = target.ca_cert
     with vertex.sdk_errors(f"endpoint {target.endpoint}"):
-        return Client.from_vertex(
+        client = Client.from_vertex(
             project=target.project,
             location=target.location,
             endpoint=target.endpoint,
             api_endpoint=target.api_endpoint,
             **options,
         )
+    if getattr(args, "deployed_model_id", None):  # an id or a display name: the id
+        with vertex.sdk_errors(f"endpoint {target.endpoint}"):
+            known = names.client_names(client)
+        args.deployed_model_id = names.resolve(
+            args.deployed_model_id, known, "--deployed-model-id", errors.DeployedModelNotFoundError
+        )
+        args.deployed_names = known  # read anyway: `served_by` shows name (id)
+    return client
 
 
 def json_text(value: Any) -> str:
@@ -142,6 +180,8 @@ def writing(path: str | Path) -> Iterator[None]:
         raise errors.ParameterError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def served_by(result: Any) -> str:
-    """``[model version on deployed model id]``: who answered."""
-    return f"[{result.model} {result.version} on deployed model {result.deployed_model_id}]"
+def served_by(result: Any, args: argparse.Namespace | None = None) -> str:
+    """``[model version on deployed model name (id)]``: who answered (its name when the command
+    read the endpoint's names: ``--deployed-model-id`` given)."""
+    who = names.label(result.deployed_model_id, getattr(args, "deployed_names", None))
+    return f"[{result.model} {result.version} on deployed model {who}]"

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from client import errors
+from client import errors, vertex
 from client.ab import ROUTES, image_files
 from client.ab.measures import needs
 from client.cli.options import (
@@ -104,17 +104,42 @@ def run(args: argparse.Namespace) -> int:
         max_latency_ratio=args.max_latency_ratio,
         min_agreement=args.min_agreement,
     )
-    probes = list(image_files(args.probe_images)) if args.probe_images else None
     target = vertex_target(args)
     connection = Connection(target.project, target.location, target.api_endpoint)
+    if args.split is not None:
+        if not args.dry_run:
+            raise errors.ParameterError(
+                "--split is for --dry-run (a rollout starts from the endpoint's own split)"
+            )
+        the_plan = plan(
+            None, args.from_id, args.to_id, steps, split=args.split, endpoint=target.endpoint
+        )
+        print(connection.init_call())
+        print("\n".join(plan_lines(the_plan)))
+        return 0
+    if not args.dry_run and not args.probe_images and not (args.url or target.emulator):
+        raise errors.ParameterError(
+            "off the emulator give --probe-images DIR (images like the endpoint's traffic): the "
+            "default probes are synthetic shapes, which say nothing of a real model's agreement"
+        )
+    probes = list(image_files(args.probe_images)) if args.probe_images else None
     stop = threading.Event()
     received: list[int] = []  # the signals that stopped the run
+    if args.dry_run:
+        try:
+            with make_client(args) as client, vertex.sdk_errors("the endpoint's control plane"):
+                the_plan = plan(client, args.from_id, args.to_id, steps)
+        except errors.AuthenticationError as exc:
+            raise type(exc)(
+                f"{exc}; --dry-run reads the endpoint's split and deployed models with Google "
+                "credentials (gcloud auth application-default login), or give the split: "
+                "--split A=80,B=20",
+                **_api_fields(exc),
+            ) from None
+        print(connection.init_call())
+        print("\n".join(plan_lines(the_plan)))
+        return 0
     with make_client(args) as client:
-        if args.dry_run:
-            the_plan = plan(client, args.from_id, args.to_id, steps)
-            print(connection.init_call())
-            print("\n".join(plan_lines(the_plan)))
-            return 0
         connection.init()
         with stopping_on_signals(stop, received):
             try:
@@ -139,6 +164,28 @@ def run(args: argparse.Namespace) -> int:
                 return 128 + (received[0] if received else signal.SIGINT)
     _output(args, report)
     return EXIT_ROLLED_BACK if report.verdict == "rolled back" else 0
+
+
+def _api_fields(exc: errors.VertexYoloError) -> dict[str, Any]:
+    """An APIError's status, for one rebuilt with a longer message (none for others)."""
+    status = getattr(exc, "status", None)
+    return {"status": status} if isinstance(exc, errors.APIError) and status else {}
+
+
+def _split(text: str) -> dict[str, int]:
+    """``A=80,B=20`` (ids or display names) as a split."""
+    split: dict[str, int] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        try:
+            split[key.strip()] = int(value)
+        except ValueError:
+            split = {}
+        if not sep or not key.strip() or not split:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} must look like A=80,B=20 (deployed model ids or names = percents)"
+            )
+    return split
 
 
 def add(sub: Any, name: str, summary: str) -> None:
@@ -182,7 +229,10 @@ def add(sub: Any, name: str, summary: str) -> None:
         help="how long each step holds while measuring (default 60)",
     )
     g.add_argument(
-        "--probe-images", metavar="DIR", help="the probe set (default: 6 demo scenes drawn here)"
+        "--probe-images",
+        metavar="DIR",
+        help="the probe set: images like the endpoint's traffic (required off the emulator; on "
+        "it the default is 6 synthetic demo scenes drawn here)",
     )
     g.add_argument("--route", choices=ROUTES, default="detect")
     g.add_argument("--concurrency", type=int, default=4, help="calls in flight (default 4)")
@@ -199,6 +249,13 @@ def add(sub: Any, name: str, summary: str) -> None:
     )
     g.add_argument(
         "--dry-run", action="store_true", help="print the plan and the SDK calls; change nothing"
+    )
+    g.add_argument(
+        "--split",
+        type=_split,
+        metavar="A=80,B=20",
+        help="with --dry-run: plan from this split (deployed model ids or names) instead of "
+        "reading the endpoint's; no call is made, so no credentials are needed",
     )
     g.add_argument("--report", metavar="FILE.json", help="write the JSON report here")
     g.add_argument("--figure", metavar="FILE.png", help="write the PNG figure here")

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
                     bar.write(
                         f"{' '.join(args.source)}: {event.width}x{event.height}, "
                         f"{event.fps or '?'} fps, {event.frames or '?'} frames, "
-                        f"track={event.track} {served_by(event)}"
+                        f"track={event.track} {served_by(event, args)}"
                     )
                 elif isinstance(event, StreamFrame):
                     bar.update(1)

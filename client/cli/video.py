@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from client import names
 from client.cli.options import (
     STREAM_OPTIONS,
     connection_options,
@@ -129,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print_json(video.stats)
         else:
-            print(summary(video.stats))
+            print(summary(video.stats, getattr(args, "deployed_names", None)))
     return 0
 
 
@@ -141,12 +142,14 @@ def progress(stats: VideoStats) -> str:
     )
 
 
-def summary(stats: VideoStats) -> str:
-    """The final line: frames, speed, windows, tracks, classes, retries, drops (and latency)."""
+def summary(stats: VideoStats, known: dict[str, str] | None = None) -> str:
+    """The final line: frames, speed, windows, tracks, classes, retries, drops (and latency);
+    ``known``: deployed model names, when read (``--deployed-model-id``)."""
     classes = ", ".join(f"{k}={v}" for k, v in sorted(stats.class_counts.items()))
     line = (
         f"{stats.frames} frames in {stats.elapsed_s:.1f} s ({stats.fps:.1f} fps) on deployed "
-        f"model {stats.deployed_model_id} ({stats.model}), {len(stats.replicas)} replicas; "
+        f"model {names.label(stats.deployed_model_id, known)} ({stats.model}), "
+        f"{len(stats.replicas)} replicas; "
         f"{stats.windows} windows, {stats.retries} retries, {stats.drops} drops; "
         f"{stats.tracks} tracks; {classes or 'no detections'}"
     )

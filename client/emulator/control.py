@@ -6,12 +6,14 @@ Plain HTTP (point ``aiplatform.init(api_endpoint="http://127.0.0.1:PORT")`` at i
 - ``POST .../endpoints[?endpointId=E]`` (``Endpoint.create(dedicated_endpoint_enabled=True)``)
 - ``PATCH .../endpoints/E?updateMask=trafficSplit`` (``endpoint.update(traffic_split=...)``)
 - ``POST .../endpoints/E:deployModel`` and ``.../endpoints/E:undeployModel``
+- ``DELETE .../endpoints/E`` (``endpoint.delete()``: refused while it has deployed models)
 - ``GET  /v1/projects/P/locations/L/models`` and ``.../models/M`` (also ``M@1``)
 - ``POST .../models:upload`` (``Model.upload``)
+- ``DELETE .../models/M`` (``model.delete()``: refused while it is deployed)
 - ``GET  /ui/projects/P/locations/L/operations/N`` (where the SDK polls an operation; also
-  under ``/v1/``)
+  under ``/v1/``), and ``.../endpoints/E/operations`` (ListOperations: a resource's operations)
 
-Upload, create, deploy and undeploy answer long-running operations; a deploy's stays not done
+Upload, create, deploy, undeploy and delete answer long-running operations; a deploy's stays not done
 until its server is healthy (see :mod:`client.emulator.deployments`).
 
 Every error, unknown paths included, is Google's JSON error shape. The SDK's ``$alt`` query
@@ -24,7 +26,7 @@ import asyncio
 from typing import Annotated, Any, TypeVar
 
 import msgspec
-from litestar import Controller, Litestar, Request, Response, get, patch, post
+from litestar import Controller, Litestar, Request, Response, delete, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath, QueryParameter, RawBody
@@ -156,6 +158,30 @@ class LocationController(Controller):
         changes = _decode(body, EndpointPatch, "Endpoint")
         return deployments.live(store.update_endpoint(endpoint_id, changes, update_mask or ""))
 
+    @delete("/endpoints/{endpoint_id:str}", status_code=200, sync_to_thread=False)
+    def delete_endpoint(
+        self,
+        store: NamedDependency[Store],
+        deployments: NamedDependency[Deployments],
+        project: FromPath[str],
+        location: FromPath[str],
+        endpoint_id: FromPath[str],
+    ) -> Operation:
+        self._store(store, project, location)
+        return deployments.delete_endpoint(endpoint_id)
+
+    @delete("/models/{model_id:str}", status_code=200, sync_to_thread=False)
+    def delete_model(
+        self,
+        store: NamedDependency[Store],
+        deployments: NamedDependency[Deployments],
+        project: FromPath[str],
+        location: FromPath[str],
+        model_id: FromPath[str],
+    ) -> Operation:
+        self._store(store, project, location)
+        return deployments.delete_model(model_id.replace("%40", "@"))
+
     @get("/models", sync_to_thread=False)
     def list_models(
         self, store: NamedDependency[Store], project: FromPath[str], location: FromPath[str]
@@ -188,6 +214,7 @@ class LocationController(Controller):
 
 LOCATION = "/projects/{project:str}/locations/{location:str}"
 NESTED = "/{collection:str}/{resource:str}/operations/{number:str}"
+LISTED = "/{collection:str}/{resource:str}/operations"
 # A poll of an operation in progress waits this long for it to finish (a long poll). The answer
 # is Vertex's; only sooner: the SDK's backoff between polls grows to 20 s, and without the wait
 # a deploy would look finished up to that long after its server became healthy.
@@ -213,6 +240,27 @@ async def get_operation(
     return operation
 
 
+class OperationList(msgspec.Struct, kw_only=True):
+    operations: list[Operation]
+
+
+@get(["/ui" + LOCATION + LISTED, "/v1" + LOCATION + LISTED], sync_to_thread=False)
+def list_operations(
+    store: NamedDependency[Store],
+    project: FromPath[str],
+    location: FromPath[str],
+    collection: FromPath[str],
+    resource: FromPath[str],
+) -> OperationList:
+    """A resource's operations, oldest first (``list_operations`` of the SDK's API client; no
+    filter or paging: an emulator holds few)."""
+    store.check_parent(project, location)
+    prefix = f"{store.parent}/{collection}/{resource}/operations/"
+    return OperationList(
+        operations=[o for n, o in store.operations.items() if n.startswith(prefix)]
+    )
+
+
 def _error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """Every failure in Google's error shape: ours, Litestar's (404, 405, bad parameters), bugs."""
     if not isinstance(exc, ApiError):
@@ -223,7 +271,7 @@ def _error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
                 message = (
                     f"{request.method} {request.url.path} is not served by this emulator's "
                     "control plane (it serves endpoints get/list/create/patch/deployModel/"
-                    "undeployModel, models get/list/upload and operations get)"
+                    "undeployModel/delete, models get/list/upload/delete and operations get/list)"
                 )
             exc = ApiError(code, STATUS_NAMES.get(code, "UNKNOWN"), message)
         else:
@@ -234,7 +282,7 @@ def _error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
 def create_control_app(store: Store, deployments: Deployments) -> Litestar:
     """The control plane ASGI app over ``store``, running servers through ``deployments``."""
     return Litestar(
-        route_handlers=[LocationController, get_operation],
+        route_handlers=[LocationController, get_operation, list_operations],
         dependencies={
             "store": Provide(lambda: store, sync_to_thread=False),
             "deployments": Provide(lambda: deployments, sync_to_thread=False),

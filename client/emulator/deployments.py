@@ -113,6 +113,16 @@ class Deployments:
         log.info("created endpoint %s", endpoint.name)
         return self.store.done(endpoint.name, "Endpoint", endpoint)
 
+    def delete_endpoint(self, endpoint_id: str) -> Operation:
+        endpoint = self.store.delete_endpoint(endpoint_id)
+        log.info("deleted endpoint %s", endpoint.name)
+        return self.store.done(endpoint.name, EMPTY, None)
+
+    def delete_model(self, model_id: str) -> Operation:
+        model = self.store.delete_model(model_id)
+        log.info("deleted model %s", model.name)
+        return self.store.done(model.name, EMPTY, None)
+
     def live(self, endpoint: Endpoint) -> Endpoint:
         """``endpoint`` with each deployed model's status: its replicas ready now."""
         models = []
@@ -334,6 +344,7 @@ class Deployments:
 
 
 ARTIFACT_BUCKET = "vertex-emulator-artifacts"
+EMPTY = "type.googleapis.com/google.protobuf.Empty"  # a delete operation's response
 
 
 def copy_artifacts(artifact_uri: str, deployed_model_id: str) -> str:

@@ -485,6 +485,36 @@ class Store:
         self._replace(endpoint, deployed_models=rest, traffic_split=new)
         return deployed
 
+    def delete_endpoint(self, endpoint_id: str) -> Endpoint:
+        """Delete an endpoint; Vertex's rule: only once it has no deployed model."""
+        endpoint = self.endpoint(endpoint_id)
+        if endpoint.deployed_models:
+            deployed = ", ".join(f"{d.display_name} ({d.id})" for d in endpoint.deployed_models)
+            raise ApiError.precondition(
+                f"Endpoint {endpoint.name} has deployed models ({deployed}): undeploy them first"
+            )
+        del self.endpoints[endpoint_id]
+        self._split_draws.pop(endpoint_id, None)
+        for callback in self.on_change:
+            callback(endpoint)
+        return endpoint
+
+    def delete_model(self, model_id: str) -> Model:
+        """Delete a model; Vertex's rule: only once no endpoint has it deployed."""
+        model = self.model(model_id)
+        users = [
+            f"{d.display_name} ({d.id}) on endpoint {e.id}"
+            for e in self.endpoints.values()
+            for d in e.deployed_models
+            if d.model.partition("@")[0] == model.name
+        ]
+        if users:
+            raise ApiError.precondition(
+                f"Model {model.name} is deployed ({', '.join(users)}): undeploy it first"
+            )
+        del self.models[model.id]
+        return model
+
     # -- long-running operations -------------------------------------------------------------
 
     def start_operation(self, resource: str) -> Operation:
@@ -510,7 +540,8 @@ class Store:
             operation.error = {"code": GRPC_CODES.get(error.status, 2), "message": error.message}
         else:
             data = msgspec.to_builtins(response) if response is not None else {}
-            operation.response = {"@type": TYPE_PREFIX + response_type, **data}
+            full = response_type if "/" in response_type else TYPE_PREFIX + response_type
+            operation.response = {"@type": full, **data}
         return operation
 
     def done(

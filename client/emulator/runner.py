@@ -164,11 +164,13 @@ class Emulation:
             raise failures.exceptions[0] from None
 
     def _adopt(self, endpoint: Endpoint) -> None:
-        if self.endpoint_id is None:
+        if self.endpoint_id is not None and self.endpoint_id not in self.store.endpoints:
+            self.endpoint_id = None  # the adopted endpoint was deleted: adopt the next one
+        if self.endpoint_id is None and endpoint.id in self.store.endpoints:
             self.endpoint_id = endpoint.id
 
     def info(self) -> EmulatorInfo:
-        endpoint = self.store.endpoint(self.endpoint_id) if self.endpoint_id else None
+        endpoint = self.store.endpoints.get(self.endpoint_id) if self.endpoint_id else None
         deployed = endpoint.deployed_models if endpoint else []
         sets = list(self.fleet.sets.values())
         first = {s.name: s.replicas[0].process for s in sets if s.replicas}

@@ -16,6 +16,7 @@ from client import errors
 from client._client import Client
 from client.ab import configured_split
 from client.deploy import SdkCall, split_calls
+from client.names import endpoint_names, resolve
 from client.transports import VertexTransport
 
 
@@ -70,23 +71,6 @@ def vertex_endpoint(client: Client) -> Any:
     return transport.endpoint
 
 
-def resolve(given: str, names: Mapping[str, str], what: str) -> str:
-    """A deployed model id, from its id or its display name (when that names one model)."""
-    if given in names:
-        return given
-    ids = [dm for dm, name in names.items() if name == given]
-    if len(ids) == 1:
-        return ids[0]
-    if ids:
-        raise errors.ParameterError(
-            f"{what} {given!r} names {len(ids)} deployed models ({', '.join(ids)}): give the id"
-        )
-    known = ", ".join(f"{dm} ({name})" if name else dm for dm, name in names.items())
-    raise errors.ParameterError(
-        f"{what} {given!r} is not deployed on this endpoint (deployed: {known or 'none'})"
-    )
-
-
 @dataclass(frozen=True)
 class RolloutPlan:
     """What a run will do: from ``start`` (the split found now), each step of ``todo`` sets
@@ -111,13 +95,31 @@ class RolloutPlan:
         return split_calls(self.endpoint, split)
 
 
-def plan(client: Client, from_id: str, to_id: str, steps: Sequence[int]) -> RolloutPlan:
+def plan(
+    client: Client | None,
+    from_id: str,
+    to_id: str,
+    steps: Sequence[int],
+    *,
+    split: Mapping[str, int] | None = None,
+    endpoint: str | None = None,
+) -> RolloutPlan:
     """Read the endpoint (its deployed models and current split) and plan the steps; changes
-    nothing. ``from_id``/``to_id`` are deployed model ids or display names."""
+    nothing. ``from_id``/``to_id`` are deployed model ids or display names.
+
+    ``split`` given (name or id -> percent; ``rollout --dry-run --split``), nothing is read: the
+    plan of ``endpoint`` (its resource name or id) from that split, made without credentials."""
     check_steps(steps)
-    endpoint = vertex_endpoint(client)
-    found = configured_split(client)  # reads the endpoint resource, deployed models included
-    names = {m.id: m.display_name or "" for m in endpoint.list_models()}
+    if split is not None:
+        names = {k: "" for k in split}
+        found = {k: int(v) for k, v in split.items()}
+        resource = endpoint or "ENDPOINT"
+    else:
+        assert client is not None
+        sdk_endpoint = vertex_endpoint(client)
+        found = configured_split(client)  # reads the endpoint resource, deployed models included
+        names = endpoint_names(sdk_endpoint.list_models())
+        resource = sdk_endpoint.resource_name
     a = resolve(from_id, names, "--from")
     b = resolve(to_id, names, "--to")
     if a == b:
@@ -135,7 +137,7 @@ def plan(client: Client, from_id: str, to_id: str, steps: Sequence[int]) -> Roll
     skipped = [s for s in steps if s in done]
     todo = [s for s in steps if s not in done]
     return RolloutPlan(
-        endpoint=endpoint.resource_name,
+        endpoint=resource,
         a=a,
         b=b,
         names=names,
