@@ -1,0 +1,377 @@
+"""The web console (``python -m client console``) in a real headless browser: Debian's chromium
+driven by Playwright (no browser download), one console process and one browser for the module,
+against the session's emulator (shapes-a 80 % on two replicas, shapes-b 20 % whose /detect runs
+the segmenter).
+
+Each test waits for the page's own state (``data-`` attributes the page sets when a call is
+done), never for a time; the drawn results are read back from the canvas's ``data-drawn`` /
+``data-history`` (what the drawing code drew, in image pixels). Screenshots of each view go to
+the test's tmp dir, and to ``$CONSOLE_SCREENSHOTS`` when set (the README's, under
+``tests/screenshots/``: ``CONSOLE_SCREENSHOTS=tests/screenshots``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.demo.shapes import moving_shape_frames, write_video
+from client import Client, errors
+from client.emulator import EmulatorInfo
+from conftest import PATIENCE_S, ROOT
+from helpers import encode, scenes
+
+CHROMIUM = Path("/usr/bin/chromium")
+ENABLE = "apt-get install -y chromium"
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # the test extra has it; a bare venv may not
+    sync_playwright = None  # type: ignore[assignment]
+
+NO_BROWSER = (
+    f"the browser tests did not run: no {CHROMIUM} (Debian's chromium); enable them with `{ENABLE}`"
+    + ("" if sync_playwright else " and the test extra (playwright)")
+)
+
+# Chromium as these tests run it: headless, nothing of its own on the network.
+BROWSER_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VIDEO_FRAMES, VIDEO_CENTRES = moving_shape_frames(12)  # 160x120, a square moving left to right
+
+
+@pytest.fixture(scope="module")
+def report_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where a rollout report will be written (the console is started pointing at it)."""
+    return tmp_path_factory.mktemp("console-rollout") / "rollout.json"
+
+
+@pytest.fixture(scope="module")
+def console(
+    emulator_process: Any, report_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """``python -m client console`` on the emulator's live info file (its replicas as they are
+    now), with a free port; yields its URL."""
+    log = tmp_path_factory.mktemp("console") / "console.log"
+    info_file = emulator_process.workdir / "info.json"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "client", "console", "--emulator-info", str(info_file)]
+            + ["--no-browser", "--rollout-report", str(report_file)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # "console on http://127.0.0.1:PORT/ (...)", once it listens
+    assert line.startswith("console on http://127.0.0.1:"), (line, log.read_text())
+    try:
+        yield line.split()[2]
+    finally:
+        proc.terminate()
+        proc.wait(PATIENCE_S)
+
+
+@pytest.fixture(scope="module")
+def page(console: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    if sync_playwright is None or not CHROMIUM.exists():
+        pytest.skip(NO_BROWSER)
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(profile),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=BROWSER_ARGS,
+            viewport={"width": 1280, "height": 860},
+        )
+        context.set_default_timeout(PATIENCE_S * 1000)  # a bound on a broken page, not a speed
+        page = context.pages[0] if context.pages else context.new_page()
+        page.goto(console)
+        page.wait_for_function("document.body.dataset.endpointLoaded === '1'")
+        yield page
+        context.close()
+
+
+@pytest.fixture(scope="module")
+def sdk_client(emulator: EmulatorInfo) -> Iterator[Client]:
+    with Client.from_vertex(endpoint=emulator.endpoint_id, **emulator.init_kwargs()) as c:
+        yield c
+
+
+def screenshot(page: Any, tmp_path: Path, name: str) -> None:
+    path = tmp_path / f"console-{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("CONSOLE_SCREENSHOTS"):
+        out = Path(os.environ["CONSOLE_SCREENSHOTS"])
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, out / path.name)
+
+
+def drawn(page: Any, canvas: str, attribute: str = "drawn") -> Any:
+    return json.loads(page.get_attribute(canvas, f"data-{attribute}") or "null")
+
+
+def drop(page: Any, selector: str, data: bytes, name: str, media_type: str) -> None:
+    """A file dropped on an element, as a user's drag and drop delivers it."""
+    transfer = page.evaluate_handle(
+        """([b64, name, type]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], name, { type }));
+            return dt;
+        }""",
+        [base64.b64encode(data).decode(), name, media_type],
+    )
+    page.dispatch_event(selector, "drop", {"dataTransfer": transfer})
+
+
+def run_playground(page: Any, act: Any) -> str:
+    """Act (drop or pick a file), then wait until the page says the run is over."""
+    page.evaluate("document.body.dataset.pgState = ''")
+    act()
+    page.wait_for_function("['done', 'error'].includes(document.body.dataset.pgState)")
+    return str(page.evaluate("document.body.dataset.pgState"))
+
+
+def test_endpoint_view_lists_both_deployed_models_with_split_and_replicas(
+    page: Any, emulator: EmulatorInfo, tmp_path: Path
+) -> None:
+    page.click("button[data-view=endpoint]")
+    rows = page.locator("#ep-models tbody tr")
+    seen = {
+        rows.nth(i).get_attribute("data-name"): (
+            rows.nth(i).get_attribute("data-deployed-model-id"),
+            int(rows.nth(i).get_attribute("data-traffic") or -1),
+            int(rows.nth(i).get_attribute("data-replicas") or -1),
+        )
+        for i in range(rows.count())
+    }
+    ids = emulator.deployed_models
+    assert seen == {"shapes-a": (ids["shapes-a"], 80, 2), "shapes-b": (ids["shapes-b"], 20, 1)}
+    states = page.locator("#ep-models .replica").evaluate_all("rs => rs.map(r => r.dataset.state)")
+    assert states == ["ready"] * 3
+    text = page.inner_text("#ep-models")
+    assert "shapes-detect (detect)" in text and "shapes-segment (segment)" in text
+    assert page.is_hidden("#ep-error")
+    screenshot(page, tmp_path, "endpoint")
+
+
+def test_dropped_image_shows_the_detections_detect_returns(
+    page: Any, emulator: EmulatorInfo, sdk_client: Client, tmp_path: Path
+) -> None:
+    rgb, _ = scenes(1)[0]
+    image = encode(rgb)
+    a = emulator.deployed_models["shapes-a"]
+    page.click("button[data-view=playground]")
+    page.select_option("#pg-target", a)
+    page.select_option("#pg-route", "detect")
+    assert run_playground(
+        page, lambda: drop(page, "#pg-drop", image, "scene.png", "image/png")
+    ) == ("done")
+    shown = drawn(page, "#pg-canvas")
+    expected = sdk_client.detect(image, deployed_model_id=a).results[0].detections
+    assert expected, "the scene holds shapes the detector finds"
+    assert len(shown) == len(expected)
+    for d, e in zip(shown, expected, strict=True):
+        assert d["class_name"] == e.class_name
+        got = (d["x1"], d["y1"], d["x2"], d["y2"])
+        assert got == pytest.approx((e.box.x1, e.box.y1, e.box.x2, e.box.y2), abs=0.5)
+    info = page.inner_text("#pg-info")
+    assert f"on deployed model {a}, replica " in info and " ms" in info
+    assert json.loads(page.text_content("#pg-json") or "null")["result"]["deployed_model_id"] == a
+    assert (page.get_attribute("#pg-download", "href") or "").startswith("blob:")
+    screenshot(page, tmp_path, "playground")
+
+
+def test_video_plays_with_one_tracked_box_following_the_shape(
+    page: Any, emulator: EmulatorInfo, tmp_path: Path
+) -> None:
+    video = tmp_path / "moving.mp4"
+    write_video(video, VIDEO_FRAMES, fps=10)
+    page.click("button[data-view=playground]")
+    page.select_option("#pg-target", emulator.deployed_models["shapes-a"])
+    page.select_option("#pg-track", "bytetrack")
+    assert run_playground(page, lambda: page.set_input_files("#pg-file", str(video))) == "done"
+    history = drawn(page, "#pg-canvas", "history")
+    assert [h["index"] for h in history] == list(range(len(VIDEO_FRAMES)))
+    followed, track_ids = 0, set()
+    for h, (cx, cy) in zip(history, VIDEO_CENTRES, strict=True):
+        squares = [d for d in h["drawn"] if d["class_name"] == "square"]
+        if len(squares) == 1:
+            b = squares[0]
+            x, y = (b["x1"] + b["x2"]) / 2, (b["y1"] + b["y2"]) / 2
+            followed += abs(x - cx) <= 6 and abs(y - cy) <= 6
+        track_ids |= {d["track_id"] for d in h["drawn"]}
+    assert followed >= 0.9 * len(VIDEO_FRAMES)
+    assert len(track_ids) == 1 and None not in track_ids
+    assert "done:" in page.inner_text("#pg-info")
+    screenshot(page, tmp_path, "video")
+
+
+def test_compare_shows_both_models_results_and_their_agreement(
+    page: Any, emulator: EmulatorInfo, tmp_path: Path
+) -> None:
+    rgb, _ = scenes(2)[1]
+    image = tmp_path / "scene.png"
+    image.write_bytes(encode(rgb))
+    ids = emulator.deployed_models
+    page.click("button[data-view=compare]")
+    page.select_option("#cmp-a", ids["shapes-a"])
+    page.select_option("#cmp-b", ids["shapes-b"])
+    page.select_option("#cmp-route", "detect")
+    page.set_input_files("#cmp-file", str(image))
+    page.evaluate("document.body.dataset.cmpState = ''")
+    page.click("#cmp-run")
+    page.wait_for_function("['done', 'error'].includes(document.body.dataset.cmpState)")
+    assert page.is_hidden("#cmp-error"), page.inner_text("#cmp-error")
+    a, b = drawn(page, "#cmp-canvas-a"), drawn(page, "#cmp-canvas-b")
+    assert a and b
+    assert page.get_attribute("#cmp-canvas-a", "data-deployed-model-id") == ids["shapes-a"]
+    assert page.get_attribute("#cmp-canvas-b", "data-deployed-model-id") == ids["shapes-b"]
+    f1 = float(page.get_attribute("#cmp-agreement", "data-f1") or -1)
+    assert 0 <= f1 <= 1
+    assert "precision" in page.inner_text("#cmp-agreement")
+    assert "ms over 1 call(s)" in page.inner_text("#cmp-info-a")
+    screenshot(page, tmp_path, "compare")
+
+
+def test_a_bad_file_shows_the_cli_error_line(
+    page: Any, emulator: EmulatorInfo, sdk_client: Client, tmp_path: Path
+) -> None:
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"these are notes, not an image\n")
+    page.click("button[data-view=playground]")
+    page.select_option("#pg-target", emulator.deployed_models["shapes-a"])
+    assert run_playground(page, lambda: page.set_input_files("#pg-file", str(bad))) == "error"
+    line = page.inner_text("#pg-error")
+    with pytest.raises(errors.APIError) as raised:
+        sdk_client.detect(bad.read_bytes(), deployed_model_id=emulator.deployed_models["shapes-a"])
+    assert line.startswith(f"error: {raised.value}".split(" (request id")[0][:40])
+    assert "\n" not in line
+    screenshot(page, tmp_path, "error")
+
+
+def test_rollout_page_follows_the_report_as_the_rollout_writes_it(
+    page: Any,
+    emulator: EmulatorInfo,
+    sdk_client: Client,
+    report_file: Path,
+    tmp_path: Path,
+) -> None:
+    """A real rollout (shapes-a -> shapes-b, two steps, no hold, one probe image) writing its
+    report as ``client rollout --report`` does; the page, left open, shows each version the
+    test puts in the file: a running one, then the final one. The split is restored after."""
+    from client import deploy
+    from client.cli.rollout import _write_report
+    from client.rollout import encode_report, rollout
+
+    ids = emulator.deployed_models
+    page.click("button[data-view=rollout]")
+    page.wait_for_function("document.getElementById('ro-summary').textContent.includes('Waiting')")
+    written: list[Any] = []
+    write = _write_report(str(tmp_path / "live.json"))
+
+    def progress(report: Any) -> None:
+        written.append(report)
+        write(report)
+
+    rgb, _ = scenes(1)[0]
+    try:
+        final = rollout(
+            sdk_client,
+            "shapes-a",
+            "shapes-b",
+            [50, 100],
+            hold_s=0,
+            probes=[encode(rgb)],
+            concurrency=1,
+            progress=progress,
+        )
+    finally:
+        deploy.set_traffic_split(emulator.endpoint, {ids["shapes-a"]: 80, ids["shapes-b"]: 20})
+    assert [r.verdict for r in written] == ["running"] * len(written)
+    assert [len(r.timeline) for r in written] == [0, 1, 1, 2]  # split, step, split, step
+    assert final.verdict == "done" and len(final.timeline) == 2
+
+    running = written[-1]
+    report_file.write_bytes(encode_report(running))
+    page.wait_for_function("document.getElementById('ro-summary').dataset.verdict === 'running'")
+    assert page.locator("#ro-steps tbody tr").count() == 2
+    report_file.write_bytes(encode_report(final))
+    page.wait_for_function("document.getElementById('ro-summary').dataset.verdict === 'done'")
+    rows = page.locator("#ro-steps tbody tr").evaluate_all("rs => rs.map(r => r.dataset.verdict)")
+    assert rows == ["pass", "pass"]
+    assert "shapes-a -> shapes-b" in page.inner_text("#ro-summary")
+    screenshot(page, tmp_path, "rollout")
+
+
+# --- the API's errors, without a browser ----------------------------------------------------
+
+
+def problem_429(request: Any) -> Any:
+    """A 429 as the server sends it: no real server here is made to refuse for want of room
+    (test_batching does that with its gate), so a MockTransport answers it."""
+    from client.transports import Response
+
+    body = {
+        "type": "urn:vertex-yolo:problem:overloaded",
+        "title": "Too Many Requests",
+        "status": 429,
+        "detail": "the model's queue is full (8 waiting); retry later",
+        "code": "overloaded",
+        "request_id": "req-429",
+    }
+    return Response(
+        status=429,
+        headers={"content-type": "application/problem+json"},
+        content=json.dumps(body).encode(),
+    )
+
+
+@pytest.mark.parametrize("where", ["429", "dead"])
+def test_endpoint_errors_are_the_cli_line_with_their_status(where: str) -> None:
+    """A 429 (after the client's retries: none here) stays a 429 with the CLI's line; a server
+    that is not there (a real closed port) is a 502 saying it cannot be reached."""
+    from litestar.testing import TestClient
+
+    from client.console import Console, create_app
+    from client.transports import MockTransport
+    from conftest import free_port
+
+    if where == "429":
+        client = Client(MockTransport(problem_429), retries=0)
+    else:
+        client = Client.from_url(f"http://127.0.0.1:{free_port()}", retries=0)
+    app = create_app(Console(client, where="test"))
+    with TestClient(app, base_url="http://127.0.0.1") as http:
+        image = encode(scenes(1)[0][0])
+        answer = http.post("/api/infer", files={"file": ("a.png", image)}, data={"route": "detect"})
+        endpoint = http.get("/api/endpoint")
+        foreign = http.get("/api/endpoint", headers={"host": "evil.example"})
+    body = answer.json()
+    if where == "429":
+        assert answer.status_code == endpoint.status_code == 429
+        assert body["error"].startswith("error: ") and "(request id req-429)" in body["error"]
+    else:
+        assert answer.status_code == endpoint.status_code == 502
+        assert body["error"].startswith("error: ") and "127.0.0.1" in body["error"]
+    assert "\n" not in body["error"]
+    assert foreign.status_code == 403
