@@ -62,12 +62,30 @@ def report_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("console-rollout") / "rollout.json"
 
 
+class ConsoleProcess:
+    """A started ``python -m client console``; :meth:`url` waits for the line it prints once it
+    listens (so the browser starts while the console imports the SDK)."""
+
+    def __init__(self, proc: subprocess.Popen[str], log: Path) -> None:
+        self.proc, self.log, self._url = proc, log, ""
+
+    def url(self) -> str:
+        if not self._url:
+            assert self.proc.stdout is not None
+            line = self.proc.stdout.readline()  # "console on http://127.0.0.1:PORT/ (...)"
+            assert line.startswith("console on http://127.0.0.1:"), (line, self.log.read_text())
+            self._url = line.split()[2]
+        return self._url
+
+
 @pytest.fixture(scope="module")
 def console(
     emulator_process: Any, report_file: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+) -> Iterator[ConsoleProcess]:
     """``python -m client console`` on the emulator's live info file (its replicas as they are
-    now), with a free port; yields its URL."""
+    now), on a free port, pointed at the rollout report file."""
+    if sync_playwright is None or not CHROMIUM.exists():
+        pytest.skip(NO_BROWSER)
     log = tmp_path_factory.mktemp("console") / "console.log"
     info_file = emulator_process.workdir / "info.json"
     with log.open("wb") as err:
@@ -79,20 +97,17 @@ def console(
             stderr=err,
             text=True,
         )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # "console on http://127.0.0.1:PORT/ (...)", once it listens
-    assert line.startswith("console on http://127.0.0.1:"), (line, log.read_text())
     try:
-        yield line.split()[2]
+        yield ConsoleProcess(proc, log)
     finally:
         proc.terminate()
         proc.wait(PATIENCE_S)
 
 
 @pytest.fixture(scope="module")
-def page(console: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    if sync_playwright is None or not CHROMIUM.exists():
-        pytest.skip(NO_BROWSER)
+def page(console: ConsoleProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One browser for the module, on the console's page once the endpoint view is filled."""
+    assert sync_playwright is not None
     profile = tmp_path_factory.mktemp("chromium-profile")
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
@@ -104,7 +119,7 @@ def page(console: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any
         )
         context.set_default_timeout(PATIENCE_S * 1000)  # a bound on a broken page, not a speed
         page = context.pages[0] if context.pages else context.new_page()
-        page.goto(console)
+        page.goto(console.url())
         page.wait_for_function("document.body.dataset.endpointLoaded === '1'")
         yield page
         context.close()
@@ -177,7 +192,7 @@ def test_endpoint_view_lists_both_deployed_models_with_split_and_replicas(
 def test_dropped_image_shows_the_detections_detect_returns(
     page: Any, emulator: EmulatorInfo, sdk_client: Client, tmp_path: Path
 ) -> None:
-    rgb, _ = scenes(1)[0]
+    rgb, _ = scenes(3)[2]  # 320x320
     image = encode(rgb)
     a = emulator.deployed_models["shapes-a"]
     page.click("button[data-view=playground]")

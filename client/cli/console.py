@@ -42,6 +42,7 @@ def _socket(port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise errors.ParameterError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from None
+    sock.listen(128)  # connections wait in the backlog until uvicorn serves: the URL works at once
     return sock
 
 

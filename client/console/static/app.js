@@ -6,6 +6,8 @@ const $ = (id) => document.getElementById(id);
 const PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6",
   "#bcf60c", "#fabebe", "#008080", "#9a6324", "#800000", "#808000", "#000075"];
 const colour = (id) => PALETTE[((id % PALETTE.length) + PALETTE.length) % PALETTE.length];
+const SPLIT_COLOURS = ["#1a73e8", "#e8710a", "#188038", "#9334e6", "#d01884", "#12859e"];
+const MIN_SHOWN = 480;  // CSS pixels: the narrowest a drawn image is shown
 const state = { endpoint: null, models: {}, pgFile: null, cmpFile: null, lastJson: null, camera: null };
 
 // --- calls ------------------------------------------------------------------------------------
@@ -73,7 +75,7 @@ function renderEndpoint(ep) {
     if (!d.traffic_percentage) return;
     const part = document.createElement("div");
     part.style.width = d.traffic_percentage + "%";
-    part.style.background = colour(i * 3 + 2);
+    part.style.background = SPLIT_COLOURS[i % SPLIT_COLOURS.length];
     part.textContent = `${d.display_name} ${d.traffic_percentage}%`;
     split.append(part);
   });
@@ -172,13 +174,21 @@ function loadImage(src) {
 
 // Draws one image's answer over the image; returns what it drew (image pixels), also kept in
 // the canvas's data-drawn attribute as JSON (what the tests read).
-function draw(canvas, img, answer, layout) {
+function draw(canvas, img, answer, layout, trails) {
   const width = answer && answer.width ? answer.width : img.naturalWidth || img.videoWidth || img.width;
   const height = answer && answer.height ? answer.height : img.naturalHeight || img.videoHeight || img.height;
   canvas.width = width;
   canvas.height = height;
+  canvas.style.width = Math.max(width, MIN_SHOWN) + "px";  // small images shown larger
   const ctx = canvas.getContext("2d");
   ctx.drawImage(img, 0, 0, width, height);
+  for (const [id, points] of Object.entries(trails || {})) {  // where each track has been
+    ctx.strokeStyle = colour(Number(id));
+    ctx.lineWidth = 2;
+    ctx.beginPath();
+    points.forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
+    ctx.stroke();
+  }
   const drawn = [];
   const line = Math.max(2, Math.round(Math.max(width, height) / 300));
   ctx.lineWidth = line;
@@ -221,10 +231,10 @@ function draw(canvas, img, answer, layout) {
     }
     const label = `${d.class_name} ${d.confidence.toFixed(2)}${d.track_id !== undefined && d.track_id !== null ? " #" + d.track_id : ""}`;
     const tw = ctx.measureText(label).width + 6, th = parseInt(ctx.font, 10) + 4;
-    const ty = Math.max(0, b.y1 - th);
-    ctx.fillRect(b.x1, ty, tw, th);
+    const ty = Math.max(0, b.y1 - th), tx = Math.max(0, Math.min(b.x1, width - tw));
+    ctx.fillRect(tx, ty, tw, th);
     ctx.fillStyle = "#fff";
-    ctx.fillText(label, b.x1 + 3, ty + th - 5);
+    ctx.fillText(label, tx + 3, ty + th - 5);
     drawn.push({ class_name: d.class_name, confidence: d.confidence, x1: b.x1, y1: b.y1, x2: b.x2, y2: b.y2,
       track_id: d.track_id ?? null, mask: !!d.mask, keypoints: d.keypoints ? d.keypoints.length : 0, rotated: !!d.rotated_box });
   }
@@ -275,6 +285,11 @@ async function runPlayground() {
   const button = $("pg-run");
   button.disabled = true;
   document.body.dataset.pgState = "running";
+  $("pg-info").textContent = "";
+  const canvas = $("pg-canvas");
+  canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+  canvas.dataset.drawn = "[]";
+  canvas.dataset.history = "[]";
   try {
     if (isVideo(file)) await runVideo(file);
     else await runImage(file);
@@ -315,6 +330,7 @@ async function runVideo(file) {
   const canvas = $("pg-canvas");
   const history = [];
   const events = [];
+  const trails = {};
   let start = null;
   canvas.dataset.history = "[]";
   for await (const [name, data] of sseEvents(response)) {
@@ -327,7 +343,11 @@ async function runVideo(file) {
       const f = data.frame;
       if (data.image) {
         const img = await loadImage(data.image);
-        const drawn = draw(canvas, img, { width: start.width, height: start.height, detections: f.detections, classes: f.classes }, start.keypoints);
+        for (const d of f.detections) {
+          if (d.track_id === undefined || d.track_id === null) continue;
+          (trails[d.track_id] = trails[d.track_id] || []).push([(d.box.x1 + d.box.x2) / 2, (d.box.y1 + d.box.y2) / 2]);
+        }
+        const drawn = draw(canvas, img, { width: start.width, height: start.height, detections: f.detections, classes: f.classes }, start.keypoints, trails);
         history.push({ index: f.index, drawn });
         canvas.dataset.history = JSON.stringify(history);
       }
@@ -415,6 +435,8 @@ async function runCompare() {
   const button = $("cmp-run");
   button.disabled = true;
   document.body.dataset.cmpState = "running";
+  for (const key of ["a", "b"]) { $(`cmp-info-${key}`).textContent = ""; $(`cmp-canvas-${key}`).dataset.drawn = "[]"; }
+  $("cmp-agreement").textContent = "";
   try {
     const fields = { a: $("cmp-a").value, b: $("cmp-b").value, route: $("cmp-route").value, conf: $("cmp-conf").value };
     const answer = await api("/api/compare", { method: "POST", body: form(fields, file) });
