@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -52,6 +51,9 @@ BROWSER_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # a camera: Chromium's synthetic one, allowed without asking
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
 ]
 VIDEO_FRAMES, VIDEO_CENTRES = moving_shape_frames(12)  # 160x120, a square moving left to right
 
@@ -131,13 +133,20 @@ def sdk_client(emulator: EmulatorInfo) -> Iterator[Client]:
         yield c
 
 
+#: the views the README shows (tests/screenshots/console-NAME.png)
+README_SHOTS = ("endpoint", "playground", "pose", "video", "compare", "rollout", "error")
+
+
 def screenshot(page: Any, tmp_path: Path, name: str) -> None:
+    """The page as it is, in the test's tmp dir (and the README's, with ``CONSOLE_SCREENSHOTS``)."""
     path = tmp_path / f"console-{name}.png"
     page.screenshot(path=str(path), full_page=True)
-    if os.environ.get("CONSOLE_SCREENSHOTS"):
+    if os.environ.get("CONSOLE_SCREENSHOTS") and name in README_SHOTS:  # 256 colours
+        from PIL import Image
+
         out = Path(os.environ["CONSOLE_SCREENSHOTS"])
         out.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, out / path.name)
+        Image.open(path).convert("RGB").quantize(256).save(out / path.name, optimize=True)
 
 
 def drawn(page: Any, canvas: str, attribute: str = "drawn") -> Any:
@@ -216,6 +225,54 @@ def test_dropped_image_shows_the_detections_detect_returns(
     screenshot(page, tmp_path, "playground")
 
 
+def scene_with_a_square() -> bytes:
+    """A fresh 320x320 scene holding a square (what the pose model finds: its four corners)."""
+    return next(
+        encode(rgb)
+        for rgb, shapes in scenes(12)
+        if rgb.shape[0] == 320 and any(s.name == "square" for s in shapes)
+    )
+
+
+def test_every_task_is_drawn_as_its_route_answers(
+    page: Any, emulator: EmulatorInfo, tmp_path: Path
+) -> None:
+    """/segment, /pose, /obb and /classify on one image (shapes-a serves every demo model; the
+    page picks the model for the route): the canvas holds what the answer holds."""
+    image = scene_with_a_square()
+    page.click("button[data-view=playground]")
+    page.select_option("#pg-target", emulator.deployed_models["shapes-a"])
+    for route, model in [
+        ("segment", "shapes-segment"),
+        ("pose", "shapes-pose"),
+        ("obb", "shapes-obb"),
+        ("classify", "shapes-classify"),
+    ]:
+        page.select_option("#pg-route", route)
+        assert page.input_value("#pg-model") == model
+        state = run_playground(
+            page, lambda: drop(page, "#pg-drop", image, "scene.png", "image/png")
+        )
+        assert state == "done", page.inner_text("#pg-error")
+        answer = json.loads(page.text_content("#pg-json") or "null")["result"]
+        assert (answer["model"], answer["task"]) == (model, route)
+        shown = drawn(page, "#pg-canvas")
+        if route == "classify":
+            classes = answer["results"][0]["classes"]
+            assert [d["class_name"] for d in shown] == [c["class_name"] for c in classes]
+            continue
+        detections = answer["results"][0]["detections"]
+        assert detections and len(shown) == len(detections)
+        if route == "segment":
+            assert all(d["mask"] for d in shown)
+        elif route == "pose":
+            assert [d["keypoints"] for d in shown] == [len(d["keypoints"]) for d in detections]
+            assert all(d["keypoints"] == 4 for d in shown)
+        else:
+            assert all(d["rotated"] for d in shown)
+        screenshot(page, tmp_path, route)
+
+
 def test_video_plays_with_one_tracked_box_following_the_shape(
     page: Any, emulator: EmulatorInfo, tmp_path: Path
 ) -> None:
@@ -223,8 +280,10 @@ def test_video_plays_with_one_tracked_box_following_the_shape(
     write_video(video, VIDEO_FRAMES, fps=10)
     page.click("button[data-view=playground]")
     page.select_option("#pg-target", emulator.deployed_models["shapes-a"])
+    page.select_option("#pg-route", "detect")  # the model: the detector
     page.select_option("#pg-track", "bytetrack")
-    assert run_playground(page, lambda: page.set_input_files("#pg-file", str(video))) == "done"
+    state = run_playground(page, lambda: page.set_input_files("#pg-file", str(video)))
+    assert state == "done", page.inner_text("#pg-error")
     history = drawn(page, "#pg-canvas", "history")
     assert [h["index"] for h in history] == list(range(len(VIDEO_FRAMES)))
     followed, track_ids = 0, set()
@@ -268,6 +327,24 @@ def test_compare_shows_both_models_results_and_their_agreement(
     screenshot(page, tmp_path, "compare")
 
 
+def test_camera_frames_are_sent_and_drawn_until_stopped(page: Any, emulator: EmulatorInfo) -> None:
+    """Chromium's synthetic camera: a frame goes to /detect, its answer is drawn, the next
+    frame follows; Stop ends the loop and releases the camera."""
+    page.click("button[data-view=playground]")
+    page.select_option("#pg-target", emulator.deployed_models["shapes-a"])
+    page.select_option("#pg-route", "detect")
+    page.click("#pg-camera")
+    page.wait_for_function("Number(document.body.dataset.cameraAnswers || 0) >= 2")
+    page.click("#pg-camera")
+    page.wait_for_function("document.body.dataset.camera === 'off'")
+    info = page.inner_text("#pg-info")
+    assert (
+        info.startswith("camera: shapes-detect ") and emulator.deployed_models["shapes-a"] in info
+    )
+    assert page.is_hidden("#pg-error")
+    assert page.inner_text("#pg-camera") == "Camera"
+
+
 def test_a_bad_file_shows_the_cli_error_line(
     page: Any, emulator: EmulatorInfo, sdk_client: Client, tmp_path: Path
 ) -> None:
@@ -275,6 +352,7 @@ def test_a_bad_file_shows_the_cli_error_line(
     bad.write_bytes(b"these are notes, not an image\n")
     page.click("button[data-view=playground]")
     page.select_option("#pg-target", emulator.deployed_models["shapes-a"])
+    page.select_option("#pg-route", "detect")
     assert run_playground(page, lambda: page.set_input_files("#pg-file", str(bad))) == "error"
     line = page.inner_text("#pg-error")
     with pytest.raises(errors.APIError) as raised:

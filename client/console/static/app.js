@@ -6,6 +6,8 @@ const $ = (id) => document.getElementById(id);
 const PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6",
   "#bcf60c", "#fabebe", "#008080", "#9a6324", "#800000", "#808000", "#000075"];
 const colour = (id) => PALETTE[((id % PALETTE.length) + PALETTE.length) % PALETTE.length];
+// The routes each task's model answers (client/console/work.py's ROUTES_OF_TASK).
+const ROUTES_OF_TASK = { detect: ["detect"], segment: ["segment", "detect"], classify: ["classify"], pose: ["pose"], obb: ["obb"] };
 const SPLIT_COLOURS = ["#1a73e8", "#e8710a", "#188038", "#9334e6", "#d01884", "#12859e"];
 const MIN_SHOWN = 480;  // CSS pixels: the narrowest a drawn image is shown
 const state = { endpoint: null, models: {}, pgFile: null, cmpFile: null, lastJson: null, camera: null };
@@ -154,11 +156,15 @@ function fillModels() {
   sel.innerHTML = "";
   sel.append(new Option("the server's default", ""));
   const names = new Set();
+  let defaultServes = false;
   for (const m of served) {
-    const routes = { detect: ["detect"], segment: ["segment", "detect"], classify: ["classify"], pose: ["pose"], obb: ["obb"] }[m.task] || [];
-    if (routes.includes(route) && !names.has(m.name)) { names.add(m.name); sel.append(new Option(`${m.name} (${m.task})`, m.name)); }
+    const routes = ROUTES_OF_TASK[m.task] || [];
+    if (!routes.includes(route)) continue;
+    defaultServes = defaultServes || m.default;
+    if (!names.has(m.name)) { names.add(m.name); sel.append(new Option(`${m.name} (${m.task})`, m.name)); }
   }
-  if ([...sel.options].some((o) => o.value === was)) sel.value = was;
+  if ([...sel.options].some((o) => o.value === was) && (was || defaultServes)) sel.value = was;
+  else if (!defaultServes && sel.options.length > 1) sel.selectedIndex = 1;  // a model for the route
 }
 
 // --- drawing ----------------------------------------------------------------------------------
@@ -198,14 +204,17 @@ function draw(canvas, img, answer, layout, trails) {
     ctx.strokeStyle = c;
     ctx.fillStyle = c;
     if (d.mask) {
-      ctx.globalAlpha = 0.35;
       for (const poly of d.mask.polygons) {
         ctx.beginPath();
         poly.forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
         ctx.closePath();
+        ctx.globalAlpha = 0.5;
         ctx.fill();
+        ctx.globalAlpha = 1;
+        ctx.setLineDash([line * 2, line * 2]);
+        ctx.stroke();
+        ctx.setLineDash([]);
       }
-      ctx.globalAlpha = 1;
     }
     const b = d.box;
     if (d.rotated_box) {
@@ -286,6 +295,7 @@ async function runPlayground() {
   button.disabled = true;
   document.body.dataset.pgState = "running";
   $("pg-info").textContent = "";
+  $("pg-download").hidden = true;
   const canvas = $("pg-canvas");
   canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
   canvas.dataset.drawn = "[]";
@@ -401,6 +411,8 @@ async function toggleCamera() {
   await video.play();
   const cam = { stop: false };
   state.camera = cam;
+  document.body.dataset.camera = "on";
+  let answered = 0;
   $("pg-camera").textContent = "Stop camera";
   const grab = document.createElement("canvas");
   try {
@@ -414,6 +426,7 @@ async function toggleCamera() {
         draw($("pg-canvas"), snap, answer.result.results[0], answer.result.keypoints);
         $("pg-info").textContent = "camera: " + servedLine(answer.result, answer.latency_ms);
         showError("pg-error", null);
+        document.body.dataset.cameraAnswers = String(++answered);
       } catch (e) {
         showError("pg-error", e);
         await new Promise((resolve) => setTimeout(resolve, 1000));
@@ -422,6 +435,7 @@ async function toggleCamera() {
   } finally {
     media.getTracks().forEach((t) => t.stop());
     state.camera = null;
+    document.body.dataset.camera = "off";
     $("pg-camera").textContent = "Camera";
   }
 }
