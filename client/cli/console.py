@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import socket
 import webbrowser
 from typing import Any
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         raise errors.ParameterError(
             f"the console needs {exc.name} (the 'console' extra): pip install 'vertex-yolo[console]'"
         ) from None
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per call the page makes
     sock = _socket(args.port)
     client = make_client(args)
     endpoint = None
