@@ -234,16 +234,14 @@ class Console:
         if not all(ids):
             raise errors.ParameterError("choose two deployed models to compare")
         frames = _spread_frames(video) if video is not None else [media]
+        # interleaved, frame by frame, as ab targeted sends them: both see the same conditions
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="console-compare") as pool:
-            sides = [
-                list(pool.map(lambda f, dm=dm: self._timed(route, f, dm, params), frames))
-                for dm in ids
-            ]
+            calls = [[pool.submit(self._timed, route, f, dm, params) for dm in ids] for f in frames]
+            sides = [[row[j].result() for row in calls] for j in range(len(ids))]
         answers = [
             [answer_of(Outcome(result=t.result)) if t.result is not None else None for t in side]
             for side in sides
         ]
-        names = {d: d for d in ids}
         agree = agreement(answers[0], answers[1], labels=("A", "B"), task=route)
         return {
             "route": route,
@@ -253,7 +251,6 @@ class Console:
                 {
                     "label": label,
                     "deployed_model_id": dm,
-                    "name": names[dm],
                     "calls": [t.as_dict() for t in side],
                     "errors": sum(t.error is not None for t in side),
                     "latency": latency_stats([t.latency_ms for t in side if t.error is None]),
