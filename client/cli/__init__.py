@@ -51,6 +51,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "client.cli.rollout",
         "move traffic from one deployed model to another in steps, guarded by A/B figures",
     ),
+    "console": (
+        "client.cli.console",
+        "a web console on 127.0.0.1: the endpoint, a playground, compare, a rollout",
+    ),
 }
 
 

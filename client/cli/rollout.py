@@ -1,6 +1,7 @@
 """``python -m client rollout``: :func:`client.rollout.rollout` from a shell. A line per step on
 stderr as it starts and ends (``-q``: none), the timeline table and the verdict on stdout
-(``--json``: the JSON report), ``--report FILE.json``, ``--figure FILE.png``, ``--dry-run``.
+(``--json``: the JSON report), ``--report FILE.json`` (rewritten as the run goes, verdict
+"running", for ``client console --rollout-report``), ``--figure FILE.png``, ``--dry-run``.
 
 SIGINT and SIGTERM set the run's stop event: the library restores the starting split (unless
 ``--no-restore``), then this exits 130 or 143. A failed guard exits :data:`EXIT_ROLLED_BACK`.
@@ -10,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,18 @@ def _output(args: argparse.Namespace, report: RolloutReport) -> None:
             Path(args.report).write_bytes(encode_report(report))
     if args.figure:
         plot(report, args.figure)
+
+
+def _write_report(path: str) -> Callable[[RolloutReport], None]:
+    """Writes the report so far to ``path`` atomically (a reader never sees half of it)."""
+
+    def write(report: RolloutReport) -> None:
+        partial = Path(f"{path}.partial")
+        with writing(path):
+            partial.write_bytes(encode_report(report))
+            os.replace(partial, path)
+
+    return write
 
 
 def run(args: argparse.Namespace) -> int:
@@ -157,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
                     no_restore=args.no_restore,
                     stop=stop,
                     live=None if args.quiet else _live,
+                    progress=_write_report(args.report) if args.report else None,
                     **params(args, ROUTE_OPTIONS),
                 )
             except RolloutInterrupted as exc:

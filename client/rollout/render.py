@@ -106,6 +106,8 @@ def verdict_line(report: RolloutReport) -> str:
         last = report.timeline[-1]
         when = "at" if last.verdict != "pass" else "after"  # stopped between two steps
         where = f" {when} step {last.step} (B {last.percent}% of the pool)"
+    if report.verdict == "running":
+        return f"running{where}: split {final}"
     if report.verdict == "rolled back":
         failed = "; ".join(failure_text(f) for f in report.failed)
         return f"rolled back{where}: {failed}; split restored to {final}"

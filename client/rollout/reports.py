@@ -9,7 +9,8 @@ import msgspec
 
 from client.ab.reports import Agreement, LatencyStats
 
-Verdict = Literal["done", "rolled back", "interrupted"]
+#: "running": the report as written while the rollout runs (``--report``, after each change)
+Verdict = Literal["running", "done", "rolled back", "interrupted"]
 StepVerdict = Literal["pass", "fail", "interrupted"]
 
 

@@ -241,6 +241,7 @@ def rollout(
     no_restore: bool = False,
     stop: threading.Event | None = None,
     live: Callable[[str], None] | None = None,
+    progress: Callable[[RolloutReport], None] | None = None,
     **params: Unpack[ImageParams],
 ) -> RolloutReport:
     """Move the traffic A and B share from A to B step by step, guarded by live A/B figures.
@@ -259,6 +260,9 @@ def rollout(
         stop: set it (from a signal handler) to stop: the start split is restored (unless
             ``no_restore``) and :class:`RolloutInterrupted` raised, carrying the report.
         live: called with a line as each step starts and ends.
+        progress: called with the report so far (verdict "running") each time the split is set
+            and each time a step is measured (``client rollout --report`` writes it: the web
+            console shows it live).
         params: inference parameters of the probe calls.
 
     The SDK must be set up for the endpoint's control plane (``Client.from_vertex`` does it for
@@ -289,9 +293,9 @@ def rollout(
         iou_threshold=iou_threshold,
         params={k: v for k, v in params.items() if v is not None},
     )
-    return _Run(
-        client, the_plan, stop or threading.Event(), live or (lambda _: None), settings
-    ).run(no_restore)
+    run = _Run(client, the_plan, stop or threading.Event(), live or (lambda _: None), settings)
+    run.progress = progress or (lambda _: None)
+    return run.run(no_restore)
 
 
 class _Run:
@@ -312,6 +316,7 @@ class _Run:
         self.splits = [SplitChange(t_s=0.0, split=dict(the_plan.start), why="start")]
         self.timeline: list[StepRecord] = []
         self.changed = self.restored = False
+        self.progress: Callable[[RolloutReport], None] = lambda _: None
 
     def at(self) -> float:
         return round(time.monotonic() - self.t0, 3)
@@ -321,6 +326,7 @@ class _Run:
         with vertex.sdk_errors("the Vertex AI control plane"), _sdk_quiet():
             execute(self.plan.calls(split))
         self.splits.append(SplitChange(t_s=self.at(), split=dict(split), why=why))
+        self.progress(self.report("running"))
 
     def report(self, verdict: Verdict, failed: list[GuardFailure] | None = None) -> RolloutReport:
         p, s = self.plan, self.settings
@@ -347,8 +353,8 @@ class _Run:
             restored=self.restored,
             started=self.started,
             elapsed_s=self.at(),
-            timeline=self.timeline,
-            splits=self.splits,
+            timeline=list(self.timeline),  # a snapshot: a progress report is kept as it was
+            splits=list(self.splits),
         )
 
     def step(self, number: int, percent: int, split: dict[str, int]) -> StepRecord:
@@ -383,6 +389,7 @@ class _Run:
         )
         self.timeline.append(record)
         self.live(step_line(record, len(p.todo), p.names))
+        self.progress(self.report("running"))
         if held.interrupted:
             held.finish(timeout=STRAGGLERS_S)
             raise _Stopped
@@ -413,6 +420,8 @@ class _Run:
         except BaseException as exc:
             if self.changed and not no_restore:
                 self._restore(exc)
+            with contextlib.suppress(Exception):  # a report file left "running" would mislead
+                self.progress(self.report("interrupted"))
             raise
 
     def _restore(self, exc: BaseException | None) -> None:
