@@ -178,6 +178,14 @@ class _GoogleError(msgspec.Struct):
     error: _GoogleErrorBody
 
 
+#: what to do when no Google credentials are found (Cloud Storage, Vertex AI)
+CREDENTIALS_HINT = (
+    "run `gcloud auth application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a "
+    "service account key file"
+)
+#: what to do when no Google Cloud project is known
+PROJECT_HINT = "give --project, or set GOOGLE_CLOUD_PROJECT (gcloud: CLOUDSDK_CORE_PROJECT)"
+
 _decode_google = msgspec.json.Decoder(_GoogleError).decode
 #: the words of Google's front end for a body over the limit (a 400 INVALID_ARGUMENT)
 PAYLOAD_TOO_LARGE = "Request payload size exceeds the limit"

@@ -4,6 +4,7 @@ list through the endpoint, a JSON line each; run it again after a kill and it ca
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from typing import Any
 
@@ -14,6 +15,7 @@ from client.batch.engine import ROUTES, BatchStats
 from client.batch.inputs import list_inputs
 from client.batch.output import JsonlOutput
 from client.cli.options import (
+    POSITIVE,
     ROUTE_OPTIONS,
     connection_options,
     inference_options,
@@ -57,7 +59,7 @@ def add(sub: Any, name: str, summary: str) -> None:
     )
     p.add_argument(
         "--concurrency",
-        type=int,
+        type=POSITIVE,
         help="calls in flight (default: two per replica seen answering, plus one; at most 32)",
     )
     p.add_argument(
@@ -112,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
                 desc=args.source,
             ) as bar,
         ):
+            args.on_interrupt = lambda: resume_note(args, bar.n, len(inputs))
             for line in batch:
                 with writing(args.out):
                     out.write(encode(line))
@@ -123,6 +126,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(summary(stats, len(inputs), skipped, args.out))
     return 0
+
+
+def resume_note(args: argparse.Namespace, written: int, inputs: int) -> str:
+    """After Ctrl-C: how many inputs DEST holds, and the command that carries on."""
+    command = shlex.join(["python", "-m", "client", *args.argv])
+    return (
+        f"{written} of {inputs} inputs are in {args.out}; to go on, run the same command again "
+        f"(it skips them): {command}"
+    )
 
 
 def progress(stats: BatchStats) -> str:

@@ -58,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             ) as bar,
         ):
+            args.on_interrupt = lambda: (
+                f"{bar.n} of {stream.start.frames or '?'} frames streamed; a stream does not "
+                "resume: run it again (or `video SOURCE --out FILE.jsonl`, in windows)"
+            )
             for event in stream:
                 if args.json:
                     line = {"event": EVENT_NAMES[type(event)], "data": event}

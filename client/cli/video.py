@@ -11,10 +11,12 @@ from typing import Any
 import msgspec
 
 from client.cli.options import (
+    POSITIVE,
     STREAM_OPTIONS,
     connection_options,
     inference_options,
     make_client,
+    number,
     params,
     print_json,
     writing,
@@ -52,13 +54,15 @@ def add(sub: Any, name: str, summary: str) -> None:
     )
     g.add_argument(
         "--concurrency",
-        type=int,
+        type=POSITIVE,
         help="windows in flight (default: two per replica seen answering, plus one; at most 16)",
     )
-    g.add_argument("--window", type=int, help="frames per window (default 64; live 4)")
-    g.add_argument("--overlap", type=int, help="frames windows share when tracking (4; live 1)")
+    g.add_argument("--window", type=POSITIVE, help="frames per window (default 64; live 4)")
     g.add_argument(
-        "--buffer", type=int, help="live: frames waiting at most before dropping (2 windows)"
+        "--overlap", type=number(int, 0), help="frames windows share when tracking (4; live 1)"
+    )
+    g.add_argument(
+        "--buffer", type=POSITIVE, help="live: frames waiting at most before dropping (2 windows)"
     )
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="FILE.jsonl", help="one JSON line per processed frame")
@@ -115,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
                 desc=stats.source,
             )
         )
+        args.on_interrupt = lambda: interrupted(args, bar.n)
         for frame in video:
             if out is not None:
                 with writing(args.out):
@@ -131,6 +136,16 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(summary(video.stats))
     return 0
+
+
+def interrupted(args: argparse.Namespace, frames: int) -> str:
+    """After Ctrl-C: what was written (the files are closed whole), and that a run starts over."""
+    written = [f"{frames} frames processed"]
+    if args.out:
+        written.append(f"{frames} lines in {args.out}")
+    if args.save:
+        written.append(f"{args.save} holds them (closed, playable)")
+    return "; ".join(written) + "; a new run starts from the first frame and rewrites them"
 
 
 def progress(stats: VideoStats) -> str:
