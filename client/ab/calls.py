@@ -60,12 +60,11 @@ def run_all(
 
     outcomes: list[Outcome | None] = [None] * len(calls)
     start = time.perf_counter()
-    with (
-        ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ab") as pool,
-        tqdm(
-            total=len(calls), unit="call", desc=what, disable=not progress, file=sys.stderr
-        ) as bar,
-    ):
+    # Not `with pool`: its exit waits for the calls under way, and Ctrl-C must not.
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ab")
+    with tqdm(
+        total=len(calls), unit="call", desc=what, disable=not progress, file=sys.stderr
+    ) as bar:
         futures = {pool.submit(timed, call): i for i, call in enumerate(calls)}
         pending = set(futures)
         try:
@@ -83,4 +82,5 @@ def run_all(
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+    pool.shutdown()
     return [o for o in outcomes if o is not None], time.perf_counter() - start
