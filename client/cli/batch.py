@@ -114,10 +114,12 @@ def run(args: argparse.Namespace) -> int:
                 desc=args.source,
             ) as bar,
         ):
-            args.on_interrupt = lambda: resume_note(args, bar.n, len(inputs))
+            held = [skipped]  # lines in DEST (the bar does not count when disabled)
+            args.on_interrupt = lambda: resume_note(args, held[0], len(inputs))
             for line in batch:
                 with writing(args.out):
                     out.write(encode(line))
+                held[0] += 1
                 bar.update(1)
                 bar.set_postfix_str(progress(batch.stats), refresh=False)
         stats = batch.stats

@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
                 desc=stats.source,
             )
         )
-        args.on_interrupt = lambda: interrupted(args, bar.n)
+        done = [0]  # frames written (the bar does not count when disabled)
+        args.on_interrupt = lambda: interrupted(args, done[0])
         for frame in video:
             if out is not None:
                 with writing(args.out):
@@ -128,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
                 with writing(args.save):
                     saver.layout = stats.keypoints  # known once the run found its model
                     saver.write(frame.image, frame.detections)
+            done[0] += 1
             bar.update(1)
             bar.set_postfix_str(progress(stats), refresh=False)
         bar.close()
