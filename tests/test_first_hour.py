@@ -302,3 +302,18 @@ def test_a_file_that_is_not_a_video_is_one_line(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr == f"error: {fake}: OpenCV cannot open it as a video\n"
+
+
+def test_the_library_names_a_bad_parameter_in_words() -> None:
+    """What argparse cannot see (a library caller's values): the field, the bound, the value."""
+    from client import Client, errors
+
+    with Client.from_url("http://127.0.0.1:1", retries=0) as client:
+        for params, words in (
+            ({"conf": 5}, "invalid parameter conf: expected float <= 1.0, got 5"),
+            ({"imgsz": "x"}, "invalid parameter imgsz: expected int | null, got str"),
+            ({"max_det": -1}, "invalid parameter max_det: expected int >= 1, got -1"),
+        ):
+            with pytest.raises(errors.ParameterError) as bad:
+                client.detect(b"\x89PNG", **params)  # type: ignore[arg-type]
+            assert str(bad.value) == words

@@ -88,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         keep_frames=bool(args.save),
     )
     encode = msgspec.json.Encoder().encode
+    done = [0]  # frames written (the bar does not count when disabled)
+    args.on_interrupt = lambda: interrupted(args, done[0])
     with ExitStack() as stack:
         client = stack.enter_context(make_client(args))
         video = stack.enter_context(
@@ -119,8 +121,6 @@ def run(args: argparse.Namespace) -> int:
                 desc=stats.source,
             )
         )
-        done = [0]  # frames written (the bar does not count when disabled)
-        args.on_interrupt = lambda: interrupted(args, done[0])
         for frame in video:
             if out is not None:
                 with writing(args.out):
