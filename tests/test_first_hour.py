@@ -46,6 +46,17 @@ REQUIRED: dict[tuple[str, ...], list[str]] = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _own_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI sets the process's REQUESTS_CA_BUNDLE (and NO_PROXY) from an emulator's info
+    file: called in this process with a made-up one, it must not outlive the test (the
+    subprocesses of later tests inherit the environment)."""
+    for name in ("REQUESTS_CA_BUNDLE", "NO_PROXY"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+        if not os.environ[name]:
+            monkeypatch.delenv(name)
+
+
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     code = main(list(args))
     out, err = capsys.readouterr()
