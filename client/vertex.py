@@ -180,6 +180,11 @@ def endpoint(
     )
 
 
+def project_in_environment() -> bool:
+    """Whether the SDK finds a project in the environment (it reads these two itself)."""
+    return bool(os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("CLOUD_ML_PROJECT_ID"))
+
+
 def auth_error(exc: Exception, where: str) -> errors.VertexYoloError:
     """Ours for a google-auth error: the token endpoint unreachable is a (retryable)
     connection error; a refused refresh or missing credentials is not worth retrying."""
@@ -188,9 +193,11 @@ def auth_error(exc: Exception, where: str) -> errors.VertexYoloError:
     first = (str(exc).splitlines() or [type(exc).__name__])[0]
     if isinstance(exc, google.auth.exceptions.TransportError):
         return errors.ConnectionError(f"cannot reach the token endpoint for {where}: {first}")
-    if NO_PROJECT in str(exc):
+    if NO_PROJECT in str(exc) and not project_in_environment():
         return errors.ParameterError(f"no Google Cloud project for {where}: {errors.PROJECT_HINT}")
-    if isinstance(exc, google.auth.exceptions.DefaultCredentialsError):
+    if NO_PROJECT in str(exc) or isinstance(exc, google.auth.exceptions.DefaultCredentialsError):
+        # (the SDK says "no project" too when the project is in the environment but no
+        # credentials are found to go with it)
         return errors.AuthenticationError(
             f"no Google credentials for {where}: {errors.CREDENTIALS_HINT}"
         )

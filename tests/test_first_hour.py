@@ -218,11 +218,14 @@ def test_without_credentials_or_a_project(tmp_path: Path) -> None:
         ["models", "--endpoint", "123", "--project", "p", "--location", "us-central1"],
     ]
     script = (
-        "import contextlib, io, json\nfrom client.cli import main\nanswers = []\n"
+        "import contextlib, io, json, os\nfrom client.cli import main\nanswers = []\n"
         f"for args in {commands!r}:\n"
         "    with contextlib.redirect_stderr(io.StringIO()) as err:\n"
         "        code = main(args)\n"
         "    answers.append((code, err.getvalue()))\n"
+        "os.environ['GOOGLE_CLOUD_PROJECT'] = 'p'  # a project, but still no credentials\n"
+        "with contextlib.redirect_stderr(io.StringIO()) as err:\n"
+        "    answers.append((main(['models', '--endpoint', '123']), err.getvalue()))\n"
         "print(json.dumps(answers))\n"
     )
     done = subprocess.run(
@@ -235,7 +238,7 @@ def test_without_credentials_or_a_project(tmp_path: Path) -> None:
     )
     assert done.returncode == 0 and done.stderr == "", done.stderr
     codes, answers = zip(*json.loads(done.stdout), strict=True)
-    assert codes == (3, 3, 2, 3), answers
+    assert codes == (3, 3, 2, 3, 3), answers
     hint = "run `gcloud auth application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS"
     assert answers[0] == (
         f"error: no Google credentials for Cloud Storage (gs://): {hint} to a service account "
@@ -248,6 +251,7 @@ def test_without_credentials_or_a_project(tmp_path: Path) -> None:
     )
     assert answers[3].startswith("error: no Google credentials for endpoint 123: " + hint)
     assert len(answers[3].splitlines()) == 1
+    assert answers[4].startswith("error: no Google credentials for endpoint 123: " + hint)
 
 
 def test_a_reader_that_goes_away_ends_quietly(server, tmp_path: Path) -> None:
