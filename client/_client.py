@@ -193,7 +193,7 @@ def _validate(kind: type[ModelParameters], given: Mapping[str, Any]) -> dict[str
     try:
         msgspec.convert(given, kind)
     except msgspec.ValidationError as exc:
-        raise errors.ParameterError(f"invalid parameter: {exc}") from None
+        raise errors.ParameterError(errors.invalid_parameter(exc, given)) from None
     return given
 
 

@@ -29,6 +29,9 @@ HTML page from a proxy) are kept as text and summarised into the message.
 from __future__ import annotations
 
 import builtins
+import re
+from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 
@@ -178,9 +181,29 @@ class _GoogleError(msgspec.Struct):
     error: _GoogleErrorBody
 
 
+#: what to do when no Google credentials are found (Cloud Storage, Vertex AI)
+CREDENTIALS_HINT = (
+    "run `gcloud auth application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a "
+    "service account key file"
+)
+#: what to do when no Google Cloud project is known
+PROJECT_HINT = "give --project, or set GOOGLE_CLOUD_PROJECT (gcloud: CLOUDSDK_CORE_PROJECT)"
+
 _decode_google = msgspec.json.Decoder(_GoogleError).decode
 #: the words of Google's front end for a body over the limit (a 400 INVALID_ARGUMENT)
 PAYLOAD_TOO_LARGE = "Request payload size exceeds the limit"
+
+
+def invalid_parameter(exc: msgspec.ValidationError, given: Mapping[str, Any]) -> str:
+    """msgspec's ``Expected `float` <= 1.0 - at `$.conf``` in words: ``invalid parameter conf:
+    expected float <= 1.0, got 5``."""
+    found = re.fullmatch(r"(.*?) - at `\$\.(\w+)([^`]*)`", str(exc))
+    if found is None:
+        return f"invalid parameter: {exc}"
+    what = re.sub(r"Expected `([^`]*)`", r"expected \1", found[1]).replace("`", "")
+    name = found[2]
+    got = f", got {given[name]!r}" if name in given and not found[3] and "got" not in what else ""
+    return f"invalid parameter {name}{found[3]}: {what}{got}"
 
 
 def error_class(status: int) -> type[APIError]:

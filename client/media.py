@@ -19,10 +19,12 @@ numpy, Pillow and OpenCV are optional: imported only when such an input is given
 
 from __future__ import annotations
 
+import contextlib
 import io
 import mimetypes
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
@@ -48,6 +50,28 @@ Images: TypeAlias = "ImageInput | Sequence[ImageInput]"
 VideoInput: TypeAlias = "str | os.PathLike[str] | bytes | bytearray | memoryview"
 #: What ``/stream`` runs: a video, or a run of frames (images, in order).
 StreamSource: TypeAlias = "VideoInput | Sequence[ImageInput]"
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 pointed at /dev/null for the duration: FFmpeg's and OpenCV's own
+    warnings (``moov atom not found``, ``[ WARN:0] global cap.cpp``), written by C code past
+    ``sys.stderr``, stay off the terminal while a video is opened; our error says it in one line.
+    (Anything another thread writes to stderr in that moment is lost too: keep it short.)"""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2: nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def read_path(value: str | os.PathLike) -> tuple[bytes, str]:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import msgspec
@@ -29,6 +31,8 @@ from client.info import EmulatorInfo
 #: the scope the SDK gives its credentials (``aiplatform.constants.base.DEFAULT_AUTHED_SCOPES``)
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 LOOPBACK = ("127.0.0.1", "localhost")
+#: the SDK's words when it finds no project (a many-line message: ours is one line)
+NO_PROJECT = "Unable to find your project"
 
 
 class VertexTarget(NamedTuple):
@@ -48,6 +52,14 @@ class VertexTarget(NamedTuple):
             info = EmulatorInfo.load(info_file)
         except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise errors.ParameterError(f"cannot read {info_file}: {exc}") from None
+        if not process_alive(info.pid):  # killed, its file left behind: fail now, not in 2 min
+            gone = errors.ConnectionError(
+                f"the emulator in {info_file} is not running (pid {info.pid} exited): start it "
+                f"again (python -m client.emulator --info-file {info_file} ...), or give the "
+                "info file of one that runs"
+            )
+            gone.retryable = False
+            raise gone
         return VertexTarget(
             project=self.project or info.project,
             location=self.location or info.location,
@@ -59,6 +71,34 @@ class VertexTarget(NamedTuple):
     @property
     def emulator(self) -> bool:
         return is_emulator(self.api_endpoint)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine exists and is not a zombie."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's: alive
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (macOS): the signal said enough
+        return True
+
+
+def fetch_endpoint(endpoint: Any, *, timeout: float, retries: int) -> None:
+    """Read the endpoint resource now, within ``timeout`` seconds (``retries`` 0: one try),
+    instead of on the first call with the SDK's own policy (retrying an unreachable control
+    plane for 120 s, whatever the caller's timeout)."""
+    from google.api_core import retry as api_retry
+
+    policy = api_retry.Retry(timeout=timeout) if retries > 0 else None
+    endpoint._gca_resource = endpoint.api_client.get_endpoint(
+        name=endpoint._gca_resource.name, retry=policy, timeout=timeout
+    )
 
 
 def is_emulator(api_endpoint: str | None) -> bool:
@@ -140,6 +180,11 @@ def endpoint(
     )
 
 
+def project_in_environment() -> bool:
+    """Whether the SDK finds a project in the environment (it reads these two itself)."""
+    return bool(os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("CLOUD_ML_PROJECT_ID"))
+
+
 def auth_error(exc: Exception, where: str) -> errors.VertexYoloError:
     """Ours for a google-auth error: the token endpoint unreachable is a (retryable)
     connection error; a refused refresh or missing credentials is not worth retrying."""
@@ -148,7 +193,26 @@ def auth_error(exc: Exception, where: str) -> errors.VertexYoloError:
     first = (str(exc).splitlines() or [type(exc).__name__])[0]
     if isinstance(exc, google.auth.exceptions.TransportError):
         return errors.ConnectionError(f"cannot reach the token endpoint for {where}: {first}")
+    if NO_PROJECT in str(exc) and not project_in_environment():
+        return errors.ParameterError(f"no Google Cloud project for {where}: {errors.PROJECT_HINT}")
+    if NO_PROJECT in str(exc) or isinstance(exc, google.auth.exceptions.DefaultCredentialsError):
+        # (the SDK says "no project" too when the project is in the environment but no
+        # credentials are found to go with it)
+        return errors.AuthenticationError(
+            f"no Google credentials for {where}: {errors.CREDENTIALS_HINT}"
+        )
     return errors.AuthenticationError(f"cannot get credentials for {where}: {first}")
+
+
+def reason(exc: BaseException) -> str:
+    """The gist of a connection error: urllib3's ``HTTPConnectionPool(...): Max retries
+    exceeded ... [Errno 111] Connection refused`` is ``Connection refused (url)``."""
+    text = str(exc)
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    url = re.search(r"host='([^']+)', port=(\d+)", text)
+    if errno:
+        return errno[1].strip() + (f" ({url[1]}:{url[2]})" if url else "")
+    return text
 
 
 @contextlib.contextmanager
@@ -176,10 +240,14 @@ def sdk_errors(where: str = "Vertex AI") -> Iterator[None]:
     except google.auth.exceptions.GoogleAuthError as exc:
         raise auth_error(exc, where) from None
     except gexc.RetryError as exc:  # the SDK retried an unreachable control plane, then gave up
-        error = errors.ConnectionError(f"cannot reach {where}: {exc.cause or exc}")
+        error = errors.ConnectionError(f"cannot reach {where}: {reason(exc.cause or exc)}")
         error.retryable = False
         raise error from None
     except requests.exceptions.ConnectionError as exc:
-        raise errors.ConnectionError(f"cannot reach {where}: {exc}") from None
+        raise errors.ConnectionError(f"cannot reach {where}: {reason(exc)}") from None
     except ValueError as exc:  # the SDK's own argument checks
+        if NO_PROJECT in str(exc):
+            raise errors.ParameterError(
+                f"no Google Cloud project for {where}: {errors.PROJECT_HINT}"
+            ) from None
         raise errors.ParameterError(str(exc)) from None

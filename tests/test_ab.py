@@ -243,6 +243,6 @@ def test_cli_usage_errors(emulator, emulator_info_file, tmp_path, capsys):
     assert main(["ab", "targeted", *at, "--video", str(tmp_path / "none.mp4")]) == 2
     assert "cannot read" in capsys.readouterr().err
     assert main(["ab", "split", *at, "--concurrency", "0"]) == 2
-    assert "concurrency must be at least 1" in capsys.readouterr().err
+    assert "--concurrency: must be at least 1, got 0" in capsys.readouterr().err
     args = ["ab", "split", *at, "--deployed-model-id", "1"]
     assert main(args) == 2 and "--deployed-models" in capsys.readouterr().err

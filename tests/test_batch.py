@@ -205,3 +205,41 @@ def test_job_wide_errors_end_the_run_and_input_errors_are_lines(server, tmp_path
     assert rows[names[1]]["error"]["code"] == "invalid-image"
     missing = rows[names[2]]["error"]
     assert "status" not in missing and "No such file" in missing["detail"], missing
+
+
+def test_ctrl_c_names_what_is_done_and_the_command_that_goes_on(fleet, images, tmp_path) -> None:
+    """SIGINT once the gates hold the job: one line with the inputs in DEST and the command
+    to run again; DEST holds exactly that many lines."""
+    emu, info, gates = fleet
+    out = tmp_path / "run.jsonl"
+    for gate in gates:
+        gate.set(5)  # ten images in all, then the calls wait
+    args = ["batch", "gs://inputs/batch/", "--out", str(out), "-q", "--concurrency", "2"]
+    args += ["--emulator-info", str(emu.workdir / "info.json")]
+    job = subprocess.Popen(
+        [sys.executable, "-m", "client", *args],
+        cwd=ROOT,
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: sum((g.state()["passed"] or 0) for g in gates) >= 10, "ten calls")
+        wait_until(lambda: sum((g.state()["waiting"] or 0) for g in gates) >= 2, "the job held")
+        wait_until(lambda: out.exists() and len(out.read_bytes().splitlines()) >= 10, "10 lines")
+        job.send_signal(signal.SIGINT)
+        for gate in gates:  # the held calls may end (the job waits for them before it exits)
+            gate.open()
+        _, err = job.communicate(timeout=PATIENCE_S)
+    finally:
+        if job.poll() is None:
+            job.kill()
+        for gate in gates:
+            gate.open()
+    written = len(out.read_bytes().splitlines())
+    assert job.returncode == 130, err
+    assert err == (
+        f"interrupted: {written} of {IMAGES + CORRUPT} inputs are in {out}; to go on, run the "
+        f"same command again (it skips them): python -m client {' '.join(args)}\n"
+    )

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +25,7 @@ from httpx_sse import connect_sse
 from PIL import Image
 
 from app.demo.shapes import draw_shape, make_shape, moving_shape_frames, write_video
-from conftest import INSTRUMENTED, Server, serving, wait_until
+from conftest import INSTRUMENTED, PATIENCE_S, ROOT, Gate, Server, serving, wait_until
 from conftest import metric as server_metric
 from helpers import b64, det_box, encode
 
@@ -500,3 +504,111 @@ def test_client_that_stops_reading_is_dropped_after_the_send_timeout(tmp_path):
                     re.M,
                 )
             assert float(done.group(1)) < len(frames)  # dropped before the end
+
+
+# --- Ctrl-C through the CLI (issue 23): here because this server's gate holds a call where the
+# test wants it, so "interrupted after two frames" is a state set up, not a moment hoped for.
+
+
+def cli_job(*args: str) -> subprocess.Popen[str]:
+    """``python -m client ARGS`` with its output line by line (unbuffered)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "client", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def interrupt(
+    job: subprocess.Popen[str], gate: Gate, before_exit: Callable[[], bool]
+) -> tuple[str, str]:
+    """SIGINT the job; once ``before_exit`` holds (its output is written), open the gate (a
+    call it left at the gate may end); its stdout (what is left of it) and stderr."""
+    try:
+        job.send_signal(signal.SIGINT)
+        wait_until(before_exit, "the interrupted command's output")
+        gate.open()
+        out, err = job.communicate(timeout=PATIENCE_S)
+    finally:
+        if job.poll() is None:
+            job.kill()
+        gate.open()
+    return out, err
+
+
+def test_ctrl_c_stream_says_how_far_it_got(stream_server, mp4, tmp_path):
+    srv, _ = stream_server
+    video = tmp_path / "v.mp4"
+    video.write_bytes(mp4)
+    srv.gate.set(2)  # two frames inferred, the third held
+    job = cli_job("stream", str(video), "--url", srv.url)
+    assert job.stdout is not None
+    lines = []
+    for line in job.stdout:
+        lines.append(line)
+        if line.startswith("frame 1:"):
+            break
+    srv.gate.wait(waiting=1)
+    _, err = interrupt(job, srv.gate, lambda: True)
+    assert job.returncode == 130, err
+    assert err.rstrip().splitlines()[-1] == (
+        f"interrupted: 2 of {len(FRAMES)} frames streamed; a stream does not resume: run it "
+        "again (or `video SOURCE --out FILE.jsonl`, in windows)"
+    )
+    assert "Traceback" not in err
+
+
+def test_ctrl_c_bench_reports_the_finished_levels(stream_server, tmp_path):
+    """bench --concurrency 1,2 --json FILE stopped in its second level: the table and FILE
+    hold the first."""
+    srv, _ = stream_server
+    image = tmp_path / "a.png"
+    image.write_bytes(encode(FRAMES[0]))
+    report = tmp_path / "bench.json"
+    srv.gate.set(2)  # the first level's two requests
+    job = cli_job(
+        *("bench", str(image), "--url", srv.url, "--concurrency", "1,2"),
+        *("--requests", "2", "--warmup", "0", "--json", str(report)),
+    )
+    assert job.stderr is not None
+    first = job.stderr.readline()
+    assert first.startswith("concurrency 1: "), first
+    srv.gate.wait(waiting=1)  # the second level has begun
+    out, err = interrupt(job, srv.gate, lambda: True)
+    assert job.returncode == 130, err
+    assert err.rstrip().splitlines()[-1] == (
+        f"interrupted: 1 of 2 concurrency levels done (1); {report} holds them"
+    )
+    levels = json.loads(report.read_text())["levels"]
+    assert [level["concurrency"] for level in levels] == [1] and levels[0]["requests"] == 2
+    rows = [line.split()[:2] for line in out.splitlines() if line.split()[:1] in (["1"], ["2"])]
+    assert out.startswith("detect on http://") and rows == [["1", "2"]], out  # one level
+
+
+def test_ctrl_c_ab_targeted_reports_the_inputs_compared(stream_server, tmp_path):
+    """Two inputs answered by both (pinned) models, the third held: the table and --report hold
+    the two. (One server: the same deployed model twice, as a determinism check does.)"""
+    srv, _ = stream_server
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"{i}.png").write_bytes(encode(FRAMES[i]))
+    report = tmp_path / "ab.json"
+    srv.gate.set(4)  # inputs 0 and 1, on each model; then held
+    job = cli_job(
+        *("ab", "targeted", "--url", srv.url, "--images", str(folder), "-q"),
+        *("--deployed-models", "dm-stream,dm-stream", "--concurrency", "1"),
+        *("--report", str(report)),
+    )
+    srv.gate.wait(waiting=1, passed=4)
+    out, err = interrupt(job, srv.gate, report.exists)
+    assert job.returncode == 130, err
+    assert (
+        err.rstrip().splitlines()[-1] == f"interrupted: 2 of 4 inputs compared; {report} holds them"
+    )
+    written = json.loads(report.read_text())
+    assert written["inputs"] == 2 and [m["calls"] for m in written["models"]] == [2, 2]
+    assert "dm-stream" in out

@@ -42,7 +42,16 @@ from client.emulator import Emulator, EmulatorInfo
 from client.schema import Box, Detection
 from client.video import VideoFrame, VideoOptions
 from client.video.tracks import match
-from conftest import INSTRUMENTED, PATIENCE_S, WEIGHTS, Gate, pid_alive, serving, wait_until
+from conftest import (
+    INSTRUMENTED,
+    PATIENCE_S,
+    ROOT,
+    WEIGHTS,
+    Gate,
+    pid_alive,
+    serving,
+    wait_until,
+)
 from helpers import crossing_frames
 
 LONG = 320  # frames: 32 s at 10 fps
@@ -357,7 +366,7 @@ def test_video_command_writes_results_and_an_annotated_copy(
     [
         (["missing.mp4"], "missing.mp4: no such video file"),
         (["ftp://host/clip.mp4"], "ftp:// is not a video source here"),
-        (["clip.mp4", "--window", "0"], "window must be at least 1"),
+        (["clip.mp4", "--window", "0"], "argument --window: must be at least 1, got 0"),
         (["clip.mp4", "--save", "out.gif"], "--save out.gif: write a .mp4, .avi"),
     ],
 )
@@ -386,3 +395,47 @@ def test_without_opencv_the_error_names_the_extra(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert 'pip install "vertex-yolo[video]"' in result.stderr
+
+
+def test_ctrl_c_says_what_was_written(
+    gated_fleet: tuple[Emulator, EmulatorInfo], tmp_path: Path
+) -> None:
+    """SIGINT once the gates hold the run: one line saying what the files hold, and they hold
+    it (the lines; the annotated video closed, playable, with as many frames)."""
+    emu, info = gated_fleet
+    gates = [gate_of(r.log) for r in info.replicas[info.deployed_models["shapes-a"]]]
+    clip, out, saved = tmp_path / "clip.mp4", tmp_path / "r.jsonl", tmp_path / "drawn.mp4"
+    write_video(clip, [f for f, _ in moving_shape(40)], fps=FPS)
+    for gate in gates:
+        gate.set(4)
+    args = ["video", str(clip), "--emulator-info", str(emu.workdir / "info.json"), "-q"]
+    args += ["--window", "4", "--concurrency", "1", "--out", str(out), "--save", str(saved)]
+    job = subprocess.Popen(
+        [sys.executable, "-m", "client", *args],
+        cwd=ROOT,
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: sum(g.state()["passed"] or 0 for g in gates) >= 4, "a window done")
+        wait_until(lambda: sum(g.state()["waiting"] or 0 for g in gates) >= 1, "the run held")
+        job.send_signal(signal.SIGINT)
+        for gate in gates:  # the held window may end (the run waits for it before it exits)
+            gate.open()
+        _, err = job.communicate(timeout=PATIENCE_S)
+    finally:
+        if job.poll() is None:
+            job.kill()
+        for gate in gates:
+            gate.open()
+    lines = len(out.read_bytes().splitlines())
+    assert job.returncode == 130, err
+    assert err == (
+        f"interrupted: {lines} frames processed; {lines} lines in {out}; {saved} holds them "
+        "(closed, playable); a new run starts from the first frame and rewrites them\n"
+    )
+    drawn = cv2.VideoCapture(str(saved))
+    assert drawn.get(cv2.CAP_PROP_FRAME_COUNT) == lines
+    drawn.release()

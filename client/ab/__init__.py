@@ -35,6 +35,7 @@ from client.ab.measures import agreement, latency_stats, match_boxes
 from client.ab.modes import (
     ROUTES,
     Route,
+    TargetedInterrupted,
     answer_of,
     configured_split,
     deployed_model_names,
@@ -57,6 +58,7 @@ from client.ab.reports import (
 )
 
 __all__ = [
+    "TargetedInterrupted",
     "IMAGE_SUFFIXES",
     "Agreement",
     "ConfidenceStats",

@@ -23,6 +23,16 @@ class Outcome(msgspec.Struct):
     latency_ms: float = 0.0
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`run_all`: ``outcomes`` holds each call's outcome, ``None`` for a
+    call that had not finished; ``elapsed`` the wall time until then."""
+
+    def __init__(self, outcomes: list[Outcome | None], elapsed: float) -> None:
+        super().__init__()
+        self.outcomes = outcomes
+        self.elapsed = elapsed
+
+
 def error_kind(exc: errors.VertexYoloError) -> str:
     if isinstance(exc, errors.APIError):
         return f"{exc.status} {exc.code}" if exc.code else str(exc.status)
@@ -43,17 +53,18 @@ def timed(call: Callable[[], Any]) -> Outcome:
 def run_all(
     calls: Sequence[Callable[[], Any]], concurrency: int, progress: bool, what: str
 ) -> tuple[list[Outcome], float]:
-    """Run the calls on ``concurrency`` threads: their outcomes in order, and the wall time."""
+    """Run the calls on ``concurrency`` threads: their outcomes in order, and the wall time.
+    Ctrl-C raises :class:`Interrupted` with the outcomes so far (calls under way are left to
+    finish on their threads; those not started are cancelled)."""
     from tqdm import tqdm
 
     outcomes: list[Outcome | None] = [None] * len(calls)
     start = time.perf_counter()
-    with (
-        ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ab") as pool,
-        tqdm(
-            total=len(calls), unit="call", desc=what, disable=not progress, file=sys.stderr
-        ) as bar,
-    ):
+    # Not `with pool`: its exit waits for the calls under way, and Ctrl-C must not.
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ab")
+    with tqdm(
+        total=len(calls), unit="call", desc=what, disable=not progress, file=sys.stderr
+    ) as bar:
         futures = {pool.submit(timed, call): i for i, call in enumerate(calls)}
         pending = set(futures)
         try:
@@ -62,7 +73,14 @@ def run_all(
                 for future in done:
                     outcomes[futures[future]] = future.result()  # a ParameterError stops all
                 bar.update(len(done))
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            for future, i in futures.items():  # finished, not yet collected
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    outcomes[i] = future.result()
+            raise Interrupted(outcomes, time.perf_counter() - start) from None
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
+    pool.shutdown()
     return [o for o in outcomes if o is not None], time.perf_counter() - start

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from client import errors
+from client.media import native_stderr_silenced
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -33,7 +34,8 @@ def video_frames(path: str | Path, *, every: int = 1, max_frames: int | None = N
         ) from None
     if not Path(path).is_file():
         raise errors.ParameterError(f"cannot read {path}: no such file")
-    capture = cv2.VideoCapture(str(path))
+    with native_stderr_silenced():  # FFmpeg's own warnings for a file that is not a video
+        capture = cv2.VideoCapture(str(path))
     frames: list[bytes] = []
     try:
         index = 0

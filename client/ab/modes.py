@@ -10,7 +10,7 @@ from typing import Any, Literal, Unpack, get_args
 
 from client import errors, names
 from client._client import Client, ImageParams
-from client.ab.calls import Outcome, run_all
+from client.ab.calls import Interrupted, Outcome, run_all
 from client.ab.measures import Answer, agreement, chi_square, confidence_stats, latency_stats
 from client.ab.reports import ModelStats, SplitReport, SplitRow, TargetedReport
 from client.media import ImageInput
@@ -160,7 +160,43 @@ def targeted(
     calls = [
         partial(method, image, deployed_model_id=dm, **params) for image in inputs for dm in ids
     ]
-    outcomes, elapsed = run_all(calls, concurrency, progress, f"A/B {len(ids)} models")
+    try:
+        outcomes, elapsed = run_all(calls, concurrency, progress, f"A/B {len(ids)} models")
+    except Interrupted as stop:  # the report over the inputs every model answered, then stop
+        rows = [stop.outcomes[i : i + len(ids)] for i in range(0, len(calls), len(ids))]
+        whole = [o for row in rows if all(row) for o in row if o is not None]
+        report = _targeted_report(
+            known, ids, whole, len(whole) // len(ids), route, params, concurrency,
+            iou_threshold, stop.elapsed,
+        )  # fmt: skip
+        raise TargetedInterrupted(report, len(inputs)) from None
+    return _targeted_report(
+        known, ids, outcomes, len(inputs), route, params, concurrency, iou_threshold, elapsed
+    )
+
+
+class TargetedInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped :func:`targeted`: ``report`` covers the first inputs that every deployed
+    model answered (``report.inputs`` of ``inputs``)."""
+
+    def __init__(self, report: TargetedReport, inputs: int) -> None:
+        super().__init__()
+        self.report = report
+        self.inputs = inputs
+
+
+def _targeted_report(
+    known: Mapping[str, str] | None,
+    ids: list[str],
+    outcomes: list[Outcome],
+    inputs: int,
+    route: str,
+    params: Mapping[str, Any],
+    concurrency: int,
+    iou_threshold: float,
+    elapsed: float,
+) -> TargetedReport:
+    """The report of interleaved ``outcomes`` (input by input, a call per model each)."""
     per_model = [outcomes[j :: len(ids)] for j in range(len(ids))]
     shown = {k: v for k, v in (known or {}).items() if v}
     models = [_model_stats(_label(j), dm, shown.get(dm), per_model[j]) for j, dm in enumerate(ids)]
@@ -179,7 +215,7 @@ def targeted(
     return TargetedReport(
         route=route,
         params={k: v for k, v in params.items() if v is not None},
-        inputs=len(inputs),
+        inputs=inputs,
         concurrency=concurrency,
         iou_threshold=iou_threshold,
         elapsed_s=elapsed,

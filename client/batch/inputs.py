@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from client.errors import ParameterError
+from client.errors import CREDENTIALS_HINT, AuthenticationError, ParameterError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 _client: Any = None
@@ -32,7 +32,14 @@ def storage_client() -> Any:
             raise ParameterError(
                 'gs:// inputs and outputs need google-cloud-storage (pip install "vertex-yolo[client]")'
             ) from None
-        _client = storage.Client()
+        import google.auth.exceptions
+
+        try:
+            _client = storage.Client()
+        except google.auth.exceptions.DefaultCredentialsError:
+            raise AuthenticationError(
+                f"no Google credentials for Cloud Storage (gs://): {CREDENTIALS_HINT}"
+            ) from None
     return _client
 
 

@@ -13,6 +13,7 @@ from client import errors
 from client.ab import (
     ROUTES,
     Report,
+    TargetedInterrupted,
     encode_report,
     image_files,
     plot,
@@ -23,10 +24,13 @@ from client.ab import (
 )
 from client.ab.measures import needs
 from client.cli.options import (
+    EXIT_INTERRUPTED,
+    POSITIVE,
     ROUTE_OPTIONS,
     connection_options,
     inference_options,
     make_client,
+    number,
     params,
     writing,
 )
@@ -74,16 +78,25 @@ def run(args: argparse.Namespace) -> int:
                 if args.deployed_models
                 else None
             )
-            report: Report = targeted(
-                client,
-                inputs,
-                deployed_model_ids=ids,
-                concurrency=args.concurrency,
-                route=args.route,
-                iou_threshold=args.iou_threshold,
-                progress=not args.quiet,
-                **given,
-            )
+            try:
+                report: Report = targeted(
+                    client,
+                    inputs,
+                    deployed_model_ids=ids,
+                    concurrency=args.concurrency,
+                    route=args.route,
+                    iou_threshold=args.iou_threshold,
+                    progress=not args.quiet,
+                    **given,
+                )
+            except TargetedInterrupted as stop:  # Ctrl-C: report what every model answered
+                _output(args, stop.report)
+                wrote = f"; {args.report} holds them" if args.report else ""
+                print(
+                    f"interrupted: {stop.report.inputs} of {stop.inputs} inputs compared{wrote}",
+                    file=sys.stderr,
+                )
+                return EXIT_INTERRUPTED
         else:
             report = split_check(
                 client,
@@ -107,8 +120,8 @@ def add(sub: Any, name: str, summary: str) -> None:
         where = g.add_mutually_exclusive_group()
         where.add_argument("--images", metavar="DIR", help="a folder of jpg/png/webp/bmp images")
         where.add_argument("--video", metavar="FILE", help="a video; its frames are the inputs")
-        g.add_argument("--every", type=int, default=1, help="with --video: every n-th frame")
-        g.add_argument("--max-frames", type=int, help="with --video: at most this many frames")
+        g.add_argument("--every", type=POSITIVE, default=1, help="with --video: every n-th frame")
+        g.add_argument("--max-frames", type=POSITIVE, help="with --video: at most this many frames")
         g.add_argument("--route", choices=ROUTES, default="detect")
         g.add_argument("--report", metavar="FILE.json", help="write the JSON report here")
         g.add_argument("--figure", metavar="FILE.png", help="write the PNG figure here")
@@ -138,8 +151,13 @@ def add(sub: Any, name: str, summary: str) -> None:
         help="deployed model ids or display names, the reference first (default: all, largest "
         "traffic share first); one may repeat",
     )
-    t.add_argument("--concurrency", type=int, default=4, help="calls in flight (default 4)")
-    t.add_argument("--iou-threshold", type=float, default=0.5, help="IoU a match needs (0.5)")
+    t.add_argument("--concurrency", type=POSITIVE, default=4, help="calls in flight (default 4)")
+    t.add_argument(
+        "--iou-threshold",
+        type=number(float, 0, 1, above=True),
+        default=0.5,
+        help="IoU a match needs (0.5)",
+    )
     t.set_defaults(func=run)
     s = modes.add_parser(
         "split",
@@ -149,6 +167,6 @@ def add(sub: Any, name: str, summary: str) -> None:
         "compares the share each deployed model answered with the endpoint's traffic split "
         "(Vertex or the emulator only). Prints a chi-square goodness-of-fit p-value.",
     )
-    s.add_argument("-n", type=int, default=400, help="number of calls (default 400)")
-    s.add_argument("--concurrency", type=int, default=8, help="calls in flight (default 8)")
+    s.add_argument("-n", type=POSITIVE, default=400, help="number of calls (default 400)")
+    s.add_argument("--concurrency", type=POSITIVE, default=8, help="calls in flight (default 8)")
     s.set_defaults(func=run)

@@ -4,6 +4,7 @@ list through the endpoint, a JSON line each; run it again after a kill and it ca
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from typing import Any
 
@@ -15,6 +16,7 @@ from client.batch.engine import ROUTES, BatchStats, given
 from client.batch.inputs import list_inputs
 from client.batch.output import JsonlOutput, RunRecord, read_record, record_name, write_record
 from client.cli.options import (
+    POSITIVE,
     ROUTE_OPTIONS,
     connection_options,
     inference_options,
@@ -60,7 +62,7 @@ def add(sub: Any, name: str, summary: str) -> None:
     )
     p.add_argument(
         "--concurrency",
-        type=int,
+        type=POSITIVE,
         help="calls in flight (default: two per replica seen answering, plus one; at most 32)",
     )
     p.add_argument(
@@ -116,9 +118,12 @@ def run(args: argparse.Namespace) -> int:
                 desc=args.source,
             ) as bar,
         ):
+            held = [skipped]  # lines in DEST (the bar does not count when disabled)
+            args.on_interrupt = lambda: resume_note(args, held[0], len(inputs))
             for line in batch:
                 with writing(args.out):
                     out.write(encode(line))
+                held[0] += 1
                 bar.update(1)
                 bar.set_postfix_str(progress(batch.stats), refresh=False)
         stats = batch.stats
@@ -172,6 +177,15 @@ def run_record(args: argparse.Namespace, client: Client, *, resuming: bool) -> R
     with writing(record_name(args.out)):
         write_record(args.out, record)
     return record
+
+
+def resume_note(args: argparse.Namespace, written: int, inputs: int) -> str:
+    """After Ctrl-C: how many inputs DEST holds, and the command that carries on."""
+    command = shlex.join(["python", "-m", "client", *args.argv])
+    return (
+        f"{written} of {inputs} inputs are in {args.out}; to go on, run the same command again "
+        f"(it skips them): {command}"
+    )
 
 
 def progress(stats: BatchStats) -> str:

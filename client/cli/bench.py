@@ -22,6 +22,7 @@ from client.bench import Level, Reply, Report, run_level, table
 from client.cli.options import (
     EXIT_API,
     EXIT_CONNECTION,
+    EXIT_INTERRUPTED,
     connection_options,
     json_text,
     make_client,
@@ -166,9 +167,13 @@ def run(args: argparse.Namespace) -> int:
     most = max(args.concurrency)
 
     labels: dict[str, str] = {}
+    levels: list[Level] = []  # kept on Ctrl-C: the finished levels are reported
+    target = args.url or ""
 
-    async def sweep() -> tuple[str, list[Level]]:
+    async def sweep() -> None:
         import httpx
+
+        nonlocal target
 
         limits = httpx.Limits(max_connections=max(most, 100), max_keepalive_connections=most)
         sync_send, client = None, None
@@ -213,7 +218,6 @@ def run(args: argparse.Namespace) -> int:
                 return Reply(status, response.headers, wrong)
             return Reply(status, response.headers)
 
-        levels = []
         try:
             for n in args.concurrency:
                 level = await run_level(
@@ -234,9 +238,14 @@ def run(args: argparse.Namespace) -> int:
                 await transport.aclose()
             if client is not None:
                 client.close()  # the SDK endpoint's session
-        return target, levels
 
-    target, levels = asyncio.run(sweep())
+    interrupted = False
+    try:
+        asyncio.run(sweep())
+    except KeyboardInterrupt:
+        interrupted = True
+        if not levels:
+            raise  # nothing finished: nothing to report
     report = Report(
         target=target,
         route=args.route,
@@ -256,6 +265,14 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             with writing(args.json):
                 Path(args.json).write_text(encoded)
+    if interrupted:
+        wrote = f"; {args.json} holds them" if args.json and args.json != "-" else ""
+        print(
+            f"interrupted: {len(levels)} of {len(args.concurrency)} concurrency levels done "
+            f"({', '.join(str(level.concurrency) for level in levels)}){wrote}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     if all(level.latency_ms is None for level in levels):
         kinds = {k for level in levels for k in level.error_kinds}
         print("error: no request succeeded", file=sys.stderr)

@@ -87,8 +87,13 @@ def run(args: argparse.Namespace) -> int:
     options = {o.name: getattr(args, o.name) for o in action.options}
     if action.needs_endpoint:
         if not target.endpoint:
+            info = args.emulator_info
             raise errors.ParameterError(
-                "give --endpoint (or --emulator-info of an emulator with one)"
+                f"the emulator in {info} has no endpoint yet: create one first (python -m client "
+                f"deploy create-endpoint --emulator-info {info} --display-name NAME), or give "
+                "--endpoint"
+                if info
+                else "give --endpoint (or --emulator-info of an emulator with one)"
             )
         options["endpoint"] = target.endpoint
     options["emulator"] = target.emulator

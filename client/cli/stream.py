@@ -58,7 +58,13 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             ) as bar,
         ):
+            seen = [0]  # frames (the bar does not count when disabled)
+            args.on_interrupt = lambda: (
+                f"{seen[0]} of {stream.start.frames or '?'} frames streamed; a stream does not "
+                "resume: run it again (or `video SOURCE --out FILE.jsonl`, in windows)"
+            )
             for event in stream:
+                seen[0] += isinstance(event, StreamFrame)
                 if args.json:
                     line = {"event": EVENT_NAMES[type(event)], "data": event}
                     sys.stdout.write(msgspec.json.encode(line).decode() + "\n")

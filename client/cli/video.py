@@ -12,10 +12,12 @@ import msgspec
 
 from client import names
 from client.cli.options import (
+    POSITIVE,
     STREAM_OPTIONS,
     connection_options,
     inference_options,
     make_client,
+    number,
     params,
     print_json,
     writing,
@@ -53,13 +55,15 @@ def add(sub: Any, name: str, summary: str) -> None:
     )
     g.add_argument(
         "--concurrency",
-        type=int,
+        type=POSITIVE,
         help="windows in flight (default: two per replica seen answering, plus one; at most 16)",
     )
-    g.add_argument("--window", type=int, help="frames per window (default 64; live 4)")
-    g.add_argument("--overlap", type=int, help="frames windows share when tracking (4; live 1)")
+    g.add_argument("--window", type=POSITIVE, help="frames per window (default 64; live 4)")
     g.add_argument(
-        "--buffer", type=int, help="live: frames waiting at most before dropping (2 windows)"
+        "--overlap", type=number(int, 0), help="frames windows share when tracking (4; live 1)"
+    )
+    g.add_argument(
+        "--buffer", type=POSITIVE, help="live: frames waiting at most before dropping (2 windows)"
     )
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="FILE.jsonl", help="one JSON line per processed frame")
@@ -85,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         keep_frames=bool(args.save),
     )
     encode = msgspec.json.Encoder().encode
+    done = [0]  # frames written (the bar does not count when disabled)
+    args.on_interrupt = lambda: interrupted(args, done[0])
     with ExitStack() as stack:
         client = stack.enter_context(make_client(args))
         video = stack.enter_context(
@@ -124,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
                 with writing(args.save):
                     saver.layout = stats.keypoints  # known once the run found its model
                     saver.write(frame.image, frame.detections)
+            done[0] += 1
             bar.update(1)
             bar.set_postfix_str(progress(stats), refresh=False)
         bar.close()
@@ -132,6 +139,16 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(summary(video.stats, getattr(args, "deployed_names", None)))
     return 0
+
+
+def interrupted(args: argparse.Namespace, frames: int) -> str:
+    """After Ctrl-C: what was written (the files are closed whole), and that a run starts over."""
+    written = [f"{frames} frames processed"]
+    if args.out:
+        written.append(f"{frames} lines in {args.out}")
+    if args.save:
+        written.append(f"{args.save} holds them (closed, playable)")
+    return "; ".join(written) + "; a new run starts from the first frame and rewrites them"
 
 
 def progress(stats: VideoStats) -> str:

@@ -16,6 +16,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import importlib
 import ipaddress
 import logging
 import shlex
@@ -294,8 +295,29 @@ def exposure_warning(host: str) -> str | None:
     )
 
 
+#: what the emulator runs on beyond a [client] install (the ``emulator`` extra)
+NEEDS = ("uvicorn", "litestar", "cryptography")
+
+
+def missing_extra() -> str | None:
+    """The first module of the ``emulator`` extra that cannot be imported, if any."""
+    for module in NEEDS:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return module
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if module := missing_extra():
+        print(
+            f"{PROG}: the emulator needs {module}, which is not installed: "
+            'pip install "vertex-yolo[emulator]"',
+            file=sys.stderr,
+        )
+        return 2
     try:
         config = build_config(args)
     except ConfigError as exc:

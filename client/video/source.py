@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from client.errors import ParameterError
+from client.media import native_stderr_silenced
 
 if TYPE_CHECKING:
     import numpy
@@ -80,10 +81,11 @@ class Capture:
     def __init__(self, source: VideoSource, *, live: bool | None = None) -> None:
         cv2 = cv2_module()
         target, is_live, name = describe(source)
-        if isinstance(target, int):
-            self._cap = cv2.VideoCapture(target)
-        else:
-            self._cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG)
+        with native_stderr_silenced():  # not a video: our one line, not FFmpeg's warnings
+            if isinstance(target, int):
+                self._cap = cv2.VideoCapture(target)
+            else:
+                self._cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG)
         if not self._cap.isOpened():
             self._cap.release()
             raise ParameterError(f"{name}: OpenCV cannot open it as a video")
