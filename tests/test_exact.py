@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from app.demo.shapes import draw_scene
-from app.images import imdecode, open_image, to_bgr
+from app.images import imdecode, open_image, to_bgr, turbo_decode
 from conftest import ROOT
 
 WEIGHTS = ROOT / "app/demo/weights"
@@ -47,6 +47,13 @@ def exif_rotated(rgb: np.ndarray, fmt: str, **kw) -> bytes:
     return pil_bytes(Image.fromarray(rgb).transpose(ROTATE), fmt, exif=exif.tobytes(), **kw)
 
 
+def upright_exif(rgb: np.ndarray) -> bytes:
+    """An EXIF block whose orientation is 1 (upright): decoded as it is stored."""
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    return pil_bytes(Image.fromarray(rgb), "JPEG", exif=exif.tobytes())
+
+
 def rgba(rgb: np.ndarray) -> bytes:
     """Alpha from 0 (left) to 255 (right): Ultralytics drops it, it does not composite."""
     alpha = np.tile(np.linspace(0, 255, rgb.shape[1]).astype(np.uint8), (rgb.shape[0], 1))
@@ -65,6 +72,13 @@ def png16(rgb: np.ndarray) -> bytes:
 VARIANTS: dict[str, tuple[str, Callable[[np.ndarray], bytes]]] = {
     "rgb.png": (".png", lambda x: pil_bytes(Image.fromarray(x), "PNG")),
     "rgb.jpg": (".jpg", lambda x: pil_bytes(Image.fromarray(x), "JPEG", quality=90)),
+    "progressive.jpg": (
+        ".jpg",
+        lambda x: pil_bytes(Image.fromarray(x), "JPEG", quality=85, progressive=True),
+    ),
+    "444.jpg": (".jpg", lambda x: pil_bytes(Image.fromarray(x), "JPEG", subsampling=0)),
+    "upright.jpg": (".jpg", upright_exif),
+    "cmyk.jpg": (".jpg", lambda x: pil_bytes(Image.fromarray(x).convert("CMYK"), "JPEG")),
     "exif.jpg": (".jpg", lambda x: exif_rotated(x, "JPEG", quality=90)),
     "exif.png": (".png", lambda x: exif_rotated(x, "PNG")),
     "exif.webp": (".webp", lambda x: exif_rotated(x, "WEBP", quality=90)),
@@ -112,6 +126,17 @@ def test_the_decode_gives_the_pixels_ultralytics_reads(files):
         assert np.array_equal(imdecode(blob, "the image"), expected), name
     upright = imread(str(files["exif.jpg"]))
     assert upright.shape == (240, 320, 3)  # EXIF orientation applied
+    # libjpeg-turbo through simplejpeg decodes the plain JPEGs, OpenCV the rotated and CMYK ones
+    # (both compared with imread above)
+    turbo = {
+        name: turbo_decode(blob, open_image(blob, "the image", 50_000_000)) is not None
+        for name, blob in ((n, p.read_bytes()) for n, p in files.items())
+        if name.endswith(".jpg")
+    }
+    assert turbo == {
+        "rgb.jpg": True, "progressive.jpg": True, "444.jpg": True, "upright.jpg": True,
+        "grey.jpg": True, "exif.jpg": False, "cmyk.jpg": False,
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("task", list(MODELS))

@@ -58,7 +58,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("client.cli.bench", "measure throughput and latency over a concurrency sweep"),
     "deploy": (
         "client.cli.deploy",
-        "upload, create an endpoint, deploy, split traffic, undeploy (Vertex or emulator)",
+        "upload, create an endpoint, deploy, split traffic, undeploy, delete (Vertex or emulator)",
     ),
     "rollout": (
         "client.cli.rollout",
