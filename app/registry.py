@@ -37,7 +37,7 @@ from app.model_sources import (
 )
 from app.offline import disable_sync
 from app.scheduler import Policy, Scheduler
-from app.threads import InferenceThreads, is_cuda, policy
+from app.threads import InferenceThreads, hold_ultralytics_threads, is_cuda, policy
 from client.schema import KeypointLayout, ModelInfo, ModelList, ModelParameters
 
 log = logging.getLogger("app.registry")
@@ -259,6 +259,7 @@ class Registry:
         check_pins_name_models([spec.name for spec in specs], settings.model_sha256)
         device = resolve_device(settings.device)
         self.threads = policy(settings, device)
+        hold_ultralytics_threads()
         disable_sync()
         return [self._load_one(spec, device) for spec in specs]
 

@@ -21,7 +21,7 @@ Every route goes through its model's :class:`Scheduler`:
   request.
 
 A model starts with one warm instance; when it has more requests admitted than instances, one
-more is made and warmed on the wide inference thread (a few hundred ms, once) and joins the pool, up to
+more is made and warmed on a free inference thread (a few hundred ms, once) and joins the pool, up to
 ``most`` (the number of inference threads): instances cost memory and start-up time only where
 requests run side by side.
 
@@ -219,7 +219,7 @@ class Scheduler:
     async def _add_instance(self, make: Callable[[], Any]) -> None:
         started = asyncio.get_running_loop().time()
         try:
-            instance = await self.threads.run(make, wide=True)  # see InferenceThreads
+            instance = await self.threads.run(make)
         except Exception:
             log.exception("model %s: another instance failed to load; keeping %d",
                           self.name, len(self._instances))  # fmt: skip

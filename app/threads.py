@@ -23,8 +23,9 @@ model 16 ms against 8.5 ms. So:
   threads than cores. On a GPU one thread (its CPU work is small: letterbox and copies; more
   threads would only spin on cores that decode). ``SERVE_TORCH_THREADS`` fixes every call's
   count;
-* the warm-up predicts run on the wide thread (Ultralytics' device set-up resets the count to
-  ``min(8, cores - 1)`` in the thread that runs it; every call sets its count again).
+* Ultralytics' device set-up would set ``min(8, cores - 1)`` threads in the thread that runs a
+  model's first predict: :func:`hold_ultralytics_threads` keeps it to one, and every call sets
+  its own count.
 """
 
 from __future__ import annotations
@@ -114,9 +115,9 @@ class InferenceThreads:
     worker threads) for good once made, so only the wide thread may ever make one larger than
     one: the process then manages at most ``cores`` OpenMP threads, however the calls fall
     (two inference threads with teams of two each, on 2 cores, made every call twice as slow).
-    For the same reason a model's first predict (Ultralytics' device set-up makes a team of
-    ``min(8, cores - 1)``) runs on the wide thread (:meth:`warm_up`, ``run(wide=True)``).
-    Fixed (not adaptive): every call ``threads`` torch threads.
+    For the same reason Ultralytics' device set-up, in a model's first predict, must not set the
+    count itself (:func:`hold_ultralytics_threads`). Fixed (not adaptive): every call
+    ``threads`` torch threads.
 
     Create it anywhere; call :meth:`start` in the running event loop before :meth:`run`.
     """
@@ -125,7 +126,7 @@ class InferenceThreads:
         self.count, self.threads, self.adaptive = count, threads, adaptive
         self.executors = [ThreadPoolExecutor(1, f"infer-{i}") for i in range(count)]
         self._running = [False] * count  # changed on the event loop only
-        self._waiters: deque[tuple[bool, asyncio.Future[int]]] = deque()
+        self._waiters: deque[asyncio.Future[int]] = deque()
 
     @property
     def busy(self) -> int:
@@ -148,7 +149,7 @@ class InferenceThreads:
 
     def warm_up(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` (a model's first predict, which sets its device up) on the wide thread,
-        blocking (at load, before the event loop runs calls)."""
+        blocking (at load, before the event loop runs calls), with every usable core."""
         run = partial(_with_threads, self.threads, fn)
         return self.executors[0].submit(run).result()
 
@@ -156,23 +157,23 @@ class InferenceThreads:
         """Ready for :meth:`run` (in the running event loop)."""
         self._running = [False] * self.count
 
-    async def run(self, fn: Callable[..., T], *args: Any, wide: bool = False) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on a free inference thread, the wide one when it is free (waiting for
-        one; ``wide``: for the wide one)."""
-        index = await self._acquire(wide)
+        one)."""
+        index = await self._acquire()
         call = partial(_with_threads, self.threads_for(index), fn, *args)
         try:
             return await asyncio.get_running_loop().run_in_executor(self.executors[index], call)
         finally:
             self._release(index)
 
-    async def _acquire(self, wide: bool) -> int:
-        for index in (0,) if wide else range(self.count):
+    async def _acquire(self) -> int:
+        for index in range(self.count):
             if not self._running[index]:
                 self._running[index] = True
                 return index
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append((wide, waiter))
+        self._waiters.append(waiter)
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -181,13 +182,12 @@ class InferenceThreads:
             raise
 
     def _release(self, index: int) -> None:
-        """Hand thread ``index`` to the oldest waiter that can take it, or free it."""
-        for waiter_index, (wide, waiter) in enumerate(self._waiters):
-            if waiter.done() or (wide and index != 0):
-                continue
-            del self._waiters[waiter_index]
-            waiter.set_result(index)  # stays running, for the waiter
-            return
+        """Hand thread ``index`` to the oldest waiter, or free it."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(index)  # stays running, for the waiter
+                return
         self._running[index] = False
 
     def close(self) -> None:
@@ -205,6 +205,18 @@ def _with_threads(threads: int, fn: Callable[..., T], *args: Any) -> T:
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return fn(*args)
+
+
+def hold_ultralytics_threads() -> None:
+    """Keep Ultralytics' device set-up from setting the torch thread count: it sets
+    ``min(8, cores - 1)`` (its ``NUM_THREADS``, meant for training) in the thread that runs a
+    model's first predict, whose warm-up inference would then make an OpenMP team of that size
+    there for good (on a thread that must run one). Every call sets its own count anyway
+    (:func:`_with_threads`); Ultralytics uses the constant for nothing else the server runs
+    (data loaders and training)."""
+    from ultralytics.utils import torch_utils
+
+    torch_utils.NUM_THREADS = 1
 
 
 def policy(settings: Settings, device: str) -> InferenceThreads:

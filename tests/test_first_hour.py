@@ -43,6 +43,9 @@ REQUIRED: dict[tuple[str, ...], list[str]] = {
     ("deploy", "split"): ["1=100"],
     ("deploy", "undeploy"): ["1"],
     ("deploy", "status"): [],
+    ("deploy", "delete-endpoint"): [],
+    ("deploy", "delete-model"): ["--model", "1"],
+    ("console",): [],
 }
 
 

@@ -63,8 +63,7 @@ def test_the_process_never_manages_more_openmp_threads_than_cores() -> None:
 def test_calls_take_the_wide_thread_first_with_the_count_the_load_gives_them() -> None:
     """InferenceThreads with 2 threads (explicit gates hold calls, not timing): a lone call runs
     on the wide thread with every core; one that starts beside it, on the other with one; one
-    that starts on the wide thread while the other is busy, with every core but one; a call
-    that must have the wide thread (a model's warm-up) waits for it though another is free."""
+    that starts on the wide thread while the other is busy, with every core but one."""
     import threading
 
     import torch
@@ -96,15 +95,6 @@ def test_calls_take_the_wide_thread_first_with_the_count_the_load_gives_them() -
         await threads.run(record, "wide beside")  # the narrow one still held
         narrow_gate.set()
         await narrow
-        wide_started, wide_gate = threading.Event(), threading.Event()
-        wide = asyncio.ensure_future(threads.run(held, "held again", wide_started, wide_gate))
-        await loop.run_in_executor(None, wide_started.wait, 30)
-        warm = asyncio.ensure_future(threads.run(record, "warm-up", wide=True))
-        await threads.run(record, "narrow")  # the free thread is not the wide one
-        assert not warm.done()
-        wide_gate.set()
-        await wide
-        await warm
         assert threads.busy == 0
 
     try:
@@ -117,9 +107,6 @@ def test_calls_take_the_wide_thread_first_with_the_count_the_load_gives_them() -
         ("held", "infer-0_0", cores),
         ("beside", "infer-1_0", 1),
         ("wide beside", "infer-0_0", max(1, cores - 1)),
-        ("held again", "infer-0_0", cores),
-        ("narrow", "infer-1_0", 1),
-        ("warm-up", "infer-0_0", cores),
     ]
     expected = f"2 x 1-{cores} torch threads" if cores > 1 else "2 x 1 torch threads"
     assert threads.describe() == expected
@@ -187,8 +174,8 @@ def test_gpu_features_on_this_cpu_machine_stop_the_load_naming_what_is_missing(
 
 def test_a_model_makes_a_second_instance_when_two_requests_are_in_flight(tmp_path) -> None:
     """One warm instance at start; a second request admitted while the first is held (the
-    instrumented server's gate: no timing) makes another, warmed on the wide inference thread
-    once the first call leaves it, up to SERVE_WORKERS; every request is answered."""
+    instrumented server's gate: no timing) makes another, warmed on the free inference thread,
+    up to SERVE_WORKERS; every request is answered."""
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
@@ -221,8 +208,7 @@ def test_a_model_makes_a_second_instance_when_two_requests_are_in_flight(tmp_pat
             lambda: metric(server.url, "yolo_queue_depth", model="shapes-detect") == 2,
             "the second request admitted",
         )
-        gate.add(1)  # the first call passes; the wide thread goes to the new instance's warm-up
-        gate.wait(waiting=2, passed=1)  # the warm-up and the second request, both held
+        gate.wait(waiting=2)  # the new instance's warm-up predict, on the other thread, held too
         gate.open()
         assert first.result().status_code == 200 and second.result().status_code == 200
         wait_until(lambda: "instance 2 of at most 2 ready" in server.logs(), "the 2nd instance")
