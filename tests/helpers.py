@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -119,3 +124,28 @@ def upload(client, uri: str, source) -> None:
             bucket.blob(f"{path}/{file.relative_to(source).as_posix()}").upload_from_filename(file)
     else:
         bucket.blob(path).upload_from_filename(source)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def cli_process(*args: str) -> subprocess.Popen[str]:
+    """``python -m client ARGS`` as an interactive shell starts it, its output in lines
+    (unbuffered): with SIGINT at its default disposition. A suite started in the background by a
+    non-interactive shell (``pytest ... &``, as a CI script may) runs with SIGINT and SIGQUIT
+    ignored (POSIX shells do that to background jobs without job control), a child inherits
+    that, and a Python started with SIGINT ignored never raises KeyboardInterrupt: a Ctrl-C
+    test would see the command finish its work instead (seen here: 5 Ctrl-C tests failed so)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "client", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_sigint_default,  # noqa: PLW1509 (only signal.signal, before exec)
+    )

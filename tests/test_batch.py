@@ -26,7 +26,7 @@ from client import Client, cli
 from client.batch import JsonlOutput, list_inputs
 from client.emulator import Emulator, EmulatorInfo
 from conftest import INSTRUMENTED, PATIENCE_S, ROOT, WEIGHTS, Gate, wait_until
-from helpers import encode, hit_rate, scenes
+from helpers import cli_process, encode, hit_rate, scenes
 
 IMAGES = 300
 CORRUPT = 3
@@ -216,14 +216,7 @@ def test_ctrl_c_names_what_is_done_and_the_command_that_goes_on(fleet, images, t
         gate.set(5)  # ten images in all, then the calls wait
     args = ["batch", "gs://inputs/batch/", "--out", str(out), "-q", "--concurrency", "2"]
     args += ["--emulator-info", str(emu.workdir / "info.json")]
-    job = subprocess.Popen(
-        [sys.executable, "-m", "client", *args],
-        cwd=ROOT,
-        env=os.environ.copy(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    job = cli_process(*args)
     try:
         wait_until(lambda: sum((g.state()["passed"] or 0) for g in gates) >= 10, "ten calls")
         wait_until(lambda: sum((g.state()["waiting"] or 0) for g in gates) >= 2, "the job held")

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,9 +23,9 @@ from httpx_sse import connect_sse
 from PIL import Image
 
 from app.demo.shapes import draw_shape, make_shape, moving_shape_frames, write_video
-from conftest import INSTRUMENTED, PATIENCE_S, ROOT, Gate, Server, serving, wait_until
+from conftest import INSTRUMENTED, PATIENCE_S, Gate, Server, serving, wait_until
 from conftest import metric as server_metric
-from helpers import b64, det_box, encode
+from helpers import b64, cli_process, det_box, encode
 
 FRAMES, CENTRES = moving_shape_frames(24)  # 160x120, a square moving left to right
 MAX_FRAMES = 200
@@ -510,18 +508,6 @@ def test_client_that_stops_reading_is_dropped_after_the_send_timeout(tmp_path):
 # test wants it, so "interrupted after two frames" is a state set up, not a moment hoped for.
 
 
-def cli_job(*args: str) -> subprocess.Popen[str]:
-    """``python -m client ARGS`` with its output line by line (unbuffered)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "client", *args],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def interrupt(
     job: subprocess.Popen[str], gate: Gate, before_exit: Callable[[], bool]
 ) -> tuple[str, str]:
@@ -544,7 +530,7 @@ def test_ctrl_c_stream_says_how_far_it_got(stream_server, mp4, tmp_path):
     video = tmp_path / "v.mp4"
     video.write_bytes(mp4)
     srv.gate.set(2)  # two frames inferred, the third held
-    job = cli_job("stream", str(video), "--url", srv.url)
+    job = cli_process("stream", str(video), "--url", srv.url)
     assert job.stdout is not None
     lines = []
     for line in job.stdout:
@@ -569,7 +555,7 @@ def test_ctrl_c_bench_reports_the_finished_levels(stream_server, tmp_path):
     image.write_bytes(encode(FRAMES[0]))
     report = tmp_path / "bench.json"
     srv.gate.set(2)  # the first level's two requests
-    job = cli_job(
+    job = cli_process(
         *("bench", str(image), "--url", srv.url, "--concurrency", "1,2"),
         *("--requests", "2", "--warmup", "0", "--json", str(report)),
     )
@@ -598,7 +584,7 @@ def test_ctrl_c_ab_targeted_reports_the_inputs_compared(stream_server, tmp_path)
         (folder / f"{i}.png").write_bytes(encode(FRAMES[i]))
     report = tmp_path / "ab.json"
     srv.gate.set(4)  # inputs 0 and 1, on each model; then held
-    job = cli_job(
+    job = cli_process(
         *("ab", "targeted", "--url", srv.url, "--images", str(folder), "-q"),
         *("--deployed-models", "dm-stream,dm-stream", "--concurrency", "1"),
         *("--report", str(report)),

@@ -45,14 +45,13 @@ from client.video.tracks import match
 from conftest import (
     INSTRUMENTED,
     PATIENCE_S,
-    ROOT,
     WEIGHTS,
     Gate,
     pid_alive,
     serving,
     wait_until,
 )
-from helpers import crossing_frames
+from helpers import cli_process, crossing_frames
 
 LONG = 320  # frames: 32 s at 10 fps
 FPS = 10
@@ -410,14 +409,7 @@ def test_ctrl_c_says_what_was_written(
         gate.set(4)
     args = ["video", str(clip), "--emulator-info", str(emu.workdir / "info.json"), "-q"]
     args += ["--window", "4", "--concurrency", "1", "--out", str(out), "--save", str(saved)]
-    job = subprocess.Popen(
-        [sys.executable, "-m", "client", *args],
-        cwd=ROOT,
-        env=os.environ.copy(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    job = cli_process(*args)
     try:
         wait_until(lambda: sum(g.state()["passed"] or 0 for g in gates) >= 4, "a window done")
         wait_until(lambda: sum(g.state()["waiting"] or 0 for g in gates) >= 1, "the run held")
