@@ -8,7 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -149,3 +151,25 @@ def cli_process(*args: str) -> subprocess.Popen[str]:
         text=True,
         preexec_fn=_sigint_default,  # noqa: PLW1509 (only signal.signal, before exec)
     )
+
+
+def interrupt(
+    job: subprocess.Popen[str], gates: Sequence[Any], before_exit: Callable[[], bool] = lambda: True
+) -> tuple[str, str]:
+    """SIGINT ``job`` (started by :func:`cli_process`); once ``before_exit`` holds (its output
+    is written), open the gates (a call it left at a gate may end); its stdout (what is left of
+    it) and stderr. The gates are opened and the job killed whatever happens."""
+    from servers import PATIENCE_S, wait_until
+
+    try:
+        job.send_signal(signal.SIGINT)
+        wait_until(before_exit, "the interrupted command's output")
+        for gate in gates:
+            gate.open()
+        out, err = job.communicate(timeout=PATIENCE_S)
+    finally:
+        if job.poll() is None:
+            job.kill()
+        for gate in gates:
+            gate.open()
+    return out, err

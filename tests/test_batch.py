@@ -26,7 +26,7 @@ from client import Client, cli
 from client.batch import JsonlOutput, list_inputs
 from client.emulator import Emulator, EmulatorInfo
 from conftest import INSTRUMENTED, PATIENCE_S, ROOT, WEIGHTS, Gate, wait_until
-from helpers import cli_process, encode, hit_rate, scenes
+from helpers import cli_process, encode, hit_rate, interrupt, scenes
 
 IMAGES = 300
 CORRUPT = 3
@@ -221,15 +221,12 @@ def test_ctrl_c_names_what_is_done_and_the_command_that_goes_on(fleet, images, t
         wait_until(lambda: sum((g.state()["passed"] or 0) for g in gates) >= 10, "ten calls")
         wait_until(lambda: sum((g.state()["waiting"] or 0) for g in gates) >= 2, "the job held")
         wait_until(lambda: out.exists() and len(out.read_bytes().splitlines()) >= 10, "10 lines")
-        job.send_signal(signal.SIGINT)
-        for gate in gates:  # the held calls may end (the job waits for them before it exits)
-            gate.open()
-        _, err = job.communicate(timeout=PATIENCE_S)
-    finally:
-        if job.poll() is None:
-            job.kill()
+    except BaseException:  # a state never came: end the job, free the gates
+        job.kill()
         for gate in gates:
             gate.open()
+        raise
+    _, err = interrupt(job, gates)  # the held calls may end: the job waits for them
     written = len(out.read_bytes().splitlines())
     assert job.returncode == 130, err
     assert err == (

@@ -6,9 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
-import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,9 +21,9 @@ from httpx_sse import connect_sse
 from PIL import Image
 
 from app.demo.shapes import draw_shape, make_shape, moving_shape_frames, write_video
-from conftest import INSTRUMENTED, PATIENCE_S, Gate, Server, serving, wait_until
+from conftest import INSTRUMENTED, Server, serving, wait_until
 from conftest import metric as server_metric
-from helpers import b64, cli_process, det_box, encode
+from helpers import b64, cli_process, det_box, encode, interrupt
 
 FRAMES, CENTRES = moving_shape_frames(24)  # 160x120, a square moving left to right
 MAX_FRAMES = 200
@@ -508,23 +506,6 @@ def test_client_that_stops_reading_is_dropped_after_the_send_timeout(tmp_path):
 # test wants it, so "interrupted after two frames" is a state set up, not a moment hoped for.
 
 
-def interrupt(
-    job: subprocess.Popen[str], gate: Gate, before_exit: Callable[[], bool]
-) -> tuple[str, str]:
-    """SIGINT the job; once ``before_exit`` holds (its output is written), open the gate (a
-    call it left at the gate may end); its stdout (what is left of it) and stderr."""
-    try:
-        job.send_signal(signal.SIGINT)
-        wait_until(before_exit, "the interrupted command's output")
-        gate.open()
-        out, err = job.communicate(timeout=PATIENCE_S)
-    finally:
-        if job.poll() is None:
-            job.kill()
-        gate.open()
-    return out, err
-
-
 def test_ctrl_c_stream_says_how_far_it_got(stream_server, mp4, tmp_path):
     srv, _ = stream_server
     video = tmp_path / "v.mp4"
@@ -538,7 +519,7 @@ def test_ctrl_c_stream_says_how_far_it_got(stream_server, mp4, tmp_path):
         if line.startswith("frame 1:"):
             break
     srv.gate.wait(waiting=1)
-    _, err = interrupt(job, srv.gate, lambda: True)
+    _, err = interrupt(job, [srv.gate])
     assert job.returncode == 130, err
     assert err.rstrip().splitlines()[-1] == (
         f"interrupted: 2 of {len(FRAMES)} frames streamed; a stream does not resume: run it "
@@ -563,7 +544,7 @@ def test_ctrl_c_bench_reports_the_finished_levels(stream_server, tmp_path):
     first = job.stderr.readline()
     assert first.startswith("concurrency 1: "), first
     srv.gate.wait(waiting=1)  # the second level has begun
-    out, err = interrupt(job, srv.gate, lambda: True)
+    out, err = interrupt(job, [srv.gate])
     assert job.returncode == 130, err
     assert err.rstrip().splitlines()[-1] == (
         f"interrupted: 1 of 2 concurrency levels done (1); {report} holds them"
@@ -590,7 +571,7 @@ def test_ctrl_c_ab_targeted_reports_the_inputs_compared(stream_server, tmp_path)
         *("--report", str(report)),
     )
     srv.gate.wait(waiting=1, passed=4)
-    out, err = interrupt(job, srv.gate, report.exists)
+    out, err = interrupt(job, [srv.gate], report.exists)
     assert job.returncode == 130, err
     assert (
         err.rstrip().splitlines()[-1] == f"interrupted: 2 of 4 inputs compared; {report} holds them"

@@ -51,7 +51,7 @@ from conftest import (
     serving,
     wait_until,
 )
-from helpers import cli_process, crossing_frames
+from helpers import cli_process, crossing_frames, interrupt
 
 LONG = 320  # frames: 32 s at 10 fps
 FPS = 10
@@ -413,15 +413,12 @@ def test_ctrl_c_says_what_was_written(
     try:
         wait_until(lambda: sum(g.state()["passed"] or 0 for g in gates) >= 4, "a window done")
         wait_until(lambda: sum(g.state()["waiting"] or 0 for g in gates) >= 1, "the run held")
-        job.send_signal(signal.SIGINT)
-        for gate in gates:  # the held window may end (the run waits for it before it exits)
-            gate.open()
-        _, err = job.communicate(timeout=PATIENCE_S)
-    finally:
-        if job.poll() is None:
-            job.kill()
+    except BaseException:  # a state never came: end the job, free the gates
+        job.kill()
         for gate in gates:
             gate.open()
+        raise
+    _, err = interrupt(job, gates)  # the held calls may end: the job waits for them
     lines = len(out.read_bytes().splitlines())
     assert job.returncode == 130, err
     assert err == (
