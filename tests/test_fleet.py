@@ -34,7 +34,7 @@ from client.schema import StreamFrame
 from conftest import INSTRUMENTED, PATIENCE_S, Gate, free_port, pid_alive, wait_until
 
 CHILD = str(Path(__file__).with_name("emulator_child.py"))
-CLIENTS = 8
+CLIENTS = 4
 
 
 def yolo_env(workdir: Path) -> dict[str, str]:
@@ -169,13 +169,13 @@ def test_every_replica_at_capacity_is_429_resource_exhausted(tmp_path: Path) -> 
 def test_burst_scales_out_to_max_then_back_to_min(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """24 requests at once against a target of 6 a minute per replica (counted over 8 s: 180 a
-    minute) call for 30 replicas: 3, the maximum. Once the window has emptied, and after the
+    """24 requests at once against a target of 6 a minute per replica (counted over 4 s: 360 a
+    minute) call for 60 replicas: 3, the maximum. Once the window has emptied, and after the
     scale-down delay, back to 1."""
     toy = DeployedModelConfig(
         "toy", 100, replicas=1, max_replicas=3, target_requests_per_minute=6, **TOY
     )
-    emu = toy_emulator(tmp_path, toy, autoscale_window=8, scale_down_delay=1)
+    emu = toy_emulator(tmp_path, toy, autoscale_window=4, scale_down_delay=1)
     with emu as info, trusting(info) as http:
         use(info, monkeypatch)
         toy_id = info.deployed_models["toy"]

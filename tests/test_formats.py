@@ -37,13 +37,17 @@ EXPORTED = {
     "shapes-pose": 160,
     "shapes-obb": 160,
 }
+# Every task's model in ONNX, the detector and segmenter in OpenVINO too (an OpenVINO export
+# takes 2 s here; the other tasks' outputs go through the same Ultralytics backend as ONNX's).
 # ONNX without onnxslim's simplification (1.9 s a model, 0.4 s without; onnxruntime optimises
 # the graph when it loads it anyway): the answers are compared with the .pt's all the same.
+OPENVINO = ("shapes-detect", "shapes-segment")
 EXPORT = f"""
 from ultralytics import YOLO
 for name, size in {EXPORTED!r}.items():
     YOLO(f"{{name}}.pt").export(format="onnx", imgsz=size, device="cpu", simplify=False)
-    YOLO(f"{{name}}.pt").export(format="openvino", imgsz=size, device="cpu")
+    if name in {OPENVINO!r}:
+        YOLO(f"{{name}}.pt").export(format="openvino", imgsz=size, device="cpu")
 """
 
 
@@ -58,8 +62,8 @@ def offline_env(workdir: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory with the demo .pt files and their ONNX and OpenVINO exports (static, each
-    at its model's input size)."""
+    """A directory with the demo .pt files, their ONNX exports and the detector's and segmenter's
+    OpenVINO ones (static, each at its model's input size)."""
     out = tmp_path_factory.mktemp("exports")
     for name in EXPORTED:
         shutil.copy(DEMO / f"{name}.pt", out / f"{name}.pt")
@@ -81,7 +85,7 @@ MODELS = {
     **{
         f"{task}-{fmt}": f"shapes-{task}{suffix}"
         for task in ("classify", "pose", "obb")
-        for fmt, suffix in (("pt", ".pt"), ("onnx", ".onnx"), ("ov", "_openvino_model"))
+        for fmt, suffix in (("pt", ".pt"), ("onnx", ".onnx"))
     },
 }
 
@@ -190,15 +194,14 @@ def test_segment_with_an_export(http, name):
     assert sum(ious) / len(ious) > 0.7, ious
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "ov"])
-def test_classify_pose_and_obb_exports_answer_as_their_pytorch_weights(http, fmt):
+def test_classify_pose_and_obb_exports_answer_as_their_pytorch_weights(http):
     """The same top class; the same boxes, keypoints (within 2 px) and rotated boxes."""
     from client.matching import polygon_iou
 
     rng = np.random.default_rng(7)
     singles = [encode(draw_scene(rng, 96, 96, 1, CLASSIFY_SCALE)[0]) for _ in range(4)]
     reference = post_multipart(http, "/classify", singles, model="classify-pt")
-    exported = post_multipart(http, "/classify", singles, model=f"classify-{fmt}")
+    exported = post_multipart(http, "/classify", singles, model="classify-onnx")
     for ref, res in zip(reference["results"], exported["results"], strict=True):
         assert ref["classes"][0]["class_name"] == res["classes"][0]["class_name"]
         assert abs(ref["classes"][0]["confidence"] - res["classes"][0]["confidence"]) < 0.02
@@ -206,7 +209,7 @@ def test_classify_pose_and_obb_exports_answer_as_their_pytorch_weights(http, fmt
     busy = [encode(rgb) for rgb, shapes in scenes(40) if any(x.name == "square" for x in shapes)]
     for task in ("pose", "obb"):
         reference = post_multipart(http, f"/{task}", busy[:6], model=f"{task}-pt")
-        exported = post_multipart(http, f"/{task}", busy[:6], model=f"{task}-{fmt}")
+        exported = post_multipart(http, f"/{task}", busy[:6], model=f"{task}-onnx")
         assert_same_detections(reference, exported)
         found = 0
         for ref, res in zip(reference["results"], exported["results"], strict=True):
