@@ -35,41 +35,97 @@ from servers import (  # noqa: F401 (for the tests)
 
 BUS_JPG = Path(importlib.util.find_spec("ultralytics").origin).parent / "assets" / "bus.jpg"
 
-# The files that take longest (measured), started first: the two xdist workers take files in
-# collection order, and a long file picked up last would leave one worker alone at the end.
-LONGEST_FIRST = (  # seconds per file in a fresh clone on 2026-12-07, summed --durations
-    "test_packaging.py",  # 48
-    "test_rollout.py",  # 40
-    "test_formats.py",  # 39
-    "test_fleet.py",  # 37
-    "test_batch.py",  # 36
-    "test_video.py",  # 34
-    "test_emulator.py",  # 32
-    "test_client.py",  # 31
-    "test_stream.py",  # 26
-    "test_beam.py",  # 24
-    "test_batching.py",  # 23
-    "test_deploy.py",  # 22
-    "test_soak.py",  # 19
-    "test_bench.py",  # 18
-    "test_shutdown.py",  # 14
-    "test_console.py",  # 12
-    "test_cli.py",  # 12
-    "test_bad_input.py",  # 12
-    "test_lifecycle.py",  # 12
-    "test_tasks.py",  # 9
-    "test_layout.py",  # 7
-    "test_decode.py",  # 7
-    "test_storage.py",  # 7
+# How the two xdist workers share the files (``pytest_xdist_make_scheduler`` below): a file at a
+# time, as ``--dist loadfile``, except that every file using the session's emulator (three
+# replica servers and the emulator: about 15 s of CPU to start) runs on one worker, which starts
+# it once. The units go out longest first (the others keep their own order) so that no long
+# file is left for one worker alone at the end. Seconds per file: summed --durations of a whole
+# run on 2026-12-07 (the machine's speed drifts; the order is what matters).
+SECONDS = {
+    "test_packaging.py": 65,
+    "test_video.py": 42,
+    "test_emulator.py": 38,
+    "test_rollout.py": 38,
+    "test_batch.py": 38,
+    "test_client.py": 37,
+    "test_fleet.py": 35,
+    "test_batching.py": 35,
+    "test_formats.py": 33,
+    "test_bench.py": 33,
+    "test_stream.py": 31,
+    "test_beam.py": 27,
+    "test_deploy.py": 22,
+    "test_cli.py": 19,
+    "test_bad_input.py": 16,
+    "test_console.py": 13,
+    "test_soak.py": 13,
+    "test_lifecycle.py": 13,
+    "test_shutdown.py": 12,
+    "test_tasks.py": 9,
+    "test_decode.py": 9,
+    "test_names_and_resume.py": 8,
+    "test_layout.py": 8,
+    "test_storage.py": 8,
+}
+#: the files whose tests use ``emulator_process``: checked at collection, so a file that starts
+#: using it and is not named here fails the run rather than starting a second emulator.
+SHARE_THE_EMULATOR = frozenset(
+    {
+        "test_ab.py",
+        "test_beam.py",
+        "test_bench.py",
+        "test_big_images.py",
+        "test_cli.py",
+        "test_client.py",
+        "test_console.py",
+        "test_emulator.py",
+        "test_names_and_resume.py",
+        "test_storage.py",
+        "test_tasks.py",
+        "test_video.py",
+    }
 )
+EMULATOR_UNIT = "the session emulator's files"
+
+
+def work_unit(file_name: str) -> str:
+    """The unit a worker takes whole: the emulator's files together, any other file alone."""
+    return EMULATOR_UNIT if file_name in SHARE_THE_EMULATOR else file_name
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        name = item.path.name
-        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+    using = {i.path.name for i in items if "emulator_process" in getattr(i, "fixturenames", ())}
+    collected = {item.path.name for item in items}
+    if using != SHARE_THE_EMULATOR & collected:
+        raise pytest.UsageError(
+            "tests/conftest.py: SHARE_THE_EMULATOR must name exactly the files that use the "
+            f"session emulator; add {sorted(using - SHARE_THE_EMULATOR)}, "
+            f"remove {sorted(SHARE_THE_EMULATOR & collected - using)}"
+        )
+    seconds: dict[str, int] = {}
+    for name in collected:
+        seconds[work_unit(name)] = seconds.get(work_unit(name), 0) + SECONDS.get(name, 1)
+
+    def rank(item: pytest.Item) -> tuple[int, str]:
+        unit = work_unit(item.path.name)
+        return -seconds[unit], unit
 
     items.sort(key=rank)  # stable: each file's own order is kept
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: absent with -p no:xdist
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile`` with the work units above, handed out in the collection's order."""
+    if config.getoption("dist") != "loadfile":
+        return None  # another mode asked for on the command line: xdist's own
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduler(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(Path(nodeid.split("::", 1)[0]).name)
+
+    config.option.loadscopereorder = False  # xdist would otherwise sort units by test count
+    return Scheduler(config, log)
 
 
 # The suite runs many servers at once on few cores (two workers, emulators with replicas):

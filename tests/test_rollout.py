@@ -4,7 +4,8 @@ this module's own: ``roll-a`` (70 %) and ``roll-b`` (20 %) serve the same demo d
 ``TEST_PREDICT_DELAY_MS``, so it is slower by construction, not by the machine's speed.
 
 Every test that changes the split puts it back (:func:`restoring`), and most assert that the
-model outside the rollout kept its share."""
+model outside the rollout kept its share. Rollouts that hold send two probe calls at a time, not
+the default four: on two cores the other two only add load, not coverage."""
 
 from __future__ import annotations
 
@@ -126,7 +127,7 @@ def test_same_weights_rolls_out_to_100(emu, ids, tmp_path, capsys) -> None:
             [
                 *connect(file),
                 *("--from", "roll-a", "--to", b, "--steps", "50,100", "--hold", "1"),
-                *("--max-error-rate", "0.5", "--min-agreement", "0.9"),
+                *("--concurrency", "2", "--max-error-rate", "0.5", "--min-agreement", "0.9"),
                 *("--report", str(report_path), "--figure", str(figure)),
             ]
         )
@@ -162,7 +163,8 @@ def test_slower_b_rolls_back_on_the_latency_guard(emu, ids, tmp_path, capsys) ->
             [
                 *connect(file),
                 *("--from", "roll-a", "--to", "roll-slow", "--steps", "50,100", "--hold", "1"),
-                *("--max-latency-ratio", "1.5", "--report", str(report_path), "-q"),
+                *("--concurrency", "2", "--max-latency-ratio", "1.5"),
+                *("--report", str(report_path), "-q"),
             ]
         )
         out, err = capsys.readouterr()
@@ -196,7 +198,9 @@ def test_rerun_continues_from_the_current_split(emu, ids) -> None:
     ):
         aiplatform.Endpoint(info.endpoint_id).update(traffic_split={a: 40, b: 50, slow: 10})
         lines: list[str] = []
-        report = rollout(client, a, b, [50, 100], hold_s=0.5, guards=Guards(), live=lines.append)
+        report = rollout(
+            client, a, b, [50, 100], hold_s=0.5, concurrency=2, guards=Guards(), live=lines.append
+        )
         assert report.skipped == [50] and [s.percent for s in report.timeline] == [100]
         assert report.start_split == {a: 40, b: 50, slow: 10} and report.verdict == "done"
         assert "steps 50 already done" in lines[0]

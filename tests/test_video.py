@@ -288,7 +288,7 @@ def test_live_mjpeg_drops_the_oldest_frames_and_stays_bounded(tmp_path: Path) ->
     dropped frames (its buffer full, the windows in flight held), then opens; the source's 60
     frames (more than the buffer and the windows in flight hold) are all read, whatever the
     machine's pace."""
-    source = MjpegSource(fps=20, seconds=3)
+    source = MjpegSource(fps=30, seconds=2)
     env = {"TEST_GATE_PERMITS": "open", "SERVE_WORKERS": "1"}
     options = VideoOptions(window=4, concurrency=2, buffer=8)
     try:
