@@ -16,7 +16,11 @@ from app.images import decode_images, draft_size, open_image, to_bgr
 from conftest import Server, serving
 from helpers import box_iou, det_box, encode, mask_iou, match, polygons_mask, scenes
 
-BIG = scenes(3, sizes=((2560, 1920),))
+
+@pytest.fixture(scope="module")
+def big() -> list:
+    """Three 2560x1920 scenes and their shapes (drawn when a test here first asks: a second each)."""
+    return scenes(3, sizes=((2560, 1920),))
 
 
 def jpeg(rgb: np.ndarray, **kw) -> bytes:
@@ -33,8 +37,8 @@ def test_draft_size_keeps_what_the_letterbox_keeps():
     assert draft_size((1001, 999), 160) == (160, 160)
 
 
-def test_a_large_jpeg_is_decoded_reduced_but_reports_its_full_size():
-    blob = jpeg(BIG[0][0])
+def test_a_large_jpeg_is_decoded_reduced_but_reports_its_full_size(big):
+    blob = jpeg(big[0][0])
     full = decode(blob, None)
     assert full.bgr.shape == (1920, 2560, 3) and not full.reduced
     small = decode(blob, 160)  # 1/8 of 2560x1920 is 320x240, still >= 160x120
@@ -47,11 +51,11 @@ def test_a_large_jpeg_is_decoded_reduced_but_reports_its_full_size():
     assert np.abs(reference.astype(int) - small.bgr).mean() < 6  # the same picture
 
 
-def test_draft_needs_a_jpeg_twice_the_input_size():
-    rgb = BIG[0][0][:225, :300]
+def test_draft_needs_a_jpeg_twice_the_input_size(big):
+    rgb = big[0][0][:225, :300]
     assert not decode(jpeg(rgb), 160).reduced  # 300x225: under twice 160x120
-    assert decode(jpeg(BIG[0][0][:240, :320]), 160).bgr.shape == (120, 160, 3)  # exactly twice
-    png = encode(BIG[0][0])
+    assert decode(jpeg(big[0][0][:240, :320]), 160).bgr.shape == (120, 160, 3)  # exactly twice
+    png = encode(big[0][0])
     assert not decode(png, 160).reduced  # not a JPEG
 
 
@@ -72,11 +76,11 @@ def test_colour_order_and_exif_orientation_with_draft():
         assert bottom[0] > 200 and bottom[2] < 50
 
 
-def test_limits_are_checked_before_any_image_is_decoded():
+def test_limits_are_checked_before_any_image_is_decoded(big):
     from app.errors import PayloadTooLarge
 
     with pytest.raises(PayloadTooLarge, match="image 1 is 2560x1920"):
-        decode_images([encode(BIG[1][0][:10, :10]), jpeg(BIG[0][0])], 1_000_000, 160)
+        decode_images([encode(big[1][0][:10, :10]), jpeg(big[0][0])], 1_000_000, 160)
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +102,9 @@ def detect(url: str, route: str, blob: bytes, **params) -> dict:
 
 
 @pytest.mark.parametrize("route", ["/detect", "/segment"])
-def test_draft_gives_the_same_results_in_full_size_coordinates(draft_server, server, route):
+def test_draft_gives_the_same_results_in_full_size_coordinates(draft_server, server, route, big):
     params = {"rle": "true"} if route == "/segment" else {}
-    for rgb, truth in BIG:
+    for rgb, truth in big:
         blob = jpeg(rgb)
         (on,) = detect(draft_server.url, route, blob, **params)["results"]
         (off,) = detect(server.url, route, blob, **params)["results"]
@@ -119,14 +123,14 @@ def test_draft_gives_the_same_results_in_full_size_coordinates(draft_server, ser
                 assert mask_iou(drawn, shape.mask(1920, 2560)) > 0.7
 
 
-def test_annotate_draws_on_the_full_size_image(server):
+def test_annotate_draws_on_the_full_size_image(server, big):
     r = httpx.post(
         server.url + "/annotate",
-        content=jpeg(BIG[0][0]),
+        content=jpeg(big[0][0]),
         headers={"Content-Type": "image/jpeg", "Accept": "image/png"},
         timeout=120,
     )
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/png"  # binary, no base64
     assert Image.open(io.BytesIO(r.content)).size == (2560, 1920)
-    assert int(r.headers["x-detection-count"]) >= len(BIG[0][1])
+    assert int(r.headers["x-detection-count"]) >= len(big[0][1])

@@ -1,7 +1,7 @@
-"""CI's version of the soak (``tests/bench/soak.py``): 3 s of mixed load at concurrency 16
+"""CI's version of the soak (``tests/bench/soak.py``): 2 s of mixed load at concurrency 16
 against a real server, then 40 dropped streams; the script exits non-zero when a check fails
 (a failed request, streams still active or still inferring, a thread pool over its size or a
-thread of no pool, files left in the temp dir). Memory is printed, not judged: 3 s is too short
+thread of no pool, files left in the temp dir). Memory is printed, not judged: 2 s is too short
 to tell a leak from the allocator's noise; the long soak (README, Benchmarks) judges it."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from conftest import ROOT
 def test_soak(tmp_path):
     run = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "bench" / "soak.py")]
-        + ["--duration", "3", "--concurrency", "16", "--warmup", "1", "--disconnects", "40"]
+        + ["--duration", "2", "--concurrency", "16", "--warmup", "1", "--disconnects", "40"]
         + ["--no-memory-verdict"],
         cwd=ROOT,
         env={**os.environ, "YOLO_CONFIG_DIR": str(tmp_path / "yolo-config")},
