@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
+from functools import partial
 from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
@@ -65,7 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_level, settings.log_format)
     if args.prefetch:
         return prefetch(settings)
-    return serve(settings)
+    from app import processes
+    from app.model_sources import resolve_device
+    from app.threads import prepare_process
+
+    prepare_process()  # before torch loads (app/threads.py)
+    count = processes.count(settings, resolve_device(settings.device))
+    if count == 1:
+        serve(settings)
+    return processes.supervise(settings, count, partial(serve, settings))
 
 
 # After SERVE_SHUTDOWN_SECONDS, uvicorn cancels what is left; worker threads (a model call
@@ -73,9 +83,11 @@ def main(argv: list[str] | None = None) -> int:
 EXIT_MARGIN_SECONDS = 2.0
 
 
-def serve(settings: Settings) -> NoReturn:
+def serve(settings: Settings, sock: socket.socket | None = None) -> NoReturn:
     """Serve until SIGTERM/SIGINT (or a model that fails to load, exit 1); exit 0 after a
     graceful shutdown, within ``SERVE_SHUTDOWN_SECONDS`` plus :data:`EXIT_MARGIN_SECONDS`.
+    ``sock``: listen there (one of the server's processes, app/processes.py), not on the
+    settings' host and port.
 
     On the signal uvicorn stops accepting connections and waits for the requests in flight;
     ``app.state.shutdown`` is marked first (``/health`` answers 503 ``shutting-down``) and open
@@ -85,9 +97,6 @@ def serve(settings: Settings) -> NoReturn:
     import threading
     import time
 
-    from app.threads import prepare_process
-
-    prepare_process()  # before torch loads (app/threads.py)
     import uvicorn
 
     from app.main import create_app
@@ -125,7 +134,7 @@ def serve(settings: Settings) -> NoReturn:
     # handlers that would end the process by SIGTERM (or KeyboardInterrupt), not with status 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, server.handle_exit)
-    server.run()
+    server.run(sockets=None if sock is None else [sock])
 
     deadline = (shutdown.since or time.monotonic()) + settings.shutdown_seconds
     deadline += EXIT_MARGIN_SECONDS

@@ -59,7 +59,8 @@ class Settings:
     max_pixels: int = 50_000_000  # 48 and 50 MP phone photos; see README
     max_images: int = 16
     jpeg_draft: bool = False  # opt-in: changes the pixels the model sees
-    workers: int = 0  # 0: the server's policy (app/threads.py: one per core, up to 4, on CPU)
+    processes: int = 0  # 0: the server's policy (app/processes.py: one per core, up to 4, on CPU)
+    workers: int = 0  # 0: the server's policy (app/threads.py: per process; see processes)
     torch_threads: int = 0  # 0: the server's policy (app/threads.py)
     device: str = "auto"
     log_level: str = "info"
@@ -187,6 +188,7 @@ class Settings:
             max_pixels=integer("SERVE_MAX_PIXELS", 50_000_000, 1024, 500_000_000),
             max_images=integer("SERVE_MAX_IMAGES", 16, 1, 256),
             jpeg_draft=boolean("SERVE_JPEG_DRAFT", False),
+            processes=integer("SERVE_PROCESSES", 0, 0, 64),
             workers=integer("SERVE_WORKERS", 0, 0, 64),
             torch_threads=integer("SERVE_TORCH_THREADS", 0, 0, 256),
             device=device,
@@ -212,6 +214,11 @@ class Settings:
             max_object_bytes=integer("SERVE_MAX_OBJECT_BYTES", 2 * 1024 * MB, 1024, 1 << 40),
             model_sha256=_parse_pins(get("SERVE_MODEL_SHA256"), models, errors),
         )
+        if settings.processes > 1 and settings.metrics:
+            errors.append(
+                f"SERVE_METRICS=true needs one server process (SERVE_PROCESSES is "
+                f"{settings.processes}): each process would count only its own requests"
+            )
         if errors:
             raise SettingsError("invalid configuration:\n  - " + "\n  - ".join(errors))
         return settings

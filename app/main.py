@@ -15,6 +15,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.types import ControllerRouterHandler
 
+from app import siblings
 from app.config import Settings
 from app.errors import handle_exception
 from app.metrics import MetricsController, prometheus_config
@@ -59,6 +60,10 @@ def create_app(
                     on_fatal()
 
         task = asyncio.create_task(load())
+        if siblings.current().all_ready():
+            # one of the server's processes, started again after it died: the others serve
+            # meanwhile, so it listens (uvicorn binds after this) once its models are ready
+            await task
         try:
             yield
         finally:

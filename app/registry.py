@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 import numpy as np
 
+from app import siblings
 from app.config import ModelSpec, Settings
 from app.errors import InvalidParameter, NotReady, UnknownModel, WrongTask
 from app.model_sources import (
@@ -32,6 +33,7 @@ from app.model_sources import (
     load_error_code,
     model_format,
     public_source,
+    resolve_device,
     resolve_source,
     sha256_path,
 )
@@ -70,14 +72,6 @@ def keypoint_layout(yolo: Any) -> KeypointLayout | None:
     return KeypointLayout(
         shape=shape, names=names, skeleton=[[int(a), int(b)] for a, b in skeleton or []] or None
     )
-
-
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
 class LoadedModel:
@@ -229,6 +223,12 @@ class Registry:
     def ready(self) -> bool:
         return self.state == "ready"
 
+    @property
+    def serving(self) -> bool:
+        """Ready, and so is every other process of the server (app/processes.py): what /health
+        reports."""
+        return self.ready and siblings.current().all_ready()
+
     def expected(self) -> list[str]:
         return [m.name for m in self.settings.models] or list(self.models)
 
@@ -250,6 +250,7 @@ class Registry:
         if self.default_name is None and loaded:
             self.default_name = loaded[0].name
         self.state = "ready"
+        siblings.current().mark_ready()
 
     def _load_all(self) -> list[LoadedModel]:
         settings = self.settings
@@ -258,7 +259,7 @@ class Registry:
             specs = discover_storage_models(settings.storage_uri)
         check_pins_name_models([spec.name for spec in specs], settings.model_sha256)
         device = resolve_device(settings.device)
-        self.threads = policy(settings, device)
+        self.threads = policy(settings, device, siblings.current())
         hold_ultralytics_threads()
         disable_sync()
         return [self._load_one(spec, device) for spec in specs]

@@ -152,6 +152,7 @@ class Scheduler:
         if not force:
             self._ensure_room()
         self._depth += 1
+        self.threads.admitted(1)
         QUEUE_DEPTH.labels(self.name).set(self._depth)
         if self._depth > len(self._instances):
             self._grow()
@@ -159,6 +160,7 @@ class Scheduler:
             yield
         finally:
             self._depth -= 1
+            self.threads.admitted(-1)
             QUEUE_DEPTH.labels(self.name).set(self._depth)
             self._changed.set()  # the batcher may stop waiting for this request
 

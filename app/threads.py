@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from app.config import Settings
+from app.siblings import Siblings
 
 T = TypeVar("T")
 
@@ -78,14 +79,15 @@ def is_accelerator(device: str) -> bool:
 MAX_DEFAULT_WORKERS = 4
 
 
-def workers(settings: Settings, device: str) -> int:
-    """Inference threads (and instances of each model): ``SERVE_WORKERS``, else one per usable
-    core up to :data:`MAX_DEFAULT_WORKERS` on CPU, one on an accelerator."""
+def workers(settings: Settings, device: str, processes: int = 1) -> int:
+    """Inference threads of each of the server's ``processes`` (and instances of each model):
+    ``SERVE_WORKERS``, else one per usable core up to :data:`MAX_DEFAULT_WORKERS` on CPU, shared
+    among the processes (each has at least one); one on an accelerator."""
     if settings.workers:
         return settings.workers
     if is_accelerator(device):
         return 1
-    return min(usable_cores(), MAX_DEFAULT_WORKERS)
+    return max(1, min(usable_cores(), MAX_DEFAULT_WORKERS) // processes)
 
 
 def adaptive(settings: Settings, device: str) -> bool:
@@ -122,11 +124,21 @@ class InferenceThreads:
     Create it anywhere; call :meth:`start` in the running event loop before :meth:`run`.
     """
 
-    def __init__(self, count: int, threads: int, adaptive: bool = False) -> None:
+    def __init__(
+        self, count: int, threads: int, adaptive: bool = False, siblings: Siblings | None = None
+    ) -> None:
         self.count, self.threads, self.adaptive = count, threads, adaptive
+        self.siblings = siblings or Siblings()  # the server's other processes (app/processes.py)
         self.executors = [ThreadPoolExecutor(1, f"infer-{i}") for i in range(count)]
         self._running = [False] * count  # changed on the event loop only
         self._waiters: deque[asyncio.Future[int]] = deque()
+        self._admitted = 0
+
+    def admitted(self, change: int) -> None:
+        """Requests (and stream frames) admitted by the models and not yet answered changed by
+        ``change``: what the server's other processes see of this one's load."""
+        self._admitted += change
+        self.siblings.set_demand(self._admitted)
 
     @property
     def busy(self) -> int:
@@ -137,9 +149,10 @@ class InferenceThreads:
         """Torch threads of a call starting now on inference thread ``index``."""
         if not self.adaptive:
             return self.threads
-        if index != 0:
+        if index != 0 or self.siblings.wide_elsewhere():
             return 1
-        return max(1, self.threads - sum(self._running[1:]))
+        elsewhere = self.siblings.busy_elsewhere(self.count)
+        return max(1, self.threads - sum(self._running[1:]) - elsewhere)
 
     def describe(self) -> str:
         """``N x T torch threads``, T a range when it follows the load (the log's wording)."""
@@ -161,10 +174,14 @@ class InferenceThreads:
         """``fn(*args)`` on a free inference thread, the wide one when it is free (waiting for
         one)."""
         index = await self._acquire()
-        call = partial(_with_threads, self.threads_for(index), fn, *args)
+        threads = self.threads_for(index)
+        wide = threads > 1 and self.adaptive and self.siblings.claim_wide()
+        call = partial(_with_threads, threads if wide or not self.adaptive else 1, fn, *args)
         try:
             return await asyncio.get_running_loop().run_in_executor(self.executors[index], call)
         finally:
+            if wide:
+                self.siblings.release_wide()
             self._release(index)
 
     async def _acquire(self) -> int:
@@ -219,8 +236,13 @@ def hold_ultralytics_threads() -> None:
     torch_utils.NUM_THREADS = 1
 
 
-def policy(settings: Settings, device: str) -> InferenceThreads:
-    """The process's inference threads for ``settings`` on ``device``."""
+def policy(settings: Settings, device: str, siblings: Siblings | None = None) -> InferenceThreads:
+    """The process's inference threads for ``settings`` on ``device``, beside the server's other
+    processes (``siblings``; none: a lone process)."""
+    processes = siblings.count if siblings else 1
     return InferenceThreads(
-        workers(settings, device), torch_threads(settings, device), adaptive(settings, device)
+        workers(settings, device, processes),
+        torch_threads(settings, device),
+        adaptive(settings, device),
+        siblings,
     )

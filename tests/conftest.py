@@ -60,6 +60,7 @@ SECONDS = {
     "test_ab.py": 15,
     "test_lifecycle.py": 14,
     "test_shutdown.py": 14,
+    "test_processes.py": 14,
     "test_soak.py": 13,
     "test_console.py": 12,
     "test_decode.py": 11,
@@ -133,10 +134,12 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 # The suite runs many servers at once on few cores (two workers, emulators with replicas):
 # servers that each spin an OpenMP team over every core slow one another down many times over,
 # so, as the emulator does for its replicas, each test server gets one torch thread and one
-# inference thread. Speed is not what the tests check; the session's `server` runs the server's
-# own policy (test_threads).
+# inference thread, in one process (each process more is a second start: torch, the models).
+# Speed is not what the tests check; the session's `server` runs the server's own policy, two
+# processes here (test_threads, test_processes).
 os.environ.setdefault("SERVE_TORCH_THREADS", "1")
 os.environ.setdefault("SERVE_WORKERS", "1")
+os.environ.setdefault("SERVE_PROCESSES", "1")
 
 
 @pytest.fixture(scope="session")
@@ -145,7 +148,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env = {
         "AIP_DEPLOYED_MODEL_ID": "dm-test-1",
         "SERVE_MAX_IMAGES": "8",
-        **{"SERVE_TORCH_THREADS": "", "SERVE_WORKERS": ""},  # the server's own policy
+        # the server's own policy
+        **{"SERVE_TORCH_THREADS": "", "SERVE_WORKERS": "", "SERVE_PROCESSES": ""},
         "SERVE_MODELS": ALL_MODELS,  # every demo model (the default)
     }
     with serving(tmp_path_factory.mktemp("server"), env) as srv:

@@ -139,9 +139,10 @@ def test_bad_setting_stops_with_clear_message(env, needle, tmp_path):
 
 
 def test_model_that_fails_to_load_exits_nonzero(tmp_path):
+    """In two processes (app/processes.py): each fails, the server exits 1."""
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"not a checkpoint")
-    srv = start_server(tmp_path, {"SERVE_MODELS": f"broken={bad}"})
+    srv = start_server(tmp_path, {"SERVE_MODELS": f"broken={bad}", "SERVE_PROCESSES": "2"})
     try:
         assert srv.proc.wait(120) == 1
     finally:

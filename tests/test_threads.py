@@ -15,7 +15,9 @@ import os
 import pytest
 
 from app.config import DEMO_MODELS, Settings, SettingsError
+from app.processes import count as process_count
 from app.registry import Registry
+from app.siblings import Siblings
 from app.threads import (
     MAX_DEFAULT_WORKERS,
     adaptive,
@@ -30,7 +32,7 @@ from conftest import INSTRUMENTED, PATIENCE_S, metric, serving, wait_until
 def test_the_policy_gives_a_lone_call_every_core_and_shares_them_under_load() -> None:
     cores = usable_cores()
     assert 1 <= cores <= (os.cpu_count() or 1)
-    assert workers(Settings(), "cpu") == min(cores, MAX_DEFAULT_WORKERS)
+    assert workers(Settings(), "cpu") == min(cores, MAX_DEFAULT_WORKERS)  # in one process
     assert workers(Settings(), "cuda:0") == 1
     assert workers(Settings(workers=3), "cpu") == 3  # SERVE_WORKERS wins
     assert torch_threads(Settings(), "cpu") == cores  # a lone call: every core
@@ -113,20 +115,23 @@ def test_calls_take_the_wide_thread_first_with_the_count_the_load_gives_them() -
 
 
 def test_the_server_runs_with_the_policy(server, client) -> None:
-    """The session's server (defaults: the demo models): each model warm with one instance (more
-    on demand, up to the inference threads), the policy's threads for the device it chose, said
-    in its log."""
+    """The session's server (defaults: the demo models): its processes (app/processes.py), in
+    each every model warm with one instance (more on demand, up to the inference threads), the
+    policy's threads for the device it chose, said in its log."""
     devices = {m["device"] for m in client.get("/models").json()["models"]}
     assert len(devices) == 1, devices
     device = devices.pop()
     settings = Settings()
-    expected = policy(settings, device)
+    processes = process_count(settings, device)
+    expected = policy(settings, device, Siblings(processes))
     try:
         line = f"{expected.describe()}; instances: 1, up to {expected.count} on demand"
     finally:
         expected.close()
     logs = server.logs()
-    assert logs.count(line) == len(DEMO_MODELS), logs[-2000:]
+    assert logs.count(line) == len(DEMO_MODELS) * processes, logs[-2000:]
+    if processes > 1:
+        assert f"with {processes} processes" in logs
 
 
 def test_half_on_a_cpu_device_is_a_settings_error() -> None:

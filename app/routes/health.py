@@ -31,8 +31,10 @@ def health_handler(path: str) -> HTTPRouteHandler:
         settings: NamedDependency[Settings],
         shutdown: NamedDependency[Shutdown],
     ) -> Response[Health]:
-        ready = registry.ready and not shutdown.started
+        ready = registry.serving and not shutdown.started
         status = "shutting-down" if shutdown.started else "ok" if ready else registry.state
+        if status == "ready":  # this process is; another of the server's is still loading
+            status = "loading"
         body = Health(
             status=status,  # type: ignore[arg-type]
             deployed_model_id=settings.deployed_model_id,

@@ -119,8 +119,8 @@ def container_env(
     ``inherited`` (the emulator's own environment, so a local server finds its caches) without
     any ``AIP_*``: those describe a container, and one left over in a shell must not leak in;
     ``SERVE_HOST=127.0.0.1`` (servers stay private, behind the data plane);
-    ``SERVE_TORCH_THREADS=1`` and ``SERVE_WORKERS=1`` unless inherited (the replicas share
-    this machine); the declared env;
+    ``SERVE_TORCH_THREADS=1``, ``SERVE_WORKERS=1`` and ``SERVE_PROCESSES=1`` unless inherited
+    (the replicas share this machine); the declared env;
     then what Vertex sets (:data:`CONTAINER_ENV`, which the declared env cannot hold).
     """
     env = {"PYTHONUNBUFFERED": "1"}
@@ -128,9 +128,9 @@ def container_env(
     env["SERVE_HOST"] = "127.0.0.1"
     # Every replica shares this one machine (on Vertex each has its own): servers that each
     # spin an OpenMP team over all its cores slow one another down many times over (three on 2
-    # cores: p95 20-40x), so one torch thread and one inference call at a time each (the
-    # replicas are the parallelism) unless the environment or the model says.
-    for key in ("SERVE_TORCH_THREADS", "SERVE_WORKERS"):
+    # cores: p95 20-40x), so one torch thread, one inference call at a time and one process
+    # each (the replicas are the parallelism) unless the environment or the model says.
+    for key in ("SERVE_TORCH_THREADS", "SERVE_WORKERS", "SERVE_PROCESSES"):
         if not env.get(key, "").strip():
             env[key] = "1"
     env.update(spec.server_env())

@@ -6,11 +6,13 @@ round after round (the machine's drift hits every configuration alike), and its 
 kept. The same JPEG, the same client (:func:`client.bench.run_level` over :mod:`rawhttp`), the same
 model file and input size everywhere:
 
-* ``ours``: ``python -m app`` with its defaults (the adaptive thread policy, app/threads.py),
-  raw JPEG body; ``ours, JSON``: the same server given the base64 JSON body LitServe gets;
-  ``ours, 1 x cores`` (``SERVE_WORKERS=1``: the policy before it adapted) and
-  ``ours, cores x 1`` (``SERVE_WORKERS=cores SERVE_TORCH_THREADS=1``), the two fixed policies
-  it chooses between;
+* ``ours``: ``python -m app`` with its defaults (a process per core, app/processes.py, and the
+  thread policy that follows the load across them, app/threads.py), raw JPEG body;
+  ``ours, JSON``: the same server given the base64 JSON body LitServe gets; ``ours, 1 process``
+  (``SERVE_PROCESSES=1``: the default before the processes, inference threads in one process),
+  ``ours, 1 process, 1 x cores`` (and ``SERVE_WORKERS=1``: one call at a time with every core)
+  and ``ours, cores x 1 fixed`` (``SERVE_TORCH_THREADS=1``: the processes, one thread each
+  whatever the load);
 * ``LitServe W x T``: ``tests/bench/litserve_peer.py``, W inference worker processes of T torch
   threads each, batches of up to 8 with a 5 ms timeout, its fast (ZeroMQ) queue: 1 x cores and
   cores x 1, its best configurations on the project's machine;
@@ -234,12 +236,13 @@ def main(argv: list[str] | None = None) -> int:
         configs = [
             Config("ours", "ours"),
             Config("ours, JSON", "ours", json_body=True),
-            Config(f"ours, 1 x {cores}", "ours", env={"SERVE_WORKERS": "1"}),
+            Config("ours, 1 process", "ours", env={"SERVE_PROCESSES": "1"}),
             Config(
-                f"ours, {cores} x 1",
+                f"ours, 1 process, 1 x {cores}",
                 "ours",
-                env={"SERVE_WORKERS": str(cores), "SERVE_TORCH_THREADS": "1"},
+                env={"SERVE_PROCESSES": "1", "SERVE_WORKERS": "1"},
             ),
+            Config(f"ours, {cores} x 1 fixed", "ours", env={"SERVE_TORCH_THREADS": "1"}),
             Config(f"LitServe 1 x {cores}", "litserve", workers=1, threads=cores),
             Config(f"LitServe {cores} x 1", "litserve", workers=cores, threads=1),
         ]

@@ -1,0 +1,171 @@
+"""The server's processes: on CPU one per usable core (at most 4), each a whole server, all
+listening on one port.
+
+Why processes: a request's Python work (HTTP, the route, Ultralytics' pre- and post-processing,
+and for a small model most of the forward pass: hundreds of module calls) holds the
+interpreter's lock, so inference threads in one process wait on each other. Measured on the
+project's 2-core machine (demo detector at 160, 640x480 JPEG, 8 clients): one process with two
+inference threads 134.8 req/s, two processes with one each 192-198 (README "Benchmarks").
+
+How:
+
+* ``python -m app`` (:func:`supervise`) checks that the port is free, then forks the processes
+  before any model loads (at most ``torch`` is imported, for the device check: no OpenMP team
+  has run and no CUDA context exists, so forking is safe). Each child is the whole server
+  (``app.main.create_app``) on a listening socket of its own with ``SO_REUSEPORT``: the kernel
+  spreads new connections over them by their addresses. (One socket shared by all was worse:
+  the first process to wake took every connection of a burst, often all 8 of the benchmark's.)
+* The children share one small page of memory (app/siblings.py): the requests each has
+  admitted and not answered, whether one of its calls is *wide*, and whether its models are
+  ready. The thread policy (app/threads.py) spans the processes through it: a call that starts
+  while no other request is in any process gets every usable core; calls side by side get one
+  thread each. So a lone request is as fast as with one process, and a full queue keeps every
+  core busy with one call each. (Counting requests, not running calls: at full load a process
+  is briefly between two calls, and a call elsewhere that took both cores in that moment
+  would run oversubscribed once the first starts again: measured, 111-135 req/s against
+  170-182 with one thread each.)
+* ``/health`` answers 200 once every process has loaded its models. A process started again
+  later listens only once its models are warm (the others serve meanwhile), so no request
+  meets a loading process after the server was ready.
+* Signals: SIGTERM or SIGINT to ``python -m app`` go to every child, which drains like a lone
+  server (app/shutdown.py); it exits 0 when they all did. A child whose models fail to load exits
+  1: the others are stopped and ``python -m app`` exits 1 (Vertex sees a failed container). A
+  child that dies of a signal once serving (the OOM killer) is started again. If ``python -m
+  app`` itself dies, the kernel sends its children SIGTERM (``PR_SET_PDEATHSIG``).
+
+``SERVE_PROCESSES=1`` (the default on a GPU, and with ``SERVE_METRICS=true``: each process would
+count only its own requests) serves in the one process, no fork.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import mmap
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+
+from app.config import Settings
+from app.siblings import Siblings, join, size
+from app.threads import MAX_DEFAULT_WORKERS, is_accelerator, usable_cores
+
+log = logging.getLogger("app")
+
+
+def count(settings: Settings, device: str) -> int:
+    """Server processes: ``SERVE_PROCESSES``, else one per usable core up to
+    :data:`~app.threads.MAX_DEFAULT_WORKERS` on CPU; one on an accelerator (the device is the
+    shared resource there), with ``SERVE_METRICS=true``, or off Linux."""
+    if settings.processes:
+        return settings.processes
+    if is_accelerator(device) or settings.metrics or not sys.platform.startswith("linux"):
+        return 1
+    return min(usable_cores(), MAX_DEFAULT_WORKERS)
+
+
+def supervise(settings: Settings, processes: int, serve: Callable[[socket.socket], int]) -> int:
+    """Bind the port, fork ``processes`` children that each run ``serve(sock)`` (the whole
+    server, after :func:`current` is set to their place), and watch them (see the module
+    docstring); the exit status: 0 when every child ended 0 after a shutdown signal, else 1."""
+    try:  # the port is free: a server already there must not silently get every other connection
+        listen(settings.host, settings.port).close()
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+        return 1
+    preload()
+    page = mmap.mmap(-1, size(processes))
+    view = Siblings(processes, 0, page)  # the supervisor's: readiness, resets
+    parent = os.getpid()
+    children: dict[int, int] = {}  # pid: index
+    stopping = False
+
+    def start(index: int) -> None:
+        view.reset(index)
+        pid = os.fork()
+        if pid == 0:  # the child: the whole server
+            code = 1
+            try:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                    signal.signal(sig, signal.SIG_DFL)
+                os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor, which forwards it
+                _end_with(parent)
+                join(Siblings(processes, index, page))
+                code = serve(listen(settings.host, settings.port, reuse_port=True))
+            except BaseException:
+                log.exception("server process %d failed", index)
+            finally:
+                os._exit(code)
+        children[pid] = index
+
+    def stop(sig: int, _frame: object = None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    for index in range(processes):
+        start(index)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("serving on %s:%d with %d processes: %s", settings.host, settings.port, processes,
+             ", ".join(str(pid) for pid in children))  # fmt: skip
+    status = 0
+    while children:
+        pid, wait_status = os.wait()
+        if pid not in children:
+            continue
+        index = children.pop(pid)
+        code = os.waitstatus_to_exitcode(wait_status)
+        was_ready = view.all_ready()
+        view.reset(index)
+        if stopping:
+            status = status or (1 if code else 0)
+        elif code < 0 and was_ready:
+            name = signal.Signals(-code).name
+            log.error("server process %d (pid %d) died of %s; starting it again", index, pid, name)
+            start(index)
+        else:
+            log.error("server process %d (pid %d) exited with %d; stopping the server",
+                      index, pid, code)  # fmt: skip
+            status = 1
+            stop(signal.SIGTERM)
+    return status
+
+
+def preload() -> None:
+    """Import, once before forking, what every process imports (torch, torchvision, Ultralytics,
+    the app: about 2.5 s of CPU each on the project's machine, and memory the processes then
+    share until written). Importing them starts no thread and no OpenMP team."""
+    from app.offline import configure_ultralytics
+
+    configure_ultralytics()  # before Ultralytics is imported, as create_app does
+    import torchvision.ops  # noqa: F401  (Ultralytics' NMS; the slow half of the imports)
+    import ultralytics  # noqa: F401
+
+    import app.main  # noqa: F401
+
+
+def _end_with(parent: int) -> None:
+    """Have the kernel send this process SIGTERM when ``parent`` ends (Linux), so a supervisor
+    killed outright leaves no server behind."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it ended before the call
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket on ``host:port``; ``reuse_port``: one of the server's processes', the
+    kernel spreading new connections over them (``SO_REUSEPORT``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=2048, reuse_port=reuse_port)
+    sock.set_inheritable(True)
+    return sock
