@@ -23,6 +23,7 @@ FLAGS = {
     "--port": "AIP_HTTP_PORT",
     "--models": "SERVE_MODELS",
     "--default-model": "SERVE_DEFAULT_MODEL",
+    "--processes": "SERVE_PROCESSES",
     "--workers": "SERVE_WORKERS",
     "--torch-threads": "SERVE_TORCH_THREADS",
     "--device": "SERVE_DEVICE",

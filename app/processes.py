@@ -5,7 +5,8 @@ Why processes: a request's Python work (HTTP, the route, Ultralytics' pre- and p
 and for a small model most of the forward pass: hundreds of module calls) holds the
 interpreter's lock, so inference threads in one process wait on each other. Measured on the
 project's 2-core machine (demo detector at 160, 640x480 JPEG, 8 clients): one process with two
-inference threads 134.8 req/s, two processes with one each 192-198 (README "Benchmarks").
+inference threads 134.8 req/s, two separate servers of one inference thread each (4 clients
+each) 192-198, these processes 230 (README "Benchmarks").
 
 How:
 
@@ -13,8 +14,9 @@ How:
   before any model loads (at most ``torch`` is imported, for the device check: no OpenMP team
   has run and no CUDA context exists, so forking is safe). Each child is the whole server
   (``app.main.create_app``) on a listening socket of its own with ``SO_REUSEPORT``: the kernel
-  spreads new connections over them by their addresses. (One socket shared by all was worse:
-  the first process to wake took every connection of a burst, often all 8 of the benchmark's.)
+  spreads new connections over them by their addresses. (One socket shared by all was uneven:
+  whichever process woke first took a whole burst of connections, in one measured run all 8 of
+  the benchmark's.)
 * The children share one small page of memory (app/siblings.py): the requests each has
   admitted and not answered, whether one of its calls is *wide*, and whether its models are
   ready. The thread policy (app/threads.py) spans the processes through it: a call that starts
@@ -72,7 +74,8 @@ def supervise(settings: Settings, processes: int, serve: Callable[[socket.socket
     server, after :func:`current` is set to their place), and watch them (see the module
     docstring); the exit status: 0 when every child ended 0 after a shutdown signal, else 1."""
     try:  # the port is free: a server already there must not silently get every other connection
-        listen(settings.host, settings.port).close()
+        family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+        socket.create_server((settings.host, settings.port), family=family).close()
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
         return 1
@@ -94,12 +97,17 @@ def supervise(settings: Settings, processes: int, serve: Callable[[socket.socket
                 os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor, which forwards it
                 _end_with(parent)
                 join(Siblings(processes, index, page))
-                code = serve(listen(settings.host, settings.port, reuse_port=True))
+                code = serve(bound(settings.host, settings.port))
+            except SystemExit as exc:  # uvicorn's, when it cannot start
+                code = exc.code if isinstance(exc.code, int) else 1
             except BaseException:
                 log.exception("server process %d failed", index)
             finally:
                 os._exit(code)
         children[pid] = index
+        if stopping:  # the signal came while it was being forked
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
     def stop(sig: int, _frame: object = None) -> None:
         nonlocal stopping
@@ -162,10 +170,12 @@ def _end_with(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
-    """A listening TCP socket on ``host:port``; ``reuse_port``: one of the server's processes', the
-    kernel spreading new connections over them (``SO_REUSEPORT``)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=2048, reuse_port=reuse_port)
-    sock.set_inheritable(True)
+def bound(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` with ``SO_REUSEPORT``, not yet listening: uvicorn
+    listens once the app has started (a process started again: once its models are warm), and
+    only then does the kernel give it connections."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
     return sock

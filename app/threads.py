@@ -20,7 +20,9 @@ model 16 ms against 8.5 ms. So:
   side by side share the cores (a full queue's highest throughput: on 2 cores two one-thread
   calls side by side beat one two-thread call after another). Only one inference thread, the
   wide one, ever runs more than one torch thread, so the process never manages more OpenMP
-  threads than cores. On a GPU one thread (its CPU work is small: letterbox and copies; more
+  threads than cores. The server's other processes (app/processes.py) count as load too,
+  through what they publish (app/siblings.py): the requests each has admitted, and whether one
+  of its calls is wide (at most one is, across the processes). On a GPU one thread (its CPU work is small: letterbox and copies; more
   threads would only spin on cores that decode). ``SERVE_TORCH_THREADS`` fixes every call's
   count;
 * Ultralytics' device set-up would set ``min(8, cores - 1)`` threads in the thread that runs a

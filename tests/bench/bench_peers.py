@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument(
-        "--only", help="comma-separated labels to run (default: all), e.g. 'ours,LitServe 2 x 1'"
+        "--only", help="labels to run, ';'-separated (default: all), e.g. 'ours;LitServe 2 x 1'"
     )
     args = parser.parse_args(argv)
     if Path(args.model).is_file():
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             Config(f"LitServe {cores} x 1", "litserve", workers=cores, threads=1),
         ]
         if args.only:
-            wanted = {label.strip() for label in args.only.split(",")}
+            wanted = {label.strip() for label in args.only.split(";")}
             configs = [c for c in configs if c.label in wanted]
         local = Config("in process (best threads)", "local")
         for round_ in range(args.rounds):
