@@ -488,6 +488,7 @@ class Smoke:
         """The image's defaults, as Vertex runs a model uploaded with health route /health."""
         import httpx
 
+        from app.config import DEMO_MODELS
         from app.demo.shapes import moving_shape, write_video
         from helpers import encode, scenes
 
@@ -496,10 +497,19 @@ class Smoke:
         name, url = self.start({"AIP_DEPLOYED_MODEL_ID": "smoke-1"}, "/health")
         health = httpx.get(url + "/health").json()
         self.check("/health 200 ok", health.get("status") == "ok", json.dumps(health)[:120])
+        logs = self.engine("logs", name, check=False)
+        found = re.search(r"with (\d+) processes", logs.stdout + logs.stderr)
+        expected = min(len(os.sched_getaffinity(0)), 4)  # no CPU quota given to the container
+        self.check(
+            "a server process per core, at most 4",
+            (int(found.group(1)) if found else 1) == expected,
+            found.group(0) if found else "one process",
+        )
 
         models = httpx.get(url + "/models").json()["models"]
         names = sorted(m["name"] for m in models)
-        self.check("/models", names == ["shapes-detect", "shapes-segment"], ", ".join(names))
+        demo = sorted(name for name, _ in DEMO_MODELS)  # one per Ultralytics task
+        self.check("/models: every demo model", names == demo, ", ".join(names))
 
         image, shapes = scenes(1)[0]
         png = {"content": encode(image), "headers": {"Content-Type": "image/png"}}
