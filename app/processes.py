@@ -70,9 +70,10 @@ def count(settings: Settings, device: str) -> int:
 
 
 def supervise(settings: Settings, processes: int, serve: Callable[[socket.socket], int]) -> int:
-    """Bind the port, fork ``processes`` children that each run ``serve(sock)`` (the whole
-    server, after :func:`current` is set to their place), and watch them (see the module
-    docstring); the exit status: 0 when every child ended 0 after a shutdown signal, else 1."""
+    """Check that the port is free, fork ``processes`` children that each run ``serve(sock)``
+    (the whole server, on a socket of its own: :func:`bound`; its place on the shared page set by
+    :func:`app.siblings.join`), and watch them (see the module docstring). The exit status: 0
+    when every child ended 0 after a shutdown signal, else 1."""
     try:  # the port is free: a server already there must not silently get every other connection
         family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
         socket.create_server((settings.host, settings.port), family=family).close()
