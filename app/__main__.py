@@ -73,10 +73,16 @@ def main(argv: list[str] | None = None) -> int:
     from app.threads import prepare_process
 
     prepare_process()  # before torch loads (app/threads.py)
+    # asks NVML, not CUDA: a CUDA context made here would be unusable in forked processes
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     count = processes.count(settings, resolve_device(settings.device))
     if count == 1:
         serve(settings)
-    return processes.supervise(settings, count, partial(serve, settings))
+    status = processes.supervise(settings, count, partial(serve, settings))
+    logging.shutdown()  # and skip the interpreter's teardown (seconds with torch loaded), as
+    sys.stdout.flush()  # serve() does
+    sys.stderr.flush()
+    os._exit(status)
 
 
 # After SERVE_SHUTDOWN_SECONDS, uvicorn cancels what is left; worker threads (a model call
@@ -135,6 +141,9 @@ def serve(settings: Settings, sock: socket.socket | None = None) -> NoReturn:
     # handlers that would end the process by SIGTERM (or KeyboardInterrupt), not with status 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, server.handle_exit)
+    # one of the server's processes was forked with them blocked (app/processes.py): a signal
+    # that came meanwhile is handled now, as a graceful shutdown
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     server.run(sockets=None if sock is None else [sock])
 
     deadline = (shutdown.since or time.monotonic()) + settings.shutdown_seconds

@@ -11,8 +11,8 @@ each) 192-198, these processes 230 (README "Benchmarks").
 How:
 
 * ``python -m app`` (:func:`supervise`) checks that the port is free, then forks the processes
-  before any model loads (at most ``torch`` is imported, for the device check: no OpenMP team
-  has run and no CUDA context exists, so forking is safe). Each child is the whole server
+  before any model loads (torch, torchvision, Ultralytics and the app imported once; no thread,
+  no OpenMP team has run, and the device check asked NVML, not CUDA, so forking is safe). Each child is the whole server
   (``app.main.create_app``) on a listening socket of its own with ``SO_REUSEPORT``: the kernel
   spreads new connections over them by their addresses. (One socket shared by all was uneven:
   whichever process woke first took a whole burst of connections, in one measured run all 8 of
@@ -32,7 +32,8 @@ How:
 * Signals: SIGTERM or SIGINT to ``python -m app`` go to every child, which drains like a lone
   server (app/shutdown.py); it exits 0 when they all did. A child whose models fail to load exits
   1: the others are stopped and ``python -m app`` exits 1 (Vertex sees a failed container). A
-  child that dies of a signal once serving (the OOM killer) is started again. If ``python -m
+  child that dies of a signal once serving (the OOM killer) is started again, at most
+  :data:`MAX_RESTARTS` times a minute (then the server stops, exit 1). If ``python -m
   app`` itself dies, the kernel sends its children SIGTERM (``PR_SET_PDEATHSIG``).
 
 ``SERVE_PROCESSES=1`` (the default on a GPU, and with ``SERVE_METRICS=true``: each process would
@@ -49,6 +50,8 @@ import os
 import signal
 import socket
 import sys
+import time
+from collections import deque
 from collections.abc import Callable
 
 from app.config import Settings
@@ -74,9 +77,20 @@ def supervise(settings: Settings, processes: int, serve: Callable[[socket.socket
     (the whole server, on a socket of its own: :func:`bound`; its place on the shared page set by
     :func:`app.siblings.join`), and watch them (see the module docstring). The exit status: 0
     when every child ended 0 after a shutdown signal, else 1."""
+    children: dict[int, int] = {}  # pid: index
+    stopping = False
+
+    def stop(sig: int, _frame: object = None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    signal.signal(signal.SIGTERM, stop)  # first: as a container's PID 1, a signal with no
+    signal.signal(signal.SIGINT, stop)  # handler would be dropped
     try:  # the port is free: a server already there must not silently get every other connection
-        family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-        socket.create_server((settings.host, settings.port), family=family).close()
+        bound(settings.host, settings.port, reuse_port=False).close()
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
         return 1
@@ -84,16 +98,19 @@ def supervise(settings: Settings, processes: int, serve: Callable[[socket.socket
     page = mmap.mmap(-1, size(processes))
     view = Siblings(processes, 0, page)  # the supervisor's: readiness, resets
     parent = os.getpid()
-    children: dict[int, int] = {}  # pid: index
-    stopping = False
+    restarts: deque[float] = deque(maxlen=MAX_RESTARTS)
 
     def start(index: int) -> None:
         view.reset(index)
+        # blocked across the fork: the child handles a signal once it has its own handlers
+        # (app/__main__.py's serve unblocks them), never with this process's
+        signals = {signal.SIGTERM, signal.SIGINT}
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
         pid = os.fork()
         if pid == 0:  # the child: the whole server
             code = 1
             try:
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                for sig in (*signals, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
                 os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor, which forwards it
                 _end_with(parent)
@@ -106,21 +123,14 @@ def supervise(settings: Settings, processes: int, serve: Callable[[socket.socket
             finally:
                 os._exit(code)
         children[pid] = index
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
         if stopping:  # the signal came while it was being forked
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
-    def stop(sig: int, _frame: object = None) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in list(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-
     for index in range(processes):
-        start(index)
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+        if not stopping:
+            start(index)
     log.info("serving on %s:%d with %d processes: %s", settings.host, settings.port, processes,
              ", ".join(str(pid) for pid in children))  # fmt: skip
     status = 0
@@ -134,16 +144,32 @@ def supervise(settings: Settings, processes: int, serve: Callable[[socket.socket
         view.reset(index)
         if stopping:
             status = status or (1 if code else 0)
-        elif code < 0 and was_ready:
-            name = signal.Signals(-code).name
-            log.error("server process %d (pid %d) died of %s; starting it again", index, pid, name)
+        elif code < 0 and was_ready and not _too_many(restarts):
+            name = signal.strsignal(-code) or f"signal {-code}"
+            log.error("server process %d (pid %d) died (%s); starting it again", index, pid, name)
+            restarts.append(time.monotonic())
             start(index)
+        elif code < 0 and was_ready:
+            log.error("server process %d (pid %d) died again: %d restarts in %.0f s; stopping "
+                      "the server", index, pid, MAX_RESTARTS, RESTART_WINDOW_S)  # fmt: skip
+            status = 1
+            stop(signal.SIGTERM)
         else:
             log.error("server process %d (pid %d) exited with %d; stopping the server",
                       index, pid, code)  # fmt: skip
             status = 1
             stop(signal.SIGTERM)
     return status
+
+
+#: a process that died is started again unless this many were in the last RESTART_WINDOW_S
+#: seconds: then something kills every new one (a request that crashes it, memory that is
+#: never enough), and the server stops (exit 1) rather than restart forever
+MAX_RESTARTS, RESTART_WINDOW_S = 5, 60.0
+
+
+def _too_many(restarts: deque[float]) -> bool:
+    return len(restarts) == MAX_RESTARTS and time.monotonic() - restarts[0] < RESTART_WINDOW_S
 
 
 def preload() -> None:
@@ -171,12 +197,23 @@ def _end_with(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def bound(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` with ``SO_REUSEPORT``, not yet listening: uvicorn
-    listens once the app has started (a process started again: once its models are warm), and
-    only then does the kernel give it connections."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+def bound(host: str, port: int, reuse_port: bool = True) -> socket.socket:
+    """A TCP socket bound to ``host:port``, not yet listening; ``reuse_port``: with
+    ``SO_REUSEPORT``, for one of the server's processes: uvicorn listens once the app has started
+    (a process started again: once its models are warm), and only then does the kernel give it
+    connections. IPv6 only on an IPv6 address, as uvicorn's own socket."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
     return sock

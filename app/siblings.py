@@ -47,7 +47,8 @@ class Siblings:
 
     def claim_wide(self) -> bool:
         """Mark this process as running the wide call, unless another does (then ``False``). Two
-        processes that claim at the same moment may both back off: two one-thread calls."""
+        processes that claim at the same moment mostly both back off (two one-thread calls); with
+        no memory barrier between the write and the read, both may also go wide, for one call."""
         self._page[self._at(self.index, 1)] = 1
         if self.wide_elsewhere():
             self._page[self._at(self.index, 1)] = 0

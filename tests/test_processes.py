@@ -13,13 +13,15 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from collections import deque
 from pathlib import Path
 
 import httpx
 import pytest
 
 from app.config import Settings, SettingsError
-from app.processes import count
+from app.processes import MAX_RESTARTS, RESTART_WINDOW_S, _too_many, count
 from app.siblings import Siblings, size
 from app.threads import MAX_DEFAULT_WORKERS, InferenceThreads, usable_cores, workers
 from conftest import ROOT, WEIGHTS, free_port, start_server, wait_until
@@ -75,6 +77,16 @@ def test_a_call_takes_every_core_only_while_no_other_process_has_work() -> None:
     assert first.all_ready() and second.all_ready()
 
 
+def test_a_process_dying_again_and_again_stops_the_server_rather_than_restart_forever() -> None:
+    now = time.monotonic()
+    restarts: deque[float] = deque([now - 1.0] * (MAX_RESTARTS - 1), maxlen=MAX_RESTARTS)
+    assert not _too_many(restarts)  # four in the last minute: start it again
+    restarts.append(now)
+    assert _too_many(restarts)  # the fifth: stop
+    old = deque([now - RESTART_WINDOW_S - 1] + [now] * (MAX_RESTARTS - 1), maxlen=MAX_RESTARTS)
+    assert not _too_many(old)  # five, the oldest over a minute ago: start it again
+
+
 def children(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
@@ -92,7 +104,7 @@ def test_a_process_that_dies_is_started_again_and_sigterm_ends_them_all(tmp_path
         assert len(first) == 2
         png = encode(scenes(1)[0][0])
         os.kill(first[0], signal.SIGKILL)
-        wait_until(lambda: "died of SIGKILL; starting it again" in srv.logs(), "the restart")
+        wait_until(lambda: "died (Killed); starting it again" in srv.logs(), "the restart")
         for _ in range(6):  # a new connection each: the kernel spreads them over the listeners
             answer = httpx.post(f"{srv.url}/detect", content=png, timeout=60,
                                 headers={"Content-Type": "image/png"})  # fmt: skip
