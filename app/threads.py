@@ -14,7 +14,8 @@ model 16 ms against 8.5 ms. So:
   set: the main thread and every thread that decodes or serves keep single-thread teams;
 * every model call runs on one of the inference threads shared by all models
   (:class:`InferenceThreads`): ``SERVE_WORKERS`` of them, by default (:func:`workers`) one per
-  usable core up to 4 on CPU and one on a GPU;
+  usable core up to 4 on CPU, shared among the server's processes (so one each with their
+  default), and one on a GPU;
 * on CPU the torch threads of a call follow the load (:class:`InferenceThreads`): a call that
   starts while no other runs gets every usable core (a lone request's lowest latency), calls
   side by side share the cores (a full queue's highest throughput: on 2 cores two one-thread
@@ -22,9 +23,9 @@ model 16 ms against 8.5 ms. So:
   wide one, ever runs more than one torch thread, so the process never manages more OpenMP
   threads than cores. The server's other processes (app/processes.py) count as load too,
   through what they publish (app/siblings.py): the requests each has admitted, and whether one
-  of its calls is wide (at most one is, across the processes). On a GPU one thread (its CPU work is small: letterbox and copies; more
-  threads would only spin on cores that decode). ``SERVE_TORCH_THREADS`` fixes every call's
-  count;
+  of its calls is wide (at most one is, across the processes). On a GPU one thread (its CPU
+  work is small: letterbox and copies; more threads would only spin on cores that decode).
+  ``SERVE_TORCH_THREADS`` fixes every call's count;
 * Ultralytics' device set-up would set ``min(8, cores - 1)`` threads in the thread that runs a
   model's first predict: :func:`hold_ultralytics_threads` keeps it to one, and every call sets
   its own count.
