@@ -1,0 +1,96 @@
+"""Benchmark: what a batch buys in process, by batch size and torch thread count.
+
+The ceiling any server policy works under: the same 640x480 JPEG decoded (``cv2.imdecode``) and
+predicted by Ultralytics in batches of 1, 2, 4 and 8 images, at each torch thread count, on one
+thread that is not the main one (as the server's inference threads; OpenMP teams per thread).
+Rounds interleave every configuration (a slow minute of a shared machine hits them all); each
+line is one round, in images/s. A benchmark: it prints figures and asserts nothing. Run::
+
+    .venv/bin/python tests/bench/bench_batch_sizes.py [--model yolo11n.yaml] [--imgsz 640]
+        [--seconds 4] [--rounds 3] [--sizes 1,2,4,8] [--threads 1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # as the server (app/threads.py)
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT)]
+
+from app.demo.shapes import draw_scene  # noqa: E402
+from app.offline import configure_ultralytics  # noqa: E402
+from app.threads import usable_cores  # noqa: E402
+
+DEMO_MODEL = ROOT / "app/demo/weights/shapes-detect.pt"
+
+
+def measure(args: argparse.Namespace, jpeg: bytes) -> None:
+    import torch
+    from ultralytics import YOLO
+
+    model = YOLO(args.model)
+    imgsz = args.imgsz or model.overrides.get("imgsz", 640)
+
+    def batch(size: int) -> None:
+        images = [cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR) for _ in range(size)]
+        model.predict(images, imgsz=imgsz, device="cpu", verbose=False)
+
+    batch(1)  # the device set-up (it sets its own thread count: every count is set after it)
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for size in args.sizes:
+            batch(size)  # warm: each shape once
+    print(f"{Path(args.model).name} at {imgsz}, {usable_cores()} usable cores; images/s")
+    print(f"{'round, threads':16}" + "".join(f"{'batch ' + str(s):>10}" for s in args.sizes))
+    for round_ in range(args.rounds):
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            rates = []
+            for size in args.sizes:
+                done, started = 0, time.perf_counter()
+                while time.perf_counter() - started < args.seconds:
+                    batch(size)
+                    done += size
+                rates.append(done / (time.perf_counter() - started))
+            label = f"{round_ + 1}, {threads}"
+            print(f"{label:16}" + "".join(f"{r:10.1f}" for r in rates), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(DEMO_MODEL), help="weights or e.g. yolo11n.yaml")
+    parser.add_argument("--imgsz", type=int, help="default: the model's")
+    parser.add_argument("--seconds", type=float, default=4.0, help="per configuration and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sizes", default="1,2,4,8")
+    parser.add_argument("--threads", help="torch thread counts (default: 1 and every core)")
+    args = parser.parse_args(argv)
+    args.sizes = [int(s) for s in args.sizes.split(",")]
+    cores = usable_cores()
+    args.threads = (
+        [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, cores})
+    )
+    with tempfile.TemporaryDirectory(prefix="batch-sizes-") as tmp:
+        os.environ["YOLO_CONFIG_DIR"] = str(Path(tmp) / "yolo-config")
+        configure_ultralytics()
+        rgb, _ = draw_scene(np.random.default_rng(7), 640, 480)
+        jpeg = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+        worker = threading.Thread(target=measure, args=(args, jpeg))
+        worker.start()
+        worker.join()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
