@@ -43,7 +43,9 @@ def measure(args: argparse.Namespace, jpeg: bytes) -> None:
     imgsz = args.imgsz or model.overrides.get("imgsz", 640)
 
     def batch(size: int) -> None:
-        images = [cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR) for _ in range(size)]
+        images = [
+            cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR) for _ in range(size)
+        ]
         model.predict(images, imgsz=imgsz, device="cpu", verbose=False)
 
     batch(1)  # the device set-up (it sets its own thread count: every count is set after it)
@@ -78,9 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",")]
     cores = usable_cores()
-    args.threads = (
-        [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, cores})
-    )
+    args.threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, cores})
     with tempfile.TemporaryDirectory(prefix="batch-sizes-") as tmp:
         os.environ["YOLO_CONFIG_DIR"] = str(Path(tmp) / "yolo-config")
         configure_ultralytics()
