@@ -1,4 +1,4 @@
-"""Benchmark: what a batch buys in process, by batch size and torch thread count.
+"""Benchmark: what a batch buys in process on the CPU, by batch size and torch thread count.
 
 The ceiling any server policy works under: the same 640x480 JPEG decoded (``cv2.imdecode``) and
 predicted by Ultralytics in batches of 1, 2, 4 and 8 images, at each torch thread count, on one
