@@ -4,7 +4,8 @@ The ceiling any server policy works under: the same 640x480 JPEG decoded (``cv2.
 predicted by Ultralytics in batches of 1, 2, 4 and 8 images, at each torch thread count, on one
 thread that is not the main one (as the server's inference threads; OpenMP teams per thread).
 Rounds interleave every configuration (a slow minute of a shared machine hits them all); each
-line is one round, in images/s. A benchmark: it prints figures and asserts nothing. Run::
+line is one round at one thread count, in images/s. A benchmark, not a test: it prints figures
+and asserts nothing. Run::
 
     .venv/bin/python tests/bench/bench_batch_sizes.py [--model yolo11n.yaml] [--imgsz 640]
         [--seconds 4] [--rounds 3] [--sizes 1,2,4,8] [--threads 1,2]
@@ -16,8 +17,8 @@ import argparse
 import os
 import sys
 import tempfile
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # as the server (app/threads.py)
@@ -30,7 +31,7 @@ sys.path[:0] = [str(ROOT)]
 
 from app.demo.shapes import draw_scene  # noqa: E402
 from app.offline import configure_ultralytics  # noqa: E402
-from app.threads import usable_cores  # noqa: E402
+from app.threads import hold_ultralytics_threads, usable_cores  # noqa: E402
 
 DEMO_MODEL = ROOT / "app/demo/weights/shapes-detect.pt"
 
@@ -39,8 +40,10 @@ def measure(args: argparse.Namespace, jpeg: bytes) -> None:
     import torch
     from ultralytics import YOLO
 
+    hold_ultralytics_threads()  # as the server: this thread's OpenMP team is set per count below
     model = YOLO(args.model)
-    imgsz = args.imgsz or model.overrides.get("imgsz", 640)
+    size = model.overrides.get("imgsz", 640)
+    imgsz = args.imgsz or int(max(size) if isinstance(size, list | tuple) else size)
 
     def batch(size: int) -> None:
         images = [
@@ -48,7 +51,7 @@ def measure(args: argparse.Namespace, jpeg: bytes) -> None:
         ]
         model.predict(images, imgsz=imgsz, device="cpu", verbose=False)
 
-    batch(1)  # the device set-up (it sets its own thread count: every count is set after it)
+    batch(1)  # the device set-up
     for threads in args.threads:
         torch.set_num_threads(threads)
         for size in args.sizes:
@@ -79,16 +82,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", help="torch thread counts (default: 1 and every core)")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",")]
+    if min(args.sizes) < 1:
+        parser.error("--sizes: each batch size must be at least 1")
     cores = usable_cores()
     args.threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, cores})
+    if min(args.threads) < 1:
+        parser.error("--threads: each count must be at least 1")
     with tempfile.TemporaryDirectory(prefix="batch-sizes-") as tmp:
         os.environ["YOLO_CONFIG_DIR"] = str(Path(tmp) / "yolo-config")
         configure_ultralytics()
         rgb, _ = draw_scene(np.random.default_rng(7), 640, 480)
         jpeg = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
-        worker = threading.Thread(target=measure, args=(args, jpeg))
-        worker.start()
-        worker.join()
+        with ThreadPoolExecutor(1) as worker:  # not the main thread, as the server's calls
+            worker.submit(measure, args, jpeg).result()  # an error re-raised here
     return 0
 
 
