@@ -4,22 +4,26 @@ The ceiling any server policy works under: the same 640x480 JPEG decoded (``cv2.
 predicted by Ultralytics in batches of 1, 2, 4 and 8 images, at each torch thread count, on one
 thread that is not the main one (as the server's inference threads; OpenMP teams per thread).
 Rounds interleave every configuration (a slow minute of a shared machine hits them all); each
-line is one round at one thread count, in images/s. A benchmark, not a test: it prints figures
-and asserts nothing. Run::
+line is one round at one thread count, in images/s. ``--side-by-side N``: N processes measure
+at once, each its own model (the layout of the server's processes at full load), their images/s
+summed, each configuration started together. A benchmark, not a test: it prints figures and
+asserts nothing. Run::
 
     .venv/bin/python tests/bench/bench_batch_sizes.py [--model yolo11n.yaml] [--imgsz 640]
-        [--seconds 4] [--rounds 3] [--sizes 1,2,4,8] [--threads 1,2]
+        [--seconds 4] [--rounds 3] [--sizes 1,2,4,8] [--threads 1,2] [--side-by-side 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # as the server (app/threads.py)
 
@@ -36,7 +40,9 @@ from app.threads import hold_ultralytics_threads, usable_cores  # noqa: E402
 DEMO_MODEL = ROOT / "app/demo/weights/shapes-detect.pt"
 
 
-def measure(args: argparse.Namespace, jpeg: bytes) -> None:
+def measure(args: argparse.Namespace, jpeg: bytes, together: Any = None) -> Report:
+    """Every configuration, round after round: the header and one row per round and thread
+    count; ``together``: a barrier the processes side by side meet at before each one."""
     import torch
     from ultralytics import YOLO
 
@@ -56,20 +62,56 @@ def measure(args: argparse.Namespace, jpeg: bytes) -> None:
         torch.set_num_threads(threads)
         for size in args.sizes:
             batch(size)  # warm: each shape once
-    print(f"{Path(args.model).name} at {imgsz}, {usable_cores()} usable cores; images/s")
-    print(f"{'round, threads':16}" + "".join(f"{'batch ' + str(s):>10}" for s in args.sizes))
+    header = f"{Path(args.model).name} at {imgsz}, {usable_cores()} usable cores; images/s"
+    rows: list[tuple[str, list[float]]] = []
     for round_ in range(args.rounds):
         for threads in args.threads:
             torch.set_num_threads(threads)
             rates = []
             for size in args.sizes:
+                if together is not None:
+                    together.wait()
                 done, started = 0, time.perf_counter()
                 while time.perf_counter() - started < args.seconds:
                     batch(size)
                     done += size
                 rates.append(done / (time.perf_counter() - started))
-            label = f"{round_ + 1}, {threads}"
-            print(f"{label:16}" + "".join(f"{r:10.1f}" for r in rates), flush=True)
+            rows.append((f"{round_ + 1}, {threads}", rates))
+            if together is None:
+                show(rows[-1:], args.sizes, header if len(rows) == 1 else None)
+    return header, rows
+
+
+Report = tuple[str, list[tuple[str, list[float]]]]
+
+
+def show(rows: list[tuple[str, list[float]]], sizes: list[int], header: str | None) -> None:
+    if header:
+        print(header)
+        print(f"{'round, threads':16}" + "".join(f"{'batch ' + str(s):>10}" for s in sizes))
+    for label, rates in rows:
+        print(f"{label:16}" + "".join(f"{r:10.1f}" for r in rates), flush=True)
+
+
+def in_thread(args: argparse.Namespace, jpeg: bytes, together: Any = None) -> Report:
+    """:func:`measure` on a thread that is not the main one, as the server's calls."""
+    configure_ultralytics()
+    with ThreadPoolExecutor(1) as worker:
+        return worker.submit(measure, args, jpeg, together).result()  # an error re-raised here
+
+
+def side_by_side(args: argparse.Namespace, jpeg: bytes) -> None:
+    """``args.side_by_side`` processes measuring at once; their images/s summed per row."""
+    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter each: no OpenMP team yet
+    together = spawn.Manager().Barrier(args.side_by_side)
+    with spawn.Pool(args.side_by_side) as pool:
+        reports = pool.starmap(in_thread, [(args, jpeg, together)] * args.side_by_side)
+    header, first = reports[0]
+    rows = [
+        (label, [sum(r[1][i][1][k] for r in reports) for k in range(len(args.sizes))])
+        for i, (label, _) in enumerate(first)
+    ]
+    show(rows, args.sizes, f"{header}, {args.side_by_side} processes side by side, summed")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sizes", default="1,2,4,8")
     parser.add_argument("--threads", help="torch thread counts (default: 1 and every core)")
+    parser.add_argument(
+        "--side-by-side", type=int, default=1, metavar="N", help="processes measuring at once"
+    )
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",")]
     if min(args.sizes) < 1:
@@ -88,13 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     args.threads = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, cores})
     if min(args.threads) < 1:
         parser.error("--threads: each count must be at least 1")
+    if args.side_by_side < 1:
+        parser.error("--side-by-side: at least 1")
     with tempfile.TemporaryDirectory(prefix="batch-sizes-") as tmp:
         os.environ["YOLO_CONFIG_DIR"] = str(Path(tmp) / "yolo-config")
-        configure_ultralytics()
         rgb, _ = draw_scene(np.random.default_rng(7), 640, 480)
         jpeg = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
-        with ThreadPoolExecutor(1) as worker:  # not the main thread, as the server's calls
-            worker.submit(measure, args, jpeg).result()  # an error re-raised here
+        if args.side_by_side > 1:
+            side_by_side(args, jpeg)
+        else:
+            in_thread(args, jpeg)
     return 0
 
 
