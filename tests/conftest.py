@@ -7,9 +7,13 @@ import os
 # No test looks for Google credentials on a metadata server (google-auth reads this on import):
 # Beam's GCS IO, for one, calls google.auth.default(), which would probe 169.254.169.254.
 os.environ.setdefault("NO_GCE_CHECK", "true")
+# One OpenMP thread in the workers and what they start (set before torch is imported): two
+# workers share the cores, and a team of two in each only spins (app/threads.py; the servers set
+# it themselves, and the benchmarks and tests that need more set their torch thread counts).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import importlib.util  # noqa: E402
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ from servers import (  # noqa: F401 (for the tests)
     Gate,
     Server,
     free_port,
+    gate_of,
     metric,
     serving,
     start_server,
@@ -77,6 +82,7 @@ SHARE_THE_EMULATOR = frozenset(
     {
         "test_ab.py",
         "test_beam.py",
+        "test_batch.py",
         "test_bench.py",
         "test_big_images.py",
         "test_cli.py",
@@ -203,6 +209,8 @@ def emulator(emulator_process: Any) -> EmulatorInfo:
     """A running ``python -m client.emulator``, for the real SDK: the demo server deployed as
     ``shapes-a`` (80 %, on two replicas) and ``shapes-b`` (20 %,
     ``SERVE_DEFAULT_MODEL=shapes-segment``, so its /detect runs the segmentation weights).
+    ``shapes-a``'s replicas run the instrumented server (``tests/instrumented_app.py``), each
+    with a gate of its own, open unless a test holds it (``shapes_a_gates``).
 
     Yields a :class:`client.emulator.EmulatorInfo`: ``project``, ``location``, ``endpoint_id``,
     ``endpoint`` (resource name), ``control_plane_url``, ``dedicated_endpoint_dns``, ``ca_cert``,
@@ -229,6 +237,8 @@ def emulator_process(tmp_path_factory: pytest.TempPathFactory, gcs: Any) -> Iter
     emu = Emulator(
         args=[
             *("--deploy", "shapes-a=80", "--deploy", "shapes-b=20", "--replicas", "shapes-a=2"),
+            *("--command", f"shapes-a={' '.join(INSTRUMENTED)}", "--probe-interval", "0.5"),
+            *("--env", "shapes-a:TEST_GATE_PORT=0"),
             *("--env", "shapes-b:SERVE_DEFAULT_MODEL=shapes-segment"),
             *("--env", "shapes-a:SERVE_ALLOWED_BUCKETS=inputs"),
             *("--env", "shapes-b:SERVE_ALLOWED_BUCKETS=inputs"),
@@ -247,6 +257,29 @@ def emulator_process(tmp_path_factory: pytest.TempPathFactory, gcs: Any) -> Iter
     survivors = [pid for pid in pids if pid_alive(pid)]
     assert emu.proc is not None and emu.proc.returncode == 0, emu.output()
     assert not survivors, f"server processes outlived the emulator: {survivors}"
+
+
+@pytest.fixture
+def shapes_a_gates(emulator_process: Any) -> Iterator[Callable[[], list[Gate]]]:
+    """The gates of the session emulator's ``shapes-a`` replicas, as a function that reads them
+    from the replicas there are now (a killed replica comes back with a gate of its own). The
+    counts a gate reports are since its replica started: compare with counts taken before.
+    Afterwards both replicas are ready and every gate is open, as the next test expects."""
+    a = emulator_process.info.deployed_models["shapes-a"]
+
+    def gates() -> list[Gate]:
+        return [gate_of(replica.log) for replica in emulator_process.current().replicas[a]]
+
+    def ready() -> bool:
+        replicas = emulator_process.current().replicas[a]
+        return all(r.state == "ready" and r.pid and pid_alive(r.pid) for r in replicas)
+
+    try:
+        yield gates
+    finally:
+        wait_until(ready, "shapes-a's replicas to be ready")
+        for gate in gates():
+            gate.open()
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ Needs only the server's dependencies (no pytest, no Google SDK), so the benchmar
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -190,6 +191,14 @@ class Gate:
             )
 
         wait_until(reached, f"the gate to reach waiting={waiting} passed={passed}")
+
+
+def gate_of(log: str) -> Gate:
+    """The gate of an instrumented replica started with ``TEST_GATE_PORT=0``, from its log (the
+    last port written there: a replica started again writes its new one)."""
+    port = re.findall(r"test gate on http://127\.0\.0\.1:(\d+)", Path(log).read_text())
+    assert port, f"no gate in {log}"
+    return Gate(f"http://127.0.0.1:{port[-1]}")
 
 
 def metric(url: str, name: str, **labels: str) -> float:

@@ -1,21 +1,20 @@
 """Batch jobs (``python -m client batch``, ``Client.batch``) from Cloud Storage to Cloud Storage,
 through the Vertex emulator and the unmodified SDK, over two replicas.
 
-The replicas run the instrumented server (``tests/instrumented_app.py``), each with a gate of
-its own: "killed halfway" is a state the test sets (the gates let 80 images through, then hold
-the rest) before it SIGKILLs the job, not a moment it hopes to catch.
+The jobs go to the session emulator's ``shapes-a``, whose two replicas run the instrumented
+server (``tests/instrumented_app.py``), each with a gate of its own: "killed halfway" is a
+state the test sets (the gates let 80 images through, then hold the rest) before it SIGKILLs
+the job, not a moment it hopes to catch.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,7 @@ import pytest
 
 from client import Client, cli
 from client.batch import JsonlOutput, list_inputs
-from client.emulator import Emulator, EmulatorInfo
-from conftest import INSTRUMENTED, PATIENCE_S, ROOT, WEIGHTS, Gate, wait_until
+from conftest import PATIENCE_S, ROOT, wait_until
 from helpers import cli_process, encode, hit_rate, interrupt, scenes
 
 IMAGES = 150
@@ -50,37 +48,8 @@ def images(gcs: Any) -> list[Any]:
     return truth
 
 
-@pytest.fixture(scope="module")
-def fleet(
-    tmp_path_factory: pytest.TempPathFactory, gcs: Any
-) -> Iterator[tuple[Emulator, EmulatorInfo, list[Gate]]]:
-    workdir = tmp_path_factory.mktemp("batch")
-    emu = Emulator(
-        args=[
-            *("--deploy", "shapes-a=100", "--replicas", "shapes-a=2"),
-            *("--models", f"shapes-a:shapes-detect={WEIGHTS / 'shapes-detect.pt'}"),
-            *("--command", f"shapes-a={' '.join(INSTRUMENTED)}"),
-            *(
-                "--env",
-                "shapes-a:TEST_GATE_PORT=0",
-                "--env",
-                "shapes-a:SERVE_ALLOWED_BUCKETS=inputs",
-            ),
-        ],
-        env={"YOLO_CONFIG_DIR": str(workdir / "yolo-config"), "PYTHONUNBUFFERED": "1"},
-        workdir=workdir / "emulator",
-        startup_timeout=240,
-    )
-    with emu as info, pytest.MonkeyPatch.context() as patch:
-        for key, value in info.env().items():
-            patch.setenv(key, value)
-        gates = []
-        for replica in info.replicas[info.deployed_models["shapes-a"]]:
-            port = re.findall(
-                r"test gate on http://127\.0\.0\.1:(\d+)", Path(replica.log).read_text()
-            )
-            gates.append(Gate(f"http://127.0.0.1:{port[-1]}"))
-        yield emu, info, gates
+#: every job here goes to shapes-a, whose replicas have the gates (not by the 80/20 split)
+PINNED = ("--deployed-model-id", "shapes-a")
 
 
 def read(uri: str, gcs: Any) -> list[dict]:
@@ -102,16 +71,13 @@ def check_output(rows: list[dict], truth: list[Any]) -> None:
     assert hit_rate(truth, [row["result"] for row in scenes_rows]) >= 0.9
 
 
-def test_bucket_to_bucket_over_two_replicas(fleet, images, gcs, capsys) -> None:
+def test_bucket_to_bucket_over_two_replicas(emulator_info_file, images, gcs, capsys) -> None:
     """The server reads each image itself (--send uri); both replicas take calls."""
-    emu, info, gates = fleet
-    for gate in gates:
-        gate.open()
     out = "gs://outputs/run-uri.jsonl"
     code = cli.main(
         [
-            *("batch", "gs://inputs/batch/", "--out", out, "--send", "uri", "-q"),
-            *("--emulator-info", str(emu.workdir / "info.json")),
+            *("batch", "gs://inputs/batch/", "--out", out, "--send", "uri", "-q", *PINNED),
+            *("--emulator-info", str(emulator_info_file)),
         ]
     )
     printed = capsys.readouterr()
@@ -124,13 +90,15 @@ def test_bucket_to_bucket_over_two_replicas(fleet, images, gcs, capsys) -> None:
     assert list(gcs.list_blobs("outputs", prefix="run-uri.jsonl.parts/")) == []  # merged
 
 
-def test_killed_halfway_and_run_again_gives_every_input_once(fleet, images, gcs, tmp_path) -> None:
-    emu, info, gates = fleet
+def test_killed_halfway_and_run_again_gives_every_input_once(
+    emulator_info_file, shapes_a_gates, images, gcs
+) -> None:
+    gates = shapes_a_gates()
     out = "gs://outputs/run-killed.jsonl"
     for gate in gates:
         gate.set(40)  # 80 images in all, then the calls wait
     command = [sys.executable, "-m", "client", "batch", "gs://inputs/batch/", "--out", out]
-    command += ["--emulator-info", str(emu.workdir / "info.json"), "-q", "--concurrency", "4"]
+    command += ["--emulator-info", str(emulator_info_file), "-q", "--concurrency", "4", *PINNED]
     job = subprocess.Popen(
         command, cwd=ROOT, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -207,18 +175,23 @@ def test_job_wide_errors_end_the_run_and_input_errors_are_lines(server, tmp_path
     assert "status" not in missing and "No such file" in missing["detail"], missing
 
 
-def test_ctrl_c_names_what_is_done_and_the_command_that_goes_on(fleet, images, tmp_path) -> None:
+def test_ctrl_c_names_what_is_done_and_the_command_that_goes_on(
+    emulator_info_file, shapes_a_gates, images, tmp_path
+) -> None:
     """SIGINT once the gates hold the job: one line with the inputs in DEST and the command
     to run again; DEST holds exactly that many lines."""
-    emu, info, gates = fleet
+    gates = shapes_a_gates()
+    before = sum((g.state()["passed"] or 0) for g in gates)  # counts since each replica began
     out = tmp_path / "run.jsonl"
     for gate in gates:
         gate.set(5)  # ten images in all, then the calls wait
     args = ["batch", "gs://inputs/batch/", "--out", str(out), "-q", "--concurrency", "2"]
-    args += ["--emulator-info", str(emu.workdir / "info.json")]
+    args += ["--emulator-info", str(emulator_info_file), *PINNED]
     job = cli_process(*args)
     try:
-        wait_until(lambda: sum((g.state()["passed"] or 0) for g in gates) >= 10, "ten calls")
+        wait_until(
+            lambda: sum((g.state()["passed"] or 0) for g in gates) >= before + 10, "ten calls"
+        )
         wait_until(lambda: sum((g.state()["waiting"] or 0) for g in gates) >= 2, "the job held")
         wait_until(lambda: out.exists() and len(out.read_bytes().splitlines()) >= 10, "10 lines")
     except BaseException:  # a state never came: end the job, free the gates

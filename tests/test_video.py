@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -43,12 +43,10 @@ from client.schema import Box, Detection
 from client.video import VideoFrame, VideoOptions
 from client.video.tracks import match
 from conftest import (
-    INSTRUMENTED,
     PATIENCE_S,
-    WEIGHTS,
     Gate,
+    gate_of,
     pid_alive,
-    serving,
     wait_until,
 )
 from helpers import cli_process, crossing_frames, interrupt
@@ -185,43 +183,17 @@ def test_track_join_is_one_to_one_on_iou_within_class() -> None:
     assert match([[det(7, 0)]], [[det(1, 50)]]) == {}
 
 
-@pytest.fixture(scope="module")
-def gated_fleet(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[Emulator, EmulatorInfo]]:
-    """An emulator whose deployed model runs on two instrumented replicas, each with a gate of
-    its own (``TEST_GATE_PORT=0``: its port is in its log)."""
-    workdir = tmp_path_factory.mktemp("gated")
-    emu = Emulator(
-        args=[
-            *("--deploy", "shapes-a=100", "--replicas", "shapes-a=2"),
-            *("--models", f"shapes-a:shapes-detect={WEIGHTS / 'shapes-detect.pt'}"),
-            *("--command", f"shapes-a={' '.join(INSTRUMENTED)}"),
-            *("--env", "shapes-a:TEST_GATE_PORT=0", "--probe-interval", "0.5"),
-        ],
-        env={"YOLO_CONFIG_DIR": str(workdir / "yolo-config"), "PYTHONUNBUFFERED": "1"},
-        workdir=workdir / "emulator",
-        startup_timeout=240,
-    )
-    with emu as info, pytest.MonkeyPatch.context() as patch:
-        for key, value in info.env().items():
-            patch.setenv(key, value)
-        yield emu, info
-
-
-def gate_of(log: str) -> Gate:
-    port = re.findall(r"test gate on http://127\.0\.0\.1:(\d+)", Path(log).read_text())
-    assert port, f"no gate in {log}"
-    return Gate(f"http://127.0.0.1:{port[-1]}")
-
-
 def test_replica_killed_mid_window_leaves_every_frame_once(
-    gated_fleet: tuple[Emulator, EmulatorInfo], long_video: tuple[Path, list[tuple[float, float]]]
+    emulator_process: Emulator,
+    shapes_a_gates: Callable[[], list[Gate]],
+    long_video: tuple[Path, list[tuple[float, float]]],
 ) -> None:
-    emu, info = gated_fleet
+    """On the session emulator's shapes-a, whose two replicas' gates hold one of them mid-window
+    (``shapes_a_gates``: afterwards its replacement is ready and every gate open)."""
+    info = emulator_process.current()
     path, centres = long_video
     a = info.deployed_models["shapes-a"]
-    victim, other = emu.current().replicas[a]
+    victim, other = info.replicas[a]
     held = gate_of(victim.log)
     held.set(10)  # ten frames through, then it holds whatever window it has
     gate_of(other.log).open()
@@ -283,17 +255,20 @@ class MjpegSource:
         self.httpd.server_close()
 
 
-def test_live_mjpeg_drops_the_oldest_frames_and_stays_bounded(tmp_path: Path) -> None:
+def test_live_mjpeg_drops_the_oldest_frames_and_stays_bounded(
+    emulator_process: Emulator, shapes_a_gates: Callable[[], list[Gate]]
+) -> None:
     """Behind by state, not by speed: the gate holds every model call until the reader has
     dropped frames (its buffer full, the windows in flight held), then opens; the source's 60
     frames (more than the buffer and the windows in flight hold) are all read, whatever the
-    machine's pace."""
+    machine's pace. Straight to one of the session emulator's shapes-a replicas (its URL)."""
     source = MjpegSource(fps=30, seconds=2)
-    env = {"TEST_GATE_PERMITS": "open", "SERVE_WORKERS": "1"}
+    a = emulator_process.info.deployed_models["shapes-a"]
+    replica = emulator_process.current().replicas[a][0]
     options = VideoOptions(window=4, concurrency=2, buffer=8)
     try:
-        with serving(tmp_path, env, INSTRUMENTED) as srv, Client.from_url(srv.url) as client:
-            gate = srv.gate
+        with Client.from_url(replica.url) as client:
+            gate = gate_of(replica.log)
             gate.close()
             with client.video(source.url, options=options) as run:
                 assert run.stats.live
@@ -397,21 +372,24 @@ def test_without_opencv_the_error_names_the_extra(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_says_what_was_written(
-    gated_fleet: tuple[Emulator, EmulatorInfo], tmp_path: Path
+    emulator_info_file: Path, shapes_a_gates: Callable[[], list[Gate]], tmp_path: Path
 ) -> None:
-    """SIGINT once the gates hold the run: one line saying what the files hold, and they hold
-    it (the lines; the annotated video closed, playable, with as many frames)."""
-    emu, info = gated_fleet
-    gates = [gate_of(r.log) for r in info.replicas[info.deployed_models["shapes-a"]]]
+    """SIGINT once the gates hold the run (on shapes-a): one line saying what the files hold,
+    and they hold it (the lines; the annotated video closed, playable, with as many frames)."""
+    gates = shapes_a_gates()
+    before = sum(g.state()["passed"] or 0 for g in gates)
     clip, out, saved = tmp_path / "clip.mp4", tmp_path / "r.jsonl", tmp_path / "drawn.mp4"
     write_video(clip, [f for f, _ in moving_shape(40)], fps=FPS)
     for gate in gates:
         gate.set(4)
-    args = ["video", str(clip), "--emulator-info", str(emu.workdir / "info.json"), "-q"]
-    args += ["--window", "4", "--concurrency", "1", "--out", str(out), "--save", str(saved)]
+    args = ["video", str(clip), "--emulator-info", str(emulator_info_file), "-q"]
+    args += ["--deployed-model-id", "shapes-a", "--window", "4", "--concurrency", "1"]
+    args += ["--out", str(out), "--save", str(saved)]
     job = cli_process(*args)
     try:
-        wait_until(lambda: sum(g.state()["passed"] or 0 for g in gates) >= 4, "a window done")
+        wait_until(
+            lambda: sum(g.state()["passed"] or 0 for g in gates) >= before + 4, "a window done"
+        )
         wait_until(lambda: sum(g.state()["waiting"] or 0 for g in gates) >= 1, "the run held")
     except BaseException:  # a state never came: end the job, free the gates
         job.kill()

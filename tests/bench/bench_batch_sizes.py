@@ -38,6 +38,8 @@ from app.offline import configure_ultralytics  # noqa: E402
 from app.threads import hold_ultralytics_threads, usable_cores  # noqa: E402
 
 DEMO_MODEL = ROOT / "app/demo/weights/shapes-detect.pt"
+#: a run's header and its rows: (round and thread count, images/s by batch size)
+Report = tuple[str, list[tuple[str, list[float]]]]
 
 
 def measure(args: argparse.Namespace, jpeg: bytes, together: Any = None) -> Report:
@@ -82,9 +84,6 @@ def measure(args: argparse.Namespace, jpeg: bytes, together: Any = None) -> Repo
     return header, rows
 
 
-Report = tuple[str, list[tuple[str, list[float]]]]
-
-
 def show(rows: list[tuple[str, list[float]]], sizes: list[int], header: str | None) -> None:
     if header:
         print(header)
@@ -103,15 +102,16 @@ def in_thread(args: argparse.Namespace, jpeg: bytes, together: Any = None) -> Re
 def side_by_side(args: argparse.Namespace, jpeg: bytes) -> None:
     """``args.side_by_side`` processes measuring at once; their images/s summed per row."""
     spawn = multiprocessing.get_context("spawn")  # a fresh interpreter each: no OpenMP team yet
-    together = spawn.Manager().Barrier(args.side_by_side)
-    with spawn.Pool(args.side_by_side) as pool:
-        reports = pool.starmap(in_thread, [(args, jpeg, together)] * args.side_by_side)
+    n = args.side_by_side
+    with spawn.Manager() as manager, spawn.Pool(n) as pool:
+        together = manager.Barrier(n, timeout=600)  # one failed: the others give up
+        reports = pool.starmap(in_thread, [(args, jpeg, together)] * n)
     header, first = reports[0]
-    rows = [
-        (label, [sum(r[1][i][1][k] for r in reports) for k in range(len(args.sizes))])
-        for i, (label, _) in enumerate(first)
-    ]
-    show(rows, args.sizes, f"{header}, {args.side_by_side} processes side by side, summed")
+    rows = []
+    for i, (label, _) in enumerate(first):
+        per_process = [rows_of[i][1] for _, rows_of in reports]
+        rows.append((label, [sum(rates) for rates in zip(*per_process, strict=True)]))
+    show(rows, args.sizes, f"{header}, {n} processes side by side, summed")
 
 
 def main(argv: list[str] | None = None) -> int:
