@@ -89,6 +89,7 @@ SHARE_THE_EMULATOR = frozenset(
         "test_client.py",
         "test_console.py",
         "test_emulator.py",
+        "test_fleet.py",
         "test_names_and_resume.py",
         "test_storage.py",
         "test_tasks.py",

@@ -1,7 +1,7 @@
 """The emulator's fleet: each deployed model on replicas that are probed, restarted, scaled and
 drained as Vertex's are, driven through the unmodified SDK and the project's client.
 
-- A replica SIGKILLed under load from 8 clients: no call fails (the data plane moves what it can
+- A replica SIGKILLed under load from 4 clients (the session emulator's shapes-a): no call fails (the data plane moves what it can
   to the other replica, the client retries the 503 of a request the dead one held), the replica
   is restarted and serves again, ``deploy status`` lists the restart.
 - A burst beyond one replica's request-rate target scales out to the maximum; the quiet after
@@ -19,6 +19,7 @@ import ssl
 import sys
 import threading
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -58,18 +59,22 @@ def deploy_status(emu: Emulator, capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_sigkilled_replica_under_load(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    emulator_process: Emulator,
+    shapes_a_gates: Callable[[], list[Gate]],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    emu = Emulator(
-        args=["--deploy", "shapes-a=100", "--replicas", "shapes-a=2", "--probe-interval", "0.5"],
-        env=yolo_env(tmp_path),
-        workdir=tmp_path / "emulator",
-        startup_timeout=240,
-    )
-    with emu as info:
-        use(info, monkeypatch)
-        a = info.deployed_models["shapes-a"]
-        victim, survivor = info.replicas[a]
+    """On the session emulator's shapes-a (two replicas), its split at 100 % for the test so
+    that unpinned calls go there too, then back to 80/20; restart counts are compared with
+    those before (earlier tests on the session emulator kill replicas too).
+    ``shapes_a_gates``: afterwards both replicas are ready again."""
+    emu = emulator_process
+    info = emu.current()
+    a, b = info.deployed_models["shapes-a"], info.deployed_models["shapes-b"]
+    victim, survivor = info.replicas[a]
+    aiplatform.init(**info.init_kwargs())
+    endpoint = aiplatform.Endpoint(info.endpoint_id)
+    endpoint.update(traffic_split={a: 100, b: 0})
+    try:
         # While the killed replica restarts, a loaded machine may keep the survivor from
         # answering a probe or two: the client's retries ride that out, as they would on Vertex.
         retries = RetryPolicy(attempts=20, backoff=0.25, max_backoff=2)
@@ -113,7 +118,7 @@ def test_sigkilled_replica_under_load(
             def restarted_and_serving() -> bool:
                 (replica,) = [r for r in emu.current().replicas[a] if r.id == victim.id]
                 return (
-                    replica.restarts == 1
+                    replica.restarts == victim.restarts + 1
                     and replica.state == "ready"
                     and any(rid.endswith(f"-{replica.pid}") for rid in seen)
                 )
@@ -124,15 +129,21 @@ def test_sigkilled_replica_under_load(
                 stop.set()
             for worker in workers:
                 worker.result()
-        assert failures == [], failures[:3]
-        assert len(before) == 2 and sum(seen.values()) > 2 * CLIENTS
-        replicas = {r.id: r for r in emu.current().replicas[a]}
-        assert replicas[victim.id].pid != victim.pid and not pid_alive(victim.pid)
-        assert replicas[survivor.id].restarts == 0 and replicas[survivor.id].pid == survivor.pid
-        status = deploy_status(emu, capsys)
-        assert f"replica {victim.id}  ready     pid {replicas[victim.id].pid}" in status
-        assert "restarts 1" in status and "restarts 0" in status, status
-        assert "was killed by SIGKILL; it will be restarted" in emu.output(200)
+    finally:
+        endpoint.update(traffic_split={a: 80, b: 20})
+    assert failures == [], failures[:3]
+    assert len(before) == 2 and sum(seen.values()) > 2 * CLIENTS
+    replicas = {r.id: r for r in emu.current().replicas[a]}
+    assert replicas[victim.id].pid != victim.pid and not pid_alive(victim.pid)
+    assert replicas[survivor.id].restarts == survivor.restarts
+    assert replicas[survivor.id].pid == survivor.pid
+    status = deploy_status(emu, capsys)
+    restarted = replicas[victim.id]
+    assert (
+        f"replica {victim.id}  ready     pid {restarted.pid}  port {restarted.port}  "
+        f"restarts {restarted.restarts}"
+    ) in status, status
+    assert "was killed by SIGKILL; it will be restarted" in emu.output(200)
 
 
 TOY: dict[str, Any] = {"command": (sys.executable, CHILD), "health_route": "/ping"}
