@@ -12,6 +12,7 @@ os.environ.setdefault("NO_GCE_CHECK", "true")
 # it themselves, and the benchmarks and tests that need more set their torch thread counts).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import contextlib  # noqa: E402
 import importlib.util  # noqa: E402
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -239,6 +240,10 @@ def emulator_process(tmp_path_factory: pytest.TempPathFactory, gcs: Any) -> Iter
         args=[
             *("--deploy", "shapes-a=80", "--deploy", "shapes-b=20", "--replicas", "shapes-a=2"),
             *("--command", f"shapes-a={' '.join(INSTRUMENTED)}", "--probe-interval", "0.5"),
+            # restarted at once however often: tests kill shapes-a's replicas on purpose, and
+            # the back-off (10 s, doubling until a replica has stayed up 10 minutes) would make
+            # each later kill's restart wait longer
+            *("--restart-backoff", "0"),
             *("--env", "shapes-a:TEST_GATE_PORT=0"),
             *("--env", "shapes-b:SERVE_DEFAULT_MODEL=shapes-segment"),
             *("--env", "shapes-a:SERVE_ALLOWED_BUCKETS=inputs"),
@@ -265,7 +270,9 @@ def shapes_a_gates(emulator_process: Any) -> Iterator[Callable[[], list[Gate]]]:
     """The gates of the session emulator's ``shapes-a`` replicas, as a function that reads them
     from the replicas there are now (a killed replica comes back with a gate of its own). The
     counts a gate reports are since its replica started: compare with counts taken before.
-    Afterwards both replicas are ready and every gate is open, as the next test expects."""
+    Before the test and after it both replicas are ready; afterwards every gate is open (first
+    those that answer, so that a gate a failed test left closed holds nothing up), as the next
+    test expects."""
     a = emulator_process.info.deployed_models["shapes-a"]
 
     def gates() -> list[Gate]:
@@ -275,12 +282,18 @@ def shapes_a_gates(emulator_process: Any) -> Iterator[Callable[[], list[Gate]]]:
         replicas = emulator_process.current().replicas[a]
         return all(r.state == "ready" and r.pid and pid_alive(r.pid) for r in replicas)
 
+    def open_all() -> None:
+        for gate in gates():
+            with contextlib.suppress(httpx.TransportError):  # a replica not up (yet)
+                gate.open()
+
+    wait_until(ready, "shapes-a's replicas to be ready")
     try:
         yield gates
     finally:
+        open_all()
         wait_until(ready, "shapes-a's replicas to be ready")
-        for gate in gates():
-            gate.open()
+        open_all()
 
 
 @pytest.fixture(scope="session")

@@ -132,8 +132,9 @@ def test_targeted_unknown_deployed_model_fails_before_the_run(vertex, folder, id
         targeted(vertex, image_files(folder), deployed_model_ids=[ids[0], "999"])
 
 
-def test_targeted_through_one_url_is_that_servers_model(emulator, folder, ids):
-    with Client.from_url(emulator.servers["shapes-a"]) as client:
+def test_targeted_through_one_url_is_that_servers_model(emulator_process, folder, ids):
+    # the first replica as it is now (tests that kill one get a new port for its replacement)
+    with Client.from_url(emulator_process.current().servers["shapes-a"]) as client:
         report = targeted(client, image_files(folder)[:2], concurrency=2)
     (model,) = report.models
     assert (model.deployed_model_id, model.calls, model.errors) == (ids[0], 2, 0)
