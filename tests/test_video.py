@@ -268,7 +268,7 @@ def test_live_mjpeg_drops_the_oldest_frames_and_stays_bounded(
     options = VideoOptions(window=4, concurrency=2, buffer=8)
     try:
         with Client.from_url(replica.url) as client:
-            gate = gate_of(replica.log)
+            gate = shapes_a_gates()[0]  # the replicas' gates, in the replicas' order
             gate.close()
             with client.video(source.url, options=options) as run:
                 assert run.stats.live
